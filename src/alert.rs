@@ -1,0 +1,416 @@
+//! Upstream frames, envelopes and alerts: lenient parsing, label sanitising, and the record
+//! the queue stores.
+//!
+//! Pure: no I/O, no clock (callers pass the time in). Parsing follows SPEC §2: the channel may
+//! come as `channel`, `type` or `event_type`; `visual_index` is `scene_index`; the label may be
+//! `label` or `event_label`; unknown fields are kept verbatim.
+
+use serde_json::{Map, Value};
+
+/// One parsed text frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// The server's first message on a new socket.
+    Hello {
+        connection_id: String,
+    },
+    Envelope(Envelope),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Normalised channel name (`visual_index` becomes `scene_index`).
+    pub channel: String,
+    pub rtstream_id: Option<String>,
+    pub rtstream_name: Option<String>,
+    pub data: Map<String, Value>,
+}
+
+/// Why a frame was not relayed. Each variant has its own counter.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("frame is JSON but not an object")]
+    NotAnObject,
+    #[error("envelope has no channel (looked for `channel`, `type`, `event_type`)")]
+    NoChannel,
+    #[error("envelope field `data` is not an object")]
+    DataNotObject,
+}
+
+/// Why an alert envelope was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AlertError {
+    #[error("alert has no label (looked for `label`, `event_label`)")]
+    NoLabel,
+    #[error("alert label is not a string")]
+    LabelNotString,
+}
+
+pub fn parse_frame(text: &str) -> Result<Frame, FrameError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(FrameError::NotAnObject);
+    };
+    let channel = ["channel", "type", "event_type"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned));
+    let Some(channel) = channel else {
+        if let Some(id) = obj.get("connection_id").and_then(Value::as_str) {
+            return Ok(Frame::Hello {
+                connection_id: id.to_owned(),
+            });
+        }
+        return Err(FrameError::NoChannel);
+    };
+    let channel = match channel.as_str() {
+        "visual_index" => "scene_index".to_owned(),
+        _ => channel,
+    };
+    let data = match obj.remove("data") {
+        Some(Value::Object(m)) => m,
+        None | Some(Value::Null) => Map::new(),
+        Some(_) => return Err(FrameError::DataNotObject),
+    };
+    let text_field =
+        |obj: &Map<String, Value>, k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
+    Ok(Frame::Envelope(Envelope {
+        rtstream_id: text_field(&obj, "rtstream_id").or_else(|| text_field(&data, "rtstream_id")),
+        rtstream_name: text_field(&obj, "rtstream_name"),
+        channel,
+        data,
+    }))
+}
+
+/// An accepted alert, as the relay sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub label: String,
+    /// `None` when missing or unusable (non-numeric, NaN, outside 0–1); see [`Confidence`].
+    pub confidence: Confidence,
+    pub event_id: Option<String>,
+    /// The alert's own `timestamp`, when it could be read.
+    pub timestamp: Option<std::time::SystemTime>,
+    pub rtstream_id: Option<String>,
+    /// The envelope's `data`, verbatim.
+    pub data: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Confidence {
+    Missing,
+    /// Present but not a number in 0..=1: the alert is still relayed, but no GPIO rule with a
+    /// `min_confidence` above zero fires on it.
+    Invalid,
+    Valid(f64),
+}
+
+impl Alert {
+    pub fn from_envelope(env: Envelope) -> Result<Alert, AlertError> {
+        let label = match env
+            .data
+            .get("label")
+            .or_else(|| env.data.get("event_label"))
+        {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::String(_)) | None | Some(Value::Null) => return Err(AlertError::NoLabel),
+            Some(_) => return Err(AlertError::LabelNotString),
+        };
+        let confidence = match env.data.get("confidence") {
+            None | Some(Value::Null) => Confidence::Missing,
+            Some(v) => {
+                let n = match v {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.trim().parse::<f64>().ok(),
+                    _ => None,
+                };
+                match n {
+                    Some(c) if (0.0..=1.0).contains(&c) => Confidence::Valid(c),
+                    _ => Confidence::Invalid,
+                }
+            }
+        };
+        let event_id = match env.data.get("event_id") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let timestamp = env
+            .data
+            .get("timestamp")
+            .and_then(crate::clock::parse_timestamp);
+        Ok(Alert {
+            label,
+            confidence,
+            event_id,
+            timestamp,
+            rtstream_id: env.rtstream_id,
+            data: env.data,
+        })
+    }
+}
+
+/// Longest label kept in a topic level; longer ones are cut (on a char boundary).
+pub const MAX_TOPIC_LABEL_BYTES: usize = 128;
+
+/// Makes `label` safe as one MQTT topic level: `/`, `+`, `#`, NUL and other control characters
+/// become `_`; an empty result becomes `_`; overlong labels are cut.
+pub fn sanitize_topic_level(label: &str) -> String {
+    let mut out = String::with_capacity(label.len().min(MAX_TOPIC_LABEL_BYTES));
+    for c in label.chars() {
+        let c = if matches!(c, '/' | '+' | '#') || c.is_control() {
+            '_'
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > MAX_TOPIC_LABEL_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}
+
+/// How an alert reached the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Websocket,
+    Webhook,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Websocket => "websocket",
+            Via::Webhook => "webhook",
+        }
+    }
+}
+
+/// The payload the queue stores for one message: where it goes (topic below the prefix), how it
+/// arrived, and the JSON body without the `relay` object. The queue adds `seq` and the accept
+/// time; [`QueuedMessage::render`] splices them in at publish time without re-serialising.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub topic_suffix: String,
+    pub via: Via,
+    /// A JSON object, serialised.
+    pub body: Vec<u8>,
+}
+
+/// Record payload version, so that a future layout can still read old queues.
+const RECORD_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("queued record payload is malformed: {0}")]
+pub struct DecodeError(&'static str);
+
+impl QueuedMessage {
+    /// Builds the queued form of an alert: topic `alerts/{sanitised label}`, body = `data`
+    /// verbatim plus `rtstream_id` when known.
+    pub fn from_alert(alert: &Alert, via: Via) -> QueuedMessage {
+        let mut body = alert.data.clone();
+        if let Some(id) = &alert.rtstream_id {
+            body.entry("rtstream_id")
+                .or_insert_with(|| Value::String(id.clone()));
+        }
+        // Serialising a Map<String, Value> cannot fail.
+        let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        QueuedMessage {
+            topic_suffix: format!("alerts/{}", sanitize_topic_level(&alert.label)),
+            via,
+            body,
+        }
+    }
+
+    /// `[version u8][via u8][topic len u16 LE][topic][body]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let t = self.topic_suffix.as_bytes();
+        let t = &t[..t.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(4 + t.len() + self.body.len());
+        out.push(RECORD_V1);
+        out.push(match self.via {
+            Via::Websocket => 0,
+            Via::Webhook => 1,
+        });
+        out.extend_from_slice(&(t.len() as u16).to_le_bytes());
+        out.extend_from_slice(t);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<QueuedMessage, DecodeError> {
+        if bytes.len() < 4 {
+            return Err(DecodeError("shorter than its header"));
+        }
+        if bytes[0] != RECORD_V1 {
+            return Err(DecodeError("unknown record version"));
+        }
+        let via = match bytes[1] {
+            0 => Via::Websocket,
+            1 => Via::Webhook,
+            _ => return Err(DecodeError("unknown `via`")),
+        };
+        let tlen = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+        let topic = bytes
+            .get(4..4 + tlen)
+            .ok_or(DecodeError("topic runs past the end"))?;
+        let topic_suffix = std::str::from_utf8(topic)
+            .map_err(|_| DecodeError("topic is not UTF-8"))?
+            .to_owned();
+        let body = bytes[4 + tlen..].to_vec();
+        if body.first() != Some(&b'{') || body.last() != Some(&b'}') {
+            return Err(DecodeError("body is not a JSON object"));
+        }
+        Ok(QueuedMessage {
+            topic_suffix,
+            via,
+            body,
+        })
+    }
+
+    /// The MQTT payload: the body with `"relay": {"seq", "received_at", "via"}` appended.
+    pub fn render(&self, seq: u64, received_at_us: u64) -> Vec<u8> {
+        let relay = format!(
+            "\"relay\":{{\"seq\":{seq},\"received_at\":\"{}\",\"via\":\"{}\"}}}}",
+            crate::clock::rfc3339_micros(received_at_us),
+            self.via.as_str()
+        );
+        let mut out = Vec::with_capacity(self.body.len() + relay.len() + 1);
+        let inner = &self.body[..self.body.len() - 1]; // without the closing brace
+        out.extend_from_slice(inner);
+        if inner.iter().rev().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(relay.as_bytes());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(v: Value) -> Envelope {
+        match parse_frame(&v.to_string()) {
+            Ok(Frame::Envelope(e)) => e,
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_message_is_the_connection_id() {
+        assert_eq!(
+            parse_frame(r#"{"connection_id":"c-1"}"#),
+            Ok(Frame::Hello {
+                connection_id: "c-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn channel_is_read_leniently() {
+        for key in ["channel", "type", "event_type"] {
+            let e = envelope(json!({ key: "alert", "data": {"label": "x"} }));
+            assert_eq!(e.channel, "alert");
+        }
+        let e = envelope(json!({"channel": "visual_index", "rtstream_id": "rt1", "data": {}}));
+        assert_eq!(e.channel, "scene_index");
+        assert_eq!(e.rtstream_id.as_deref(), Some("rt1"));
+    }
+
+    #[test]
+    fn bad_frames_are_classified() {
+        assert!(matches!(
+            parse_frame("not json"),
+            Err(FrameError::InvalidJson(_))
+        ));
+        assert_eq!(parse_frame("[1,2]"), Err(FrameError::NotAnObject));
+        assert_eq!(parse_frame(r#"{"data":{}}"#), Err(FrameError::NoChannel));
+        assert_eq!(
+            parse_frame(r#"{"channel":"alert","data":5}"#),
+            Err(FrameError::DataNotObject)
+        );
+    }
+
+    #[test]
+    fn alert_fields_parse_loosely_and_keep_unknowns() {
+        let e = envelope(json!({"channel": "alert", "data": {
+            "event_id": "ev1", "event_label": "intrusion", "confidence": "0.9",
+            "timestamp": 1_735_732_800_000u64, "triggered": true}}));
+        let a = Alert::from_envelope(e).expect("alert");
+        assert_eq!(a.label, "intrusion");
+        assert_eq!(a.confidence, Confidence::Valid(0.9));
+        assert!(a.timestamp.is_some());
+        assert_eq!(a.data.get("triggered"), Some(&json!(true)));
+    }
+
+    #[test]
+    fn out_of_range_confidence_is_invalid_not_fatal() {
+        for c in [json!(1.5), json!(-0.1), json!("NaN"), json!([1])] {
+            let e = envelope(json!({"channel": "alert", "data": {"label": "x", "confidence": c}}));
+            assert_eq!(
+                Alert::from_envelope(e).expect("alert").confidence,
+                Confidence::Invalid
+            );
+        }
+    }
+
+    #[test]
+    fn alert_without_label_is_rejected() {
+        let e = envelope(json!({"channel": "alert", "data": {"event_id": "e"}}));
+        assert_eq!(Alert::from_envelope(e), Err(AlertError::NoLabel));
+        let e = envelope(json!({"channel": "alert", "data": {"label": 7}}));
+        assert_eq!(Alert::from_envelope(e), Err(AlertError::LabelNotString));
+    }
+
+    #[test]
+    fn hostile_labels_are_sanitised() {
+        assert_eq!(sanitize_topic_level("a/b+c#d"), "a_b_c_d");
+        assert_eq!(sanitize_topic_level("x\u{0}y\n"), "x_y_");
+        assert_eq!(sanitize_topic_level(""), "_");
+        assert_eq!(
+            sanitize_topic_level(&"é".repeat(200)).len(),
+            MAX_TOPIC_LABEL_BYTES
+        );
+    }
+
+    #[test]
+    fn queued_message_round_trips_and_renders_relay_object() {
+        let e = envelope(json!({"channel": "alert", "rtstream_id": "rt9",
+            "data": {"event_id": "ev1", "label": "fire/smoke", "confidence": 0.95, "x": {"y": 1}}}));
+        let a = Alert::from_envelope(e).expect("alert");
+        let q = QueuedMessage::from_alert(&a, Via::Websocket);
+        assert_eq!(q.topic_suffix, "alerts/fire_smoke");
+        let back = QueuedMessage::decode(&q.encode()).expect("decode");
+        assert_eq!(back, q);
+        let payload: Value =
+            serde_json::from_slice(&back.render(42, 1_764_236_400_000_000)).expect("json");
+        assert_eq!(payload["label"], "fire/smoke");
+        assert_eq!(payload["x"]["y"], 1);
+        assert_eq!(payload["rtstream_id"], "rt9");
+        assert_eq!(payload["relay"]["seq"], 42);
+        assert_eq!(payload["relay"]["via"], "websocket");
+        assert_eq!(
+            payload["relay"]["received_at"],
+            "2025-11-27T09:40:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn render_handles_an_empty_body() {
+        let q = QueuedMessage {
+            topic_suffix: "alerts/x".into(),
+            via: Via::Webhook,
+            body: b"{}".to_vec(),
+        };
+        let v: Value = serde_json::from_slice(&q.render(1, 0)).expect("json");
+        assert_eq!(v["relay"]["via"], "webhook");
+    }
+}

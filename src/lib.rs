@@ -1,0 +1,132 @@
+//! alert-relay: subscribes to a real-time alert stream over WebSocket, makes every alert
+//! durable in an on-disk queue, republishes it to a local MQTT broker (at least once), and
+//! drives GPIO lights and buzzers from the live stream.
+//!
+//! Module map (data moves one way):
+//! - [`config`]: TOML -> validated [`config::Config`].
+//! - [`source`]: the WebSocket client; hands alerts to [`ingest`].
+//! - [`alert`]: frame/envelope/alert parsing, label sanitising, the queued record; pure.
+//! - [`ingest`]: an accepted alert goes to [`rules`] -> [`gpio`] (live) and to [`queue`].
+//! - [`queue`]: the durable, bounded, crash-safe log.
+//! - [`publish`]: queue -> MQTT, acking records on PUBACK.
+//! - [`rules`]: label + confidence + time -> output patterns; pure.
+//! - [`gpio`]: pattern scheduler and pin backends.
+//! - [`stats`]: counters for `{prefix}/stats`.
+//!
+//! [`run`] wires the stages and runs until the shutdown future resolves.
+
+pub mod alert;
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod gpio;
+pub mod ingest;
+pub mod publish;
+pub mod queue;
+pub mod rules;
+pub mod source;
+pub mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use config::{Config, GpioBackendKind};
+use stats::Stats;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    #[error(transparent)]
+    Gpio(#[from] gpio::GpioError),
+    #[error("cannot start the queue writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Runs the relay until `shutdown` resolves; returns once every stage has stopped, outputs are
+/// in their safe state, `offline` is published (if the broker is reachable) and the queue is
+/// closed.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    run_with_stats(config, shutdown, Arc::new(Stats::default())).await
+}
+
+/// [`run`], with the counters shared with the caller (tests and benchmarks read them).
+pub async fn run_with_stats(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    stats: Arc<Stats>,
+) -> Result<(), RunError> {
+    let (queue, report) = queue::Queue::open(&config.queue)?;
+    log::info!(
+        "queue: {} segments, {} unacknowledged records in {}{}",
+        report.segments,
+        report.unacked_records,
+        config.queue.dir.display(),
+        if report.torn_tail_bytes + report.corrupt_regions + report.quarantined_segments > 0 {
+            format!(
+                " (recovered: {} torn tail bytes truncated, {} corrupt regions skipped, {} segments quarantined)",
+                report.torn_tail_bytes, report.corrupt_regions, report.quarantined_segments
+            )
+        } else {
+            String::new()
+        }
+    );
+    let backend = gpio::open_backend(&config.gpio)?;
+    let (queue, writer) = queue::spawn_writer(queue, stats.clone()).map_err(RunError::Thread)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (gpio_tx, gpio_task) =
+        if config.gpio.backend != GpioBackendKind::None && !config.gpio.outputs.is_empty() {
+            log::info!(
+                "gpio: backend {} with {} outputs",
+                backend.name(),
+                config.gpio.outputs.len()
+            );
+            let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
+            let task = tokio::spawn(gpio::run_engine(
+                config.gpio.outputs.clone(),
+                backend,
+                rx,
+                stop_rx.clone(),
+                stats.clone(),
+            ));
+            (Some(tx), Some(task))
+        } else {
+            (None, None)
+        };
+    let ingest = ingest::Ingest::new(
+        rules::RuleEngine::new(config.gpio.rules.clone()),
+        gpio_tx,
+        queue.clone(),
+        stats.clone(),
+    );
+    let source_task = tokio::spawn(source::run(
+        config.source.clone(),
+        ingest,
+        stats.clone(),
+        stop_rx.clone(),
+    ));
+    let publish_task = tokio::spawn(publish::run(
+        config.mqtt.clone(),
+        queue.clone(),
+        stats.clone(),
+        stop_rx,
+    ));
+    drop(queue);
+
+    shutdown.await;
+    log::info!("shutting down");
+    let _ = stop_tx.send(true);
+    // The source stops first (no new alerts), then the publisher says offline, GPIO goes safe.
+    let _ = source_task.await;
+    let _ = publish_task.await;
+    if let Some(t) = gpio_task {
+        let _ = t.await;
+    }
+    // Every QueueHandle is gone now: the writer drains, syncs, persists the ack position.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    log::info!("stopped");
+    Ok(())
+}

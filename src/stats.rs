@@ -1,0 +1,182 @@
+//! Counters every stage updates, and one JSON snapshot of them for `{prefix}/stats` (and later
+//! the HTTP endpoints).
+//!
+//! Owns: the counters and the rate limiter for log lines about bad input. Never does: I/O.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal,)*) => {
+        /// Monotonic counters since start. Each field's doc says what it counts.
+        #[derive(Default)]
+        pub struct Stats {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+            fsync_latency_us_max: AtomicU64,
+            fsync_latency_us_total: AtomicU64,
+            source_connected: AtomicU64,
+            broker_connected: AtomicU64,
+            log_limiter: Mutex<LogLimiter>,
+        }
+
+        impl Stats {
+            fn counters_json(&self) -> Map<String, Value> {
+                let mut m = Map::new();
+                $(m.insert(stringify!($name).into(), json!(self.$name.load(Ordering::Relaxed)));)*
+                m
+            }
+        }
+    };
+}
+
+counters! {
+    frames_received: "Text frames read from the WebSocket.",
+    frames_invalid_json: "Frames that were not JSON, or not a JSON object.",
+    frames_binary: "Binary frames (skipped).",
+    frames_oversize: "Frames above `source.max_frame_bytes` (skipped).",
+    frames_no_channel: "Envelopes without a channel field.",
+    frames_other_channel: "Envelopes on channels that are not relayed.",
+    alerts_received: "Alerts accepted from any path.",
+    alerts_invalid: "Alert envelopes rejected (no label, bad types).",
+    alerts_bad_confidence: "Alerts relayed with a confidence that is not a number in 0..1.",
+    alerts_missing_event_id: "Alerts relayed without an event_id.",
+    source_connects: "Successful WebSocket connections.",
+    source_connect_failures: "Failed WebSocket connection attempts.",
+    queue_appended: "Records made durable in the queue.",
+    queue_append_failed: "Records the queue could not take (full with drop_newest, disk errors).",
+    queue_fsyncs: "Group commits (fsync calls) by the writer.",
+    mqtt_connects: "Successful broker connections.",
+    mqtt_connect_failures: "Failed or lost broker connections.",
+    mqtt_published: "Queue records sent to the broker (replays included).",
+    mqtt_acked: "Queue records acknowledged by the broker.",
+    mqtt_undecodable: "Queue records that could not be decoded and were set aside.",
+    gpio_rule_matches: "Rule matches that started or extended a pattern.",
+    gpio_skipped_stale: "Rule matches skipped because the alert was older than max_age.",
+    gpio_skipped_cooldown: "Rule matches skipped because the rule was cooling down.",
+    gpio_edges: "Output level changes driven.",
+    gpio_errors: "Backend errors while driving an output.",
+}
+
+/// At most one line per category per interval; the rest are counted and summarised.
+#[derive(Default)]
+struct LogLimiter {
+    last: Vec<(&'static str, Instant, u64)>,
+}
+
+/// How often one category of bad-input warning may be logged.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Stats {
+    pub fn inc(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub fn record_fsync(&self, took: Duration) {
+        let us = took.as_micros() as u64;
+        self.queue_fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_latency_us_total.fetch_add(us, Ordering::Relaxed);
+        self.fsync_latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn set_source_connected(&self, up: bool) {
+        self.source_connected.store(up as u64, Ordering::Relaxed);
+    }
+
+    pub fn set_broker_connected(&self, up: bool) {
+        self.broker_connected.store(up as u64, Ordering::Relaxed);
+    }
+
+    /// Logs `msg` at warn level unless `category` was logged within [`LOG_INTERVAL`]; then it
+    /// is only counted, and the next line that gets through says how many were suppressed.
+    pub fn warn_limited(&self, category: &'static str, msg: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        let mut lim = self.log_limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = match lim.last.iter_mut().position(|(c, _, _)| *c == category) {
+            Some(i) => &mut lim.last[i],
+            None => {
+                lim.last.push((category, now - LOG_INTERVAL * 2, 0));
+                let i = lim.last.len() - 1;
+                &mut lim.last[i]
+            }
+        };
+        if now.duration_since(entry.1) >= LOG_INTERVAL {
+            if entry.2 > 0 {
+                log::warn!(
+                    "{msg} ({} similar suppressed in the last {}s)",
+                    entry.2,
+                    LOG_INTERVAL.as_secs()
+                );
+            } else {
+                log::warn!("{msg}");
+            }
+            entry.1 = now;
+            entry.2 = 0;
+        } else {
+            entry.2 += 1;
+        }
+    }
+
+    pub fn log_queue_error(&self, e: &crate::queue::QueueError) {
+        self.warn_limited("queue", format_args!("queue: {e}"));
+    }
+
+    /// Everything as one JSON object; `queue` is filled by the caller, which holds the lock.
+    pub fn snapshot(&self, queue: Option<Value>) -> Value {
+        let mut m = self.counters_json();
+        let fsyncs = self.queue_fsyncs.load(Ordering::Relaxed).max(1);
+        m.insert(
+            "fsync_latency_us_avg".into(),
+            json!(self.fsync_latency_us_total.load(Ordering::Relaxed) / fsyncs),
+        );
+        m.insert(
+            "fsync_latency_us_max".into(),
+            json!(self.fsync_latency_us_max.load(Ordering::Relaxed)),
+        );
+        m.insert(
+            "source_connected".into(),
+            json!(self.source_connected.load(Ordering::Relaxed) == 1),
+        );
+        m.insert(
+            "broker_connected".into(),
+            json!(self.broker_connected.load(Ordering::Relaxed) == 1),
+        );
+        if let Some(q) = queue {
+            m.insert("queue".into(), q);
+        }
+        Value::Object(m)
+    }
+}
+
+/// The queue part of a snapshot.
+pub fn queue_json(q: &crate::queue::Queue) -> Value {
+    let c = q.counters();
+    let g = q.gauges();
+    let amplification = if c.payload_bytes > 0 {
+        c.bytes_written as f64 / c.payload_bytes as f64
+    } else {
+        0.0
+    };
+    json!({
+        "depth_records": g.depth_records,
+        "depth_bytes": g.depth_bytes,
+        "segments": g.segments,
+        "appended": c.appended,
+        "dropped_oldest": c.dropped_oldest,
+        "dropped_newest": c.dropped_newest,
+        "dropped_io_error": c.dropped_io_error,
+        "corrupt_regions": c.corrupt_regions,
+        "torn_tail_bytes": c.torn_tail_bytes,
+        "quarantined_segments": c.quarantined_segments,
+        "fsyncs": c.fsyncs,
+        "bytes_written": c.bytes_written,
+        "payload_bytes": c.payload_bytes,
+        "write_amplification": (amplification * 1000.0).round() / 1000.0,
+    })
+}
