@@ -901,14 +901,9 @@ fn scan_segment(path: &Path, first_seq: u64) -> io::Result<Scan> {
     }
     let mut off = SEGMENT_MAGIC.len();
     let mut seq = first_seq;
-    loop {
-        match decode_record(&data[off..], seq) {
-            Decoded::Record(_, used) => {
-                off += used;
-                seq += 1;
-            }
-            Decoded::NeedMore(_) | Decoded::Bad => break,
-        }
+    while let Decoded::Record(_, used) = decode_record(&data[off..], seq) {
+        off += used;
+        seq += 1;
     }
     Ok(Scan {
         magic_ok: true,
