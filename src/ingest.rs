@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use crate::alert::{Alert, Confidence, QueuedMessage, Via};
+use crate::gpio::GpioCommand;
 use crate::queue::QueueHandle;
-use crate::rules::{Fire, RuleEngine};
+use crate::rules::RuleEngine;
 use crate::stats::Stats;
 
 /// How long an alert may wait for room in the writer's channel before it is dropped and
@@ -21,7 +22,7 @@ pub const QUEUE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Ingest {
     rules: Arc<Mutex<RuleEngine>>,
-    gpio: Option<mpsc::Sender<Fire>>,
+    gpio: Option<mpsc::Sender<GpioCommand>>,
     queue: QueueHandle,
     stats: Arc<Stats>,
 }
@@ -29,7 +30,7 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(
         rules: RuleEngine,
-        gpio: Option<mpsc::Sender<Fire>>,
+        gpio: Option<mpsc::Sender<GpioCommand>>,
         queue: QueueHandle,
         stats: Arc<Stats>,
     ) -> Ingest {
@@ -91,7 +92,7 @@ impl Ingest {
         }
         for fire in decision.fires {
             s.inc(&s.gpio_rule_matches);
-            if tx.try_send(fire).is_err() {
+            if tx.try_send(GpioCommand::Fire(fire)).is_err() {
                 s.inc(&s.gpio_errors);
                 s.warn_limited(
                     "gpio_busy",

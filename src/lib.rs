@@ -85,12 +85,15 @@ pub async fn run_with_stats(
                 config.gpio.outputs.len()
             );
             let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
+            // Which outputs run a pattern; MQTT mirrors it on {prefix}/outputs/{name}.
+            let (activity, _) = watch::channel(vec![false; config.gpio.outputs.len()]);
             let task = tokio::spawn(gpio::run_engine(
                 config.gpio.outputs.clone(),
                 backend,
                 rx,
                 stop_rx.clone(),
                 stats.clone(),
+                activity,
             ));
             (Some(tx), Some(task))
         } else {

@@ -28,6 +28,20 @@ use pattern::PatternCursor;
 /// lights cannot show more than a handful of patterns per second anyway.
 pub const FIRE_CHANNEL_CAPACITY: usize = 64;
 
+/// What the engine can be told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GpioCommand {
+    /// A rule matched a live alert.
+    Fire(Fire),
+    /// Stop every active pattern now (MQTT `cmd/silence`, an acknowledge button).
+    Silence,
+    /// Run `pattern` on output `output` now, pre-empting anything (installer test).
+    Test {
+        output: usize,
+        pattern: crate::config::Pattern,
+    },
+}
+
 struct Active {
     priority: i32,
     started: Instant,
@@ -40,9 +54,10 @@ struct Active {
 pub async fn run_engine(
     outputs: Vec<OutputConfig>,
     mut backend: Box<dyn Backend>,
-    mut fires: mpsc::Receiver<Fire>,
+    mut commands: mpsc::Receiver<GpioCommand>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
+    activity: watch::Sender<Vec<bool>>,
 ) {
     let mut active: Vec<Option<Active>> = outputs.iter().map(|_| None).collect();
     let mut level = vec![false; outputs.len()];
@@ -59,8 +74,22 @@ pub async fn run_engine(
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
             }
-            fire = fires.recv() => {
-                let Some(fire) = fire else { break };
+            cmd = commands.recv() => {
+                let fire = match cmd {
+                    None => break,
+                    Some(GpioCommand::Fire(f)) => f,
+                    Some(GpioCommand::Test { output, pattern }) => Fire { output, rule: usize::MAX, pattern, priority: i32::MAX },
+                    Some(GpioCommand::Silence) => {
+                        for i in 0..active.len() {
+                            if active[i].take().is_some() {
+                                log::info!("gpio: {} silenced", outputs[i].name);
+                            }
+                            set(&mut *backend, &outputs, &mut level, i, false, &stats, false);
+                        }
+                        publish_activity(&activity, &active);
+                        continue;
+                    }
+                };
                 let Some(cfg) = outputs.get(fire.output) else { continue };
                 if let Some(a) = &active[fire.output] {
                     if fire.priority < a.priority {
@@ -73,18 +102,36 @@ pub async fn run_engine(
                 let next = cursor.next_edge().map(|(off, l)| (now + off, l));
                 active[fire.output] = Some(Active { priority: fire.priority, started: now, cursor, next });
                 advance(&mut *backend, &outputs, &mut level, &mut active, fire.output, &stats);
+                publish_activity(&activity, &active);
             }
             _ = sleep_until_opt(due), if due.is_some() => {
                 for i in 0..active.len() {
                     advance(&mut *backend, &outputs, &mut level, &mut active, i, &stats);
                 }
+                publish_activity(&activity, &active);
             }
         }
     }
-    for i in 0..outputs.len() {
+    for (i, a) in active.iter_mut().enumerate() {
+        *a = None;
         set(&mut *backend, &outputs, &mut level, i, false, &stats, true);
     }
+    publish_activity(&activity, &active);
     log::info!("gpio: all outputs in their safe state");
+}
+
+/// Tells watchers (MQTT `{prefix}/outputs/{name}`) which outputs run a pattern; only changes
+/// wake them, not every blink edge.
+fn publish_activity(activity: &watch::Sender<Vec<bool>>, active: &[Option<Active>]) {
+    let now: Vec<bool> = active.iter().map(Option::is_some).collect();
+    activity.send_if_modified(|v| {
+        if *v != now {
+            *v = now;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
