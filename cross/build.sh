@@ -10,6 +10,14 @@
 #   aarch64-unknown-linux-gnu      Pi 3/4/5, Zero 2 W, 64-bit OS (glibc pinned to 2.31 via zig)
 #   aarch64-unknown-linux-musl     same boards, static binary
 #   armv7-unknown-linux-gnueabihf  Pi 2/3/4 on 32-bit OS (glibc pinned to 2.31 via zig)
+#   arm-unknown-linux-musleabihf   ARMv6: Pi Zero / Zero W / 1, static. rustup has no std for
+#                                  it here, so it is built with nightly + rust-src + -Zbuild-std
+#                                  and linked by zig (musl libc and crt from zig, ARMv6 code).
+#
+# The ARMv6 recipe (SPEC §6) needs: `rustup toolchain install nightly`, `rustup component add
+# rust-src --toolchain nightly`, cargo-zigbuild and zig. Why -C link-self-contained=no: without a
+# rustup std there is no self-contained musl crt/libc.a for this target; zig provides them.
+# Set ALERT_RELAY_NIGHTLY to use another toolchain name than `nightly`.
 #
 # gnu targets: if `cargo zigbuild` and zig are installed, the build links against glibc
 # $GLIBC_VERSION (default 2.31, Raspberry Pi OS bullseye) so the binary runs on bullseye and
@@ -18,7 +26,8 @@
 # Set ALERT_RELAY_NO_ZIG=1 to force the Debian cross gcc.
 #
 # Environment: CARGO_BUILD_JOBS (default 2), CARGO_TARGET_DIR (default ./target),
-# GLIBC_VERSION (default 2.31).
+# GLIBC_VERSION (default 2.31). CROSS_BUILD_DIR / CROSS_BUILD_BIN build another package and
+# binary with the same recipes (CI uses it for cross/tls-smoke); default: this repo, alert-relay.
 set -euo pipefail
 
 # Keep stdout for the final path only.
@@ -32,6 +41,8 @@ target=$1
 shift
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+root=$(cd "${CROSS_BUILD_DIR:-$root}" && pwd)
+bin_name=${CROSS_BUILD_BIN:-alert-relay}
 cd "$root"
 
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
@@ -78,11 +89,23 @@ case $target in
         note "building $target (static) with Debian's aarch64 cross gcc as linker"
         cargo build --release --target "$target" "$@"
         ;;
+    arm-unknown-linux-musleabihf)
+        nightly=${ALERT_RELAY_NIGHTLY:-nightly}
+        rustc "+$nightly" --version >/dev/null 2>&1 ||
+            die "toolchain '$nightly' missing: rustup toolchain install $nightly --profile minimal"
+        sysroot=$(rustc "+$nightly" --print sysroot)
+        [ -d "$sysroot/lib/rustlib/src/rust/library" ] ||
+            die "rust-src missing: rustup component add rust-src --toolchain $nightly"
+        have_zig || die "$target needs cargo-zigbuild and zig (cargo install --locked cargo-zigbuild; pip install ziglang)"
+        note "building $target (ARMv6, static) with $(rustc "+$nightly" --version), -Zbuild-std and zig"
+        RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C link-self-contained=no" \
+            cargo "+$nightly" zigbuild -Zbuild-std=std,panic_abort --release --target "$target" "$@"
+        ;;
     *)
         die "unsupported target '$target' (see the list at the top of cross/build.sh)"
         ;;
 esac
 
-bin=$target_dir/$target/release/alert-relay
+bin=$target_dir/$target/release/$bin_name
 [ -x "$bin" ] || die "build finished but $bin is missing"
 echo "$bin" >&3
