@@ -1,0 +1,418 @@
+//! End-to-end benchmark a user can run with one command (needs mosquitto installed):
+//!
+//!   cargo run --release --example bench                 # full run, ~1–2 minutes
+//!   cargo run --release --example bench -- --count 5000 --rate-seconds 5
+//!
+//! Source (a local WebSocket server speaking the upstream protocol, ~460-byte alerts) -> the
+//! relay as a separate process (the release binary) -> a real mosquitto on loopback (QoS 1) ->
+//! a subscriber in this process. For `fsync = "batch"` and `"always"` it measures: sustained
+//! throughput for a burst, loss and duplicates, end-to-end latency percentiles at a fixed rate,
+//! CPU per alert and RSS of the relay (from /proc), idle RSS and idle wake-ups (context
+//! switches over an idle window), and bytes written to disk per payload byte. A
+//! `mosquitto_pub` run into the same broker, in the same invocation, gives the ceiling of this
+//! loop on this machine, so every throughput is also a ratio.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{free_port, Broker, WsServer};
+
+struct Args {
+    count: usize,
+    rate: usize,
+    rate_seconds: usize,
+    idle_seconds: u64,
+    policies: Vec<String>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        count: 20_000,
+        rate: 200,
+        rate_seconds: 10,
+        idle_seconds: 10,
+        policies: vec!["batch".into(), "always".into()],
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--count" => a.count = v.parse().unwrap_or(a.count),
+            "--rate" => a.rate = v.parse().unwrap_or(a.rate),
+            "--rate-seconds" => a.rate_seconds = v.parse().unwrap_or(a.rate_seconds),
+            "--idle-seconds" => a.idle_seconds = v.parse().unwrap_or(a.idle_seconds),
+            "--fsync" => a.policies = v.split(',').map(str::to_owned).collect(),
+            other => {
+                eprintln!("unknown argument {other}\nusage: bench [--count N] [--rate N] [--rate-seconds N] [--idle-seconds N] [--fsync batch,always,never]");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn now_us() -> u64 {
+    alert_relay::clock::unix_micros(SystemTime::now())
+}
+
+/// A ~460-byte alert in VideoDB's shape, carrying its send time for latency.
+fn alert(i: usize) -> String {
+    serde_json::json!({
+        "channel": "alert",
+        "rtstream_id": "rts-019a1b2c3d4e",
+        "rtstream_name": "Front gate camera",
+        "data": {
+            "event_id": format!("evt-{i:08}"),
+            "label": "intrusion",
+            "confidence": 0.93,
+            "explanation": "A person climbed over the front gate after closing time and walked to the door.",
+            "timestamp": alert_relay::clock::rfc3339_micros(now_us()),
+            "start_time": 120.0,
+            "end_time": 126.5,
+            "stream_url": "https://rt.videodb.io/stream/rts-019a1b2c3d4e",
+            "player_url": "https://console.videodb.io/player?url=rts-019a1b2c3d4e",
+            "bench_sent_us": now_us(),
+        }
+    })
+    .to_string()
+}
+
+/// What the subscriber saw.
+#[derive(Default)]
+struct Seen {
+    /// event index -> times seen
+    counts: HashMap<usize, u32>,
+    latencies_us: Vec<u64>,
+    last_at: Option<Instant>,
+    ceiling: u64,
+    ceiling_last: Option<Instant>,
+}
+
+async fn subscriber(port: u16, seen: Arc<Mutex<Seen>>) {
+    let mut opts = MqttOptions::new(format!("bench-sub-{}", free_port()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_inflight(1000);
+    let (client, mut el) = AsyncClient::new(opts, 100);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe("bench/#", QoS::AtLeastOnce).await;
+                    let _ = client
+                        .subscribe("alert-relay/alerts/#", QoS::AtLeastOnce)
+                        .await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let now = Instant::now();
+                    let mut s = seen.lock().expect("lock");
+                    if p.topic.starts_with("bench/") {
+                        s.ceiling += 1;
+                        s.ceiling_last = Some(now);
+                        continue;
+                    }
+                    let recv = now_us();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&p.payload).unwrap_or_default();
+                    let idx = v["event_id"]
+                        .as_str()
+                        .and_then(|e| e.strip_prefix("evt-"))
+                        .and_then(|n| n.parse().ok());
+                    if let Some(idx) = idx {
+                        *s.counts.entry(idx).or_insert(0) += 1;
+                        if let Some(sent) = v["bench_sent_us"].as_u64() {
+                            s.latencies_us.push(recv.saturating_sub(sent));
+                        }
+                        s.last_at = Some(now);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+    // Two subscriptions: wait for the second SUBACK too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+struct Proc {
+    pid: u32,
+}
+
+impl Proc {
+    fn status_kib(&self, key: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+    /// utime + stime in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let g = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        g(11) + g(12)
+    }
+    fn ctx_switches(&self) -> u64 {
+        // Summed over all threads of the process.
+        let mut total = 0;
+        if let Ok(rd) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+            for t in rd.flatten() {
+                let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                for l in s.lines() {
+                    if l.starts_with("voluntary_ctxt_switches")
+                        || l.starts_with("nonvoluntary_ctxt_switches")
+                    {
+                        total += l
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    }
+                }
+            }
+        }
+        total
+    }
+    fn write_bytes(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/io", self.pid))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("write_bytes:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn ticks_per_sec() -> f64 {
+    // Linux reports /proc/*/stat times in USER_HZ, which is 100 on every mainstream config.
+    100.0
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn relay_binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--bin", "alert-relay"])
+        .current_dir(root)
+        .status()
+        .expect("run cargo build --release");
+    assert!(status.success(), "cargo build --release failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("release/alert-relay")
+}
+
+fn start_relay(bin: &Path, ws_url: &str, port: u16, dir: &Path, fsync: &str) -> (Child, Proc) {
+    let cfg = format!(
+        "[source]\nurl = \"{ws_url}\"\n[queue]\ndir = \"{}\"\nmax_bytes = \"1GiB\"\nfsync = \"{fsync}\"\n[mqtt]\nport = {port}\nclient_id = \"bench-relay-{}\"\nmax_inflight = 256\n",
+        dir.join("queue").display(),
+        free_port()
+    );
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, cfg).expect("write config");
+    let child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start relay");
+    let pid = child.id();
+    (child, Proc { pid })
+}
+
+async fn wait_for(seen: &Arc<Mutex<Seen>>, want: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if seen.lock().expect("lock").counts.len() >= want {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = parse_args();
+    let bin = relay_binary();
+    let port = free_port();
+    // The bench always uses mosquitto: it is what users run.
+    std::env::set_var("ALERT_RELAY_TEST_BROKER", "mosquitto");
+    let _broker = Broker::start(port);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    subscriber(port, seen.clone()).await;
+    let payload_len = alert(0).len();
+    println!(
+        "# alert-relay bench: {} alerts of ~{payload_len} bytes, rate run {}/s for {}s",
+        args.count, args.rate, args.rate_seconds
+    );
+    println!(
+        "# machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        uname()
+    );
+
+    // Ceiling: mosquitto_pub -l publishes one message per stdin line, QoS 1, into the same broker.
+    let lines: String = (0..args.count).map(|i| alert(i) + "\n").collect();
+    let t0 = Instant::now();
+    let mut pubp = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-t",
+            "bench/ceiling",
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub (apt-get install mosquitto-clients)");
+    if let Some(mut stdin) = pubp.stdin.take() {
+        let _ = stdin.write_all(lines.as_bytes());
+    }
+    let _ = pubp.wait();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().expect("lock").ceiling < args.count as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ceiling_elapsed = seen
+        .lock()
+        .expect("lock")
+        .ceiling_last
+        .map(|l| l - t0)
+        .unwrap_or(t0.elapsed());
+    let ceiling = args.count as f64 / ceiling_elapsed.as_secs_f64();
+    println!("ceiling  mosquitto_pub -> mosquitto -> subscriber: {ceiling:.0} msg/s");
+
+    let mut rows = Vec::new();
+    for policy in &args.policies {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws = WsServer::start().await;
+        *seen.lock().expect("lock") = Seen::default();
+        let (mut child, proc_) = start_relay(&bin, &ws.url(), port, dir.path(), policy);
+        // Wait for the relay to connect upstream.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ws.connections.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Idle: RSS and wake-ups over a quiet window.
+        let idle_rss = proc_.status_kib("VmRSS:");
+        let cs0 = proc_.ctx_switches();
+        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+        let idle_wakeups = proc_.ctx_switches() - cs0;
+
+        // Burst: as fast as possible.
+        let cpu0 = proc_.cpu_ticks();
+        let wb0 = proc_.write_bytes();
+        let t0 = Instant::now();
+        for i in 0..args.count {
+            ws.send_text(alert(i));
+        }
+        let complete = wait_for(&seen, args.count, Duration::from_secs(120)).await;
+        let (burst_elapsed, dups, lost) = {
+            let s = seen.lock().expect("lock");
+            let dups: u64 = s.counts.values().map(|c| u64::from(c - 1)).sum();
+            (
+                s.last_at.map(|l| l - t0).unwrap_or(t0.elapsed()),
+                dups,
+                args.count - s.counts.len(),
+            )
+        };
+        let burst_cpu = (proc_.cpu_ticks() - cpu0) as f64 / ticks_per_sec();
+        let written = proc_.write_bytes() - wb0;
+        let peak_rss = proc_.status_kib("VmHWM:");
+        let throughput = args.count as f64 / burst_elapsed.as_secs_f64();
+
+        // Fixed rate: latency and CPU per alert.
+        *seen.lock().expect("lock") = Seen::default();
+        let n = args.rate * args.rate_seconds;
+        let cpu0 = proc_.cpu_ticks();
+        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let start = tokio::time::Instant::now();
+        for i in 0..n {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            ws.send_text(alert(args.count + i));
+        }
+        let rate_complete = wait_for(&seen, n, Duration::from_secs(30)).await;
+        let rate_cpu = (proc_.cpu_ticks() - cpu0) as f64 / ticks_per_sec();
+        let mut lat = seen.lock().expect("lock").latencies_us.clone();
+        lat.sort_unstable();
+        let _ = Command::new("kill")
+            .args(["-TERM", &proc_.pid.to_string()])
+            .status();
+        let _ = child.wait();
+
+        println!(
+            "{policy:<6} burst: {throughput:.0} alerts/s ({:.0}% of ceiling), lost {lost}, dups {dups}{}; peak RSS {:.1} MiB; CPU {:.3} ms/alert; disk {:.2} B written per payload B",
+            100.0 * throughput / ceiling,
+            if complete { "" } else { " (INCOMPLETE)" },
+            peak_rss as f64 / 1024.0,
+            1000.0 * burst_cpu / args.count as f64,
+            written as f64 / (args.count * payload_len) as f64,
+        );
+        println!(
+            "{policy:<6} {}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}; CPU {:.3} ms/alert; idle RSS {:.1} MiB, {} wake-ups in {}s idle",
+            args.rate,
+            percentile(&lat, 0.50) as f64 / 1000.0,
+            percentile(&lat, 0.99) as f64 / 1000.0,
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+            if rate_complete { "" } else { " (INCOMPLETE)" },
+            1000.0 * rate_cpu / n as f64,
+            idle_rss as f64 / 1024.0,
+            idle_wakeups,
+            args.idle_seconds,
+        );
+        rows.push(policy.clone());
+    }
+    let counted = AtomicU64::new(rows.len() as u64);
+    println!("# {} policies measured", counted.load(Ordering::Relaxed));
+}
+
+fn uname() -> String {
+    Command::new("uname")
+        .arg("-srm")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
