@@ -137,7 +137,8 @@ pub async fn run(listener: TcpListener, state: HttpState, mut shutdown: watch::R
     }
 }
 
-const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 30\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
+/// Written straight to a refused socket; hyper never sees that connection.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
 
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
@@ -490,6 +491,14 @@ fn flatten(prefix: &str, m: &Map<String, Value>, out: &mut Vec<(String, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_response_is_well_formed() {
+        let text = std::str::from_utf8(BUSY_RESPONSE).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(serde_json::from_str::<Value>(body).is_ok());
+    }
 
     #[test]
     fn health_names_every_reason() {
