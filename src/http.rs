@@ -420,30 +420,43 @@ const GAUGES: &[(&str, &str)] = &[
     ),
     ("broker_connected", "1 while the MQTT broker is connected."),
     (
-        "queue_depth_records",
+        "queue_log_depth_records",
         "Records in the queue not yet acknowledged by the broker.",
     ),
     (
-        "queue_depth_bytes",
+        "queue_log_depth_bytes",
         "Bytes in the queue not yet acknowledged by the broker.",
     ),
-    ("queue_segments", "Segment files in the queue directory."),
     (
-        "queue_write_amplification",
+        "queue_log_segments",
+        "Segment files in the queue directory.",
+    ),
+    (
+        "queue_log_write_amplification",
         "Bytes written to disk per payload byte.",
     ),
 ];
 
+/// Prefixes for nested snapshot objects whose plain `{key}_` prefix would collide with
+/// top-level counters (`queue.appended` vs `queue_appended`).
+const NESTED_PREFIXES: &[(&str, &str)] = &[("queue", "queue_log_")];
+
 /// Renders a stats snapshot (the `{prefix}/stats` JSON) in the Prometheus text format: nested
-/// objects flattened with `_`, booleans as 0/1, counters with `_total`, every metric with HELP
-/// and TYPE lines.
+/// objects flattened with `_` (`queue.depth_records` is `queue_log_depth_records`, see
+/// [`NESTED_PREFIXES`]), booleans as 0/1, counters with `_total`, every metric with HELP and
+/// TYPE lines. A name that would repeat is left out (and logged), never emitted twice.
 pub fn prometheus_text(snapshot: &Value) -> String {
     let mut flat = Vec::new();
     if let Value::Object(m) = snapshot {
         flatten("", m, &mut flat);
     }
+    let mut seen = std::collections::HashSet::new();
     let mut out = String::new();
     for (name, v) in flat {
+        if !seen.insert(name.clone()) {
+            log::debug!("metrics: {name} appears twice in the stats snapshot; second left out");
+            continue;
+        }
         let gauge = GAUGES.iter().find(|(g, _)| *g == name);
         let help = match gauge {
             Some((_, h)) => (*h).to_string(),
@@ -479,7 +492,13 @@ fn flatten(prefix: &str, m: &Map<String, Value>, out: &mut Vec<(String, String)>
             })
             .collect();
         match v {
-            Value::Object(inner) => flatten(&format!("{name}_"), inner, out),
+            Value::Object(inner) => {
+                let nested = NESTED_PREFIXES
+                    .iter()
+                    .find(|(k, _)| prefix.is_empty() && *k == name)
+                    .map_or_else(|| format!("{name}_"), |(_, p)| (*p).to_string());
+                flatten(&nested, inner, out)
+            }
             Value::Bool(b) => out.push((name, u8::from(*b).to_string())),
             Value::Number(n) => out.push((name, n.to_string())),
             // Strings and nulls are not samples.
@@ -535,18 +554,15 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(
-            text.contains("alert_relay_queue_depth_records 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE alert_relay_queue_appended_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("alert_relay_queue_write_amplification 1.25\n"),
-            "{text}"
-        );
+        for expected in [
+            "alert_relay_queue_log_depth_records 2\n",
+            "# TYPE alert_relay_queue_log_appended_total counter\nalert_relay_queue_log_appended_total 5\n",
+            "alert_relay_queue_log_write_amplification 1.25\n",
+            // The writer's own counter is not confused with the log's.
+            "# TYPE alert_relay_queue_appended_total counter\nalert_relay_queue_appended_total 0\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
         assert!(
             text.lines().filter(|l| l.starts_with("# HELP")).count()
                 == text.lines().filter(|l| l.starts_with("# TYPE")).count()
