@@ -39,18 +39,26 @@ pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends `raw` (a complete request; it should say `Connection: close`) and reads the response
 /// until the server closes.
 pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> Reply {
+    match try_exchange(addr, raw).await {
+        Ok(r) => r,
+        Err(e) => panic!("HTTP exchange with {addr} failed: {e}"),
+    }
+}
+
+/// [`exchange`] that reports failure (refused, reset, no response) instead of panicking.
+pub async fn try_exchange(addr: SocketAddr, raw: &[u8]) -> Result<Reply, String> {
     tokio::time::timeout(EXCHANGE_TIMEOUT, async {
         let mut s = TcpStream::connect(addr)
             .await
-            .expect("connect to the relay");
-        s.write_all(raw).await.expect("write request");
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(raw).await.map_err(|e| format!("write: {e}"))?;
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf).await;
         parse_reply(&buf)
-            .unwrap_or_else(|| panic!("not an HTTP response: {:?}", String::from_utf8_lossy(&buf)))
+            .ok_or_else(|| format!("not an HTTP response: {:?}", String::from_utf8_lossy(&buf)))
     })
     .await
-    .expect("HTTP exchange timed out")
+    .map_err(|_| "timed out".to_string())?
 }
 
 pub fn parse_reply(buf: &[u8]) -> Option<Reply> {
