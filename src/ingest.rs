@@ -200,18 +200,17 @@ impl Ingest {
         .await;
         let rx = match receipt {
             Ok(Ok(rx)) => rx,
-            Ok(Err(_)) | Err(_) => {
-                let closed = matches!(receipt, Ok(Err(_)));
+            failed => {
+                let e = match failed {
+                    Ok(Err(_)) => IngestError::Closed,
+                    _ => IngestError::Stalled(QUEUE_SEND_TIMEOUT),
+                };
                 s.inc(&s.queue_append_failed);
                 s.warn_limited(
                     "queue_stalled",
-                    format_args!("alert {:?} dropped: the queue writer did not take it within {QUEUE_SEND_TIMEOUT:?}", alert.label),
+                    format_args!("alert {:?} dropped: {e}", alert.label),
                 );
-                let e = if closed {
-                    IngestError::Closed
-                } else {
-                    IngestError::Stalled(QUEUE_SEND_TIMEOUT)
-                };
+                // A later copy (a webhook retry) may then be admitted and try again.
                 self.dedup.settle(key, None);
                 return Submitted::Failed(e);
             }

@@ -432,3 +432,101 @@ async fn keep_alive_connections_serve_several_requests() {
     }
     s.relay.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_answers_503_when_the_queue_is_full_and_the_retry_succeeds_later() {
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (token_path, token) = token_file(dir.path());
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    // A small queue that refuses new records when full, and no broker to drain it.
+    let cfg = format!(
+        r#"
+[source]
+url = "{}"
+[queue]
+dir = "{}"
+max_bytes = "64KiB"
+on_full = "drop_newest"
+[mqtt]
+port = {mqtt_port}
+client_id = "relay-503-{http_port}"
+backoff_initial = "50ms"
+backoff_max = "200ms"
+{}"#,
+        ws.url(),
+        dir.path().join("q").display(),
+        http_section(http_port, &token_path, "")
+    );
+    let relay = Relay::start(&cfg);
+    let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+    wait_listening(http, T).await;
+
+    let pad = "p".repeat(4096);
+    let body = |i: usize| {
+        serde_json::json!({"event_id": format!("ev-{i}"), "label": "intrusion",
+            "timestamp": "2026-01-10T08:15:30Z", "pad": pad})
+        .to_string()
+    };
+    let mut refused = None;
+    for i in 0..64 {
+        let r = post_webhook(http, &token, &body(i)).await;
+        match r.status {
+            200 => assert_eq!(r.json()["status"], "queued"),
+            503 => {
+                assert_eq!(r.header("retry-after"), Some("5"));
+                assert!(
+                    r.json()["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("full")),
+                    "{}",
+                    r.text()
+                );
+                refused = Some(i);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let refused = refused.expect("the 64 KiB queue refused an alert");
+    assert_eq!(count(&relay.stats.webhook_refused), 1);
+    // The refused alert was not remembered as seen: its retry is tried again, not acknowledged.
+    let retry = post_webhook(http, &token, &body(refused)).await;
+    assert_eq!(retry.status, 503, "{}", retry.text());
+
+    // Once a broker drains the queue, the retry is queued (not a "duplicate" of the failure).
+    let broker = Broker::start(mqtt_port);
+    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
+    wait_until("the backlog acknowledged", T, || {
+        count(&relay.stats.mqtt_acked) >= refused as u64
+    })
+    .await;
+    let answer = post_until_accepted(http, &token, &body(refused)).await;
+    assert_eq!(answer.json()["status"], "queued", "{}", answer.text());
+    wait_until("the retried alert on MQTT", T, || {
+        sub.snapshot()
+            .iter()
+            .any(|m| m.json()["event_id"] == format!("ev-{refused}").as_str())
+    })
+    .await;
+    relay.stop().await;
+}
+
+/// Posts until the answer is 200 (the queue frees space as acks delete whole segments),
+/// polling like `wait_until`, with the same deadline.
+async fn post_until_accepted(http: SocketAddr, token: &str, body: &str) -> Reply {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let r = post_webhook(http, token, body).await;
+        if r.status == 200 {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {}: {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

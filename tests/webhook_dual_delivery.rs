@@ -250,7 +250,10 @@ async fn relay_via_names_the_path_that_delivered_first() {
     let s = setup("").await;
     let ts = now_rfc3339();
     s.ws.send_text(socket_frame("ev-sock", "intrusion", &ts));
-    wait_until("the socket copy on MQTT", T, || s.sub.snapshot().len() >= 1).await;
+    wait_until("the socket copy on MQTT", T, || {
+        !s.sub.snapshot().is_empty()
+    })
+    .await;
     let late = post_webhook(s.http, &s.token, &webhook_body("ev-sock", "intrusion", &ts)).await;
     assert_eq!(late.status, 200);
     assert_eq!(late.json()["status"], "duplicate");
