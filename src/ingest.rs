@@ -178,7 +178,8 @@ impl Ingest {
         // Dedup before anything the user would notice twice: the buzzer and the MQTT message.
         let key = self.dedup.keys.key(alert);
         if let Some(k) = key {
-            if let Admit::Duplicate(_) = self.dedup.window().admit(k) {
+            let admitted = self.dedup.window().admit(k);
+            if let Admit::Duplicate(_) = admitted {
                 s.inc(&s.alerts_duplicate);
                 log::debug!(
                     "alert {:?} (event_id {:?}) via {} is a duplicate; dropped",

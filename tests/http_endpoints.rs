@@ -400,8 +400,8 @@ async fn slow_and_excess_clients_are_cut_off_and_the_server_recovers() {
 }
 
 #[tokio::test]
-async fn keep_alive_connections_serve_several_requests() {
-    let s = start_relay("").await;
+async fn keep_alive_connections_serve_several_requests_then_idle_out() {
+    let s = start_relay("request_timeout = \"500ms\"").await;
     let mut c = TcpStream::connect(s.http).await.expect("connect");
     for _ in 0..3 {
         c.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
@@ -430,6 +430,8 @@ async fn keep_alive_connections_serve_several_requests() {
         .expect("response");
         assert_eq!(reply.status, 200);
     }
+    // An idle keep-alive connection is closed after request_timeout, freeing its slot.
+    read_until_closed(&mut c).await;
     s.relay.stop().await;
 }
 
