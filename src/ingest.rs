@@ -1,16 +1,18 @@
-//! What happens to an accepted alert, whichever path it came by: the live GPIO branch first
-//! (rules decide, the engine is told at once), then the durable queue.
+//! What happens to an accepted alert, whichever path it came by: deduplication first (a copy
+//! already seen on either path is counted and dropped, see [`crate::dedup`]), then the live
+//! GPIO branch (rules decide, the engine is told at once), then the durable queue.
 //!
-//! Owns: rule state (cooldowns). Never does: socket or broker I/O.
+//! Owns: rule state (cooldowns) and the dedup window. Never does: socket or broker I/O.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::alert::{Alert, Confidence, QueuedMessage, Via};
+use crate::dedup::{self, Admit, KeyHasher, State, Window};
 use crate::gpio::GpioCommand;
-use crate::queue::QueueHandle;
+use crate::queue::{QueueError, QueueHandle, WriteOutcome};
 use crate::rules::RuleEngine;
 use crate::stats::Stats;
 
@@ -18,6 +20,62 @@ use crate::stats::Stats;
 /// counted. Long enough to ride out an SD card's write stall, short enough that the socket
 /// keeps being read (and GPIO keeps firing) when the disk is gone.
 pub const QUEUE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`Ingest::accept_durable`] waits for the fsync that makes an alert durable. An SD
+/// card stalls for seconds at worst; past this the webhook answers 503 and the sender retries
+/// (the retry is deduplicated against this copy once it turns durable).
+pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to [`Ingest::accept_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// This copy was appended and is durable under `seq`.
+    Durable(u64),
+    /// A copy seen earlier (either path) is durable under `seq`; this one was dropped.
+    Duplicate(u64),
+}
+
+/// Why [`Ingest::accept_durable`] could not make an alert durable. Each is a 503 to a webhook.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    #[error("the queue refused the alert: {0}")]
+    Refused(Arc<QueueError>),
+    #[error("the queue writer did not take the alert within {0:?}")]
+    Stalled(Duration),
+    #[error("the alert was not confirmed durable within {0:?}")]
+    NotConfirmed(Duration),
+    #[error("the queue writer has stopped")]
+    Closed,
+}
+
+/// The dedup window plus a generation counter bumped whenever an append is answered, which
+/// copies waiting on their first copy's outcome watch.
+struct Dedup {
+    window: Mutex<Window>,
+    keys: KeyHasher,
+    settled: watch::Sender<u64>,
+}
+
+impl Dedup {
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn settle(&self, key: Option<dedup::Key>, seq: Option<u64>) {
+        if let Some(k) = key {
+            self.window().settle(k, seq);
+            self.settled.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+}
+
+/// What [`Ingest::submit`] did with one copy.
+enum Submitted {
+    Duplicate(dedup::Key),
+    /// Handed to the writer; the task resolves with the append's outcome (after settling the
+    /// dedup window).
+    Queued(tokio::task::JoinHandle<WriteOutcome>),
+    Failed(IngestError),
+}
 
 #[derive(Clone)]
 pub struct Ingest {
@@ -25,6 +83,7 @@ pub struct Ingest {
     gpio: Option<mpsc::Sender<GpioCommand>>,
     queue: QueueHandle,
     stats: Arc<Stats>,
+    dedup: Arc<Dedup>,
 }
 
 impl Ingest {
@@ -39,10 +98,67 @@ impl Ingest {
             gpio,
             queue,
             stats,
+            dedup: Arc::new(Dedup {
+                window: Mutex::new(Window::new()),
+                keys: KeyHasher::default(),
+                settled: watch::channel(0).0,
+            }),
         }
     }
 
+    /// Takes one alert from the live stream: dedup, GPIO, queue. Returns once the writer has
+    /// the alert (not after its fsync), so the socket keeps being read.
     pub async fn accept(&self, alert: Alert, via: Via) {
+        // The outcome is counted by the writer and settles the dedup window on its own.
+        let _ = self.submit(&alert, via).await;
+    }
+
+    /// Like [`Ingest::accept`], but returns only once the alert (or the copy of it seen first)
+    /// is durable in the queue, with its seq: what a webhook may acknowledge.
+    pub async fn accept_durable(&self, alert: Alert, via: Via) -> Result<Accepted, IngestError> {
+        let deadline = tokio::time::Instant::now() + DURABLE_TIMEOUT;
+        // A duplicate whose first copy failed is submitted again, once.
+        for _ in 0..2 {
+            let key = match self.submit(&alert, via).await {
+                Submitted::Failed(e) => return Err(e),
+                Submitted::Queued(task) => {
+                    return match tokio::time::timeout_at(deadline, task).await {
+                        Ok(Ok(Ok(seq))) => Ok(Accepted::Durable(seq)),
+                        Ok(Ok(Err(e))) => Err(IngestError::Refused(e)),
+                        Ok(Err(_)) => Err(IngestError::Closed),
+                        Err(_) => Err(IngestError::NotConfirmed(DURABLE_TIMEOUT)),
+                    }
+                }
+                Submitted::Duplicate(key) => key,
+            };
+            match self.wait_settled(key, deadline).await {
+                Some(State::Durable(seq)) => return Ok(Accepted::Duplicate(seq)),
+                Some(State::Failed) => continue,
+                // Evicted while pending, or still pending at the deadline.
+                Some(State::Pending) | None => {
+                    return Err(IngestError::NotConfirmed(DURABLE_TIMEOUT))
+                }
+            }
+        }
+        Err(IngestError::NotConfirmed(DURABLE_TIMEOUT))
+    }
+
+    /// Waits until the first copy of `key` is durable or failed, or `deadline` passes.
+    async fn wait_settled(&self, key: dedup::Key, deadline: tokio::time::Instant) -> Option<State> {
+        let mut settled = self.dedup.settled.subscribe();
+        loop {
+            let state = self.dedup.window().state(key);
+            if state != Some(State::Pending) {
+                return state;
+            }
+            match tokio::time::timeout_at(deadline, settled.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return state,
+            }
+        }
+    }
+
+    async fn submit(&self, alert: &Alert, via: Via) -> Submitted {
         let s = &self.stats;
         s.inc(&s.alerts_received);
         if alert.confidence == Confidence::Invalid {
@@ -59,20 +175,58 @@ impl Ingest {
                 format_args!("alert {:?} has no event_id; relayed anyway", alert.label),
             );
         }
-        let now = SystemTime::now();
-        self.fire_gpio(&alert, now);
-        let payload = QueuedMessage::from_alert(&alert, via).encode();
-        let us = crate::clock::unix_micros(now);
-        if tokio::time::timeout(QUEUE_SEND_TIMEOUT, self.queue.append(payload, us))
-            .await
-            .map_or(true, |r| r.is_err())
-        {
-            s.inc(&s.queue_append_failed);
-            s.warn_limited(
-                "queue_stalled",
-                format_args!("alert {:?} dropped: the queue writer did not take it within {QUEUE_SEND_TIMEOUT:?}", alert.label),
-            );
+        // Dedup before anything the user would notice twice: the buzzer and the MQTT message.
+        let key = self.dedup.keys.key(alert);
+        if let Some(k) = key {
+            let admitted = self.dedup.window().admit(k);
+            if let Admit::Duplicate(_) = admitted {
+                s.inc(&s.alerts_duplicate);
+                log::debug!(
+                    "alert {:?} (event_id {:?}) via {} is a duplicate; dropped",
+                    alert.label,
+                    alert.event_id,
+                    via.as_str()
+                );
+                return Submitted::Duplicate(k);
+            }
         }
+        let now = SystemTime::now();
+        self.fire_gpio(alert, now);
+        let payload = QueuedMessage::from_alert(alert, via).encode();
+        let us = crate::clock::unix_micros(now);
+        let receipt = tokio::time::timeout(
+            QUEUE_SEND_TIMEOUT,
+            self.queue.append_with_receipt(payload, us),
+        )
+        .await;
+        let rx = match receipt {
+            Ok(Ok(rx)) => rx,
+            failed => {
+                let e = match failed {
+                    Ok(Err(_)) => IngestError::Closed,
+                    _ => IngestError::Stalled(QUEUE_SEND_TIMEOUT),
+                };
+                s.inc(&s.queue_append_failed);
+                s.warn_limited(
+                    "queue_stalled",
+                    format_args!("alert {:?} dropped: {e}", alert.label),
+                );
+                // A later copy (a webhook retry) may then be admitted and try again.
+                self.dedup.settle(key, None);
+                return Submitted::Failed(e);
+            }
+        };
+        let dedup = self.dedup.clone();
+        Submitted::Queued(tokio::spawn(async move {
+            let outcome = rx.await.unwrap_or_else(|_| {
+                Err(Arc::new(QueueError::Io {
+                    path: "queue writer".into(),
+                    source: std::io::Error::other("queue writer has stopped"),
+                }))
+            });
+            dedup.settle(key, outcome.as_ref().ok().copied());
+            outcome
+        }))
     }
 
     fn fire_gpio(&self, alert: &Alert, now: SystemTime) {

@@ -12,6 +12,8 @@
 //! - [`rules`]: label + confidence + time -> output patterns; pure.
 //! - [`gpio`]: pattern scheduler and pin backends.
 //! - [`stats`]: counters for `{prefix}/stats`.
+//! - [`dedup`]: the cross-path dedup window used by [`ingest`]; pure.
+//! - [`webhook`] and [`http`]: the optional HTTP listener (webhook, healthz, metrics).
 //!
 //! [`run`] wires the stages and runs until the shutdown future resolves.
 
@@ -19,13 +21,16 @@ pub mod alert;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod dedup;
 pub mod gpio;
+pub mod http;
 pub mod ingest;
 pub mod publish;
 pub mod queue;
 pub mod rules;
 pub mod source;
 pub mod stats;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +48,8 @@ pub enum RunError {
     Gpio(#[from] gpio::GpioError),
     #[error("cannot start the queue writer thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
 }
 
 /// Runs the relay until `shutdown` resolves; returns once every stage has stopped, outputs are
@@ -74,6 +81,11 @@ pub async fn run_with_stats(
         }
     );
     let backend = gpio::open_backend(&config.gpio)?;
+    // Bind before anything runs, so a taken port fails the start with a clear error.
+    let http_listener = match &config.http {
+        Some(h) => Some(http::bind(h.listen).await?),
+        None => None,
+    };
     let (queue, writer) = queue::spawn_writer(queue, stats.clone()).map_err(RunError::Thread)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -105,6 +117,20 @@ pub async fn run_with_stats(
         queue.clone(),
         stats.clone(),
     );
+    let http_task = match (http_listener, &config.http) {
+        (Some(listener), Some(cfg)) => Some(tokio::spawn(http::run(
+            listener,
+            http::HttpState {
+                cfg: cfg.clone(),
+                ingest: ingest.clone(),
+                queue: queue.clone(),
+                queue_max_bytes: config.queue.max_bytes,
+                stats: stats.clone(),
+            },
+            stop_rx.clone(),
+        ))),
+        _ => None,
+    };
     let source_task = tokio::spawn(source::run(
         config.source.clone(),
         ingest,
@@ -124,6 +150,9 @@ pub async fn run_with_stats(
     let _ = stop_tx.send(true);
     // The source stops first (no new alerts), then the publisher says offline, GPIO goes safe.
     let _ = source_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
     let _ = publish_task.await;
     if let Some(t) = gpio_task {
         let _ = t.await;

@@ -112,7 +112,12 @@ fn run(cfg: Config) -> ExitCode {
         }
     };
     log::info!("alert-relay {} starting", env!("CARGO_PKG_VERSION"));
-    match rt.block_on(alert_relay::run(cfg, shutdown_signal())) {
+    // Handlers go in before startup work, so a SIGTERM during startup stops cleanly too.
+    let shutdown = {
+        let _runtime = rt.enter();
+        shutdown_signal()
+    };
+    match rt.block_on(alert_relay::run(cfg, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -121,11 +126,19 @@ fn run(cfg: Config) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (inside the runtime) and returns a future that
+/// resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
+    async move { wait_for_signal(term, int).await }
+}
+
+async fn wait_for_signal(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) {
     match (term, int) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {

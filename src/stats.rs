@@ -22,6 +22,9 @@ macro_rules! counters {
             log_limiter: Mutex<LogLimiter>,
         }
 
+        /// Every counter's name and doc, in declaration order (HELP lines of `/metrics`).
+        pub const COUNTER_DOCS: &[(&str, &str)] = &[$((stringify!($name), $doc),)*];
+
         impl Stats {
             fn counters_json(&self) -> Map<String, Value> {
                 let mut m = Map::new();
@@ -58,6 +61,11 @@ counters! {
     gpio_skipped_cooldown: "Rule matches skipped because the rule was cooling down.",
     gpio_edges: "Output level changes driven.",
     gpio_errors: "Backend errors while driving an output.",
+    alerts_duplicate: "Alerts dropped because a copy with the same event_id and timestamp was seen already (either path).",
+    webhook_requests: "POST /webhook requests received.",
+    webhook_rejected: "Webhook requests answered 4xx (bad token, oversize, bad JSON, missing fields).",
+    webhook_refused: "Webhook alerts answered 503 because the queue did not make them durable.",
+    http_connections_refused: "HTTP connections closed at once because http.max_connections were open.",
 }
 
 /// At most one line per category per interval; the rest are counted and summarised.

@@ -51,6 +51,26 @@ impl QueueHandle {
             .map_err(|_| QueueClosed)
     }
 
+    /// Queues `payload` for appending and returns at once with a receiver for the outcome (the
+    /// seq, once durable). Waits only while the writer is backed up, so the caller keeps the
+    /// order of its appends without waiting for their fsync.
+    pub async fn append_with_receipt(
+        &self,
+        payload: Vec<u8>,
+        accepted_us: u64,
+    ) -> Result<oneshot::Receiver<WriteOutcome>, QueueClosed> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(WriteRequest {
+                payload,
+                accepted_us,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| QueueClosed)?;
+        Ok(rx)
+    }
+
     /// Appends and waits until the record is durable; returns its sequence number.
     pub async fn append_durable(
         &self,

@@ -1,0 +1,261 @@
+//! Cross-path deduplication: the same alert arriving over the WebSocket and the webhook, or a
+//! webhook retried, is relayed once.
+//!
+//! Owns: the dedup key (VideoDB documents `event_id` + `timestamp` as the identity of one
+//! alert occurrence) and a fixed-memory window of the most recent keys with the state of the
+//! alert each key first admitted (queued, durable with its seq, or failed). Never does: I/O,
+//! clocks, waiting; [`crate::ingest`] drives it.
+//!
+//! Design constraints:
+//! - Fixed memory whatever the traffic: [`WINDOW`] keys in `heapless` containers, oldest evicted.
+//!   A key is a 64-bit keyed SipHash of (`event_id`, `timestamp`), so memory does not grow with
+//!   hostile field lengths and nobody outside the process can craft colliding keys.
+//! - Alerts without an `event_id` or without a `timestamp` are never deduplicated: `event_id`
+//!   names the *event* (a rule), every occurrence of it shares the id, so the id alone would
+//!   swallow distinct alerts; without an id there is nothing stable to compare.
+//! - A failed append (queue full with `drop_newest`, disk error) is remembered as failed, so
+//!   the next copy (a webhook retry) is admitted as new rather than acknowledged as a duplicate.
+
+use std::hash::{BuildHasher, RandomState};
+
+use heapless::{Deque, FnvIndexMap};
+
+use crate::alert::Alert;
+
+/// Keys remembered. At VideoDB's alert rates (a few per minute per stream, bursts of tens) this
+/// covers hours, far longer than webhook retries and socket/webhook skew (seconds to minutes);
+/// it costs about 150 KiB. A power of two, as `FnvIndexMap` requires.
+pub const WINDOW: usize = 4096;
+
+/// The 64-bit identity of one alert occurrence.
+pub type Key = u64;
+
+/// What the window knows about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Admitted; its append has not been answered yet.
+    Pending,
+    /// Durable in the queue under this seq.
+    Durable(u64),
+    /// Its append failed; the next copy is admitted as new.
+    Failed,
+}
+
+/// The outcome of [`Window::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// First sighting (or the earlier copy failed): relay it.
+    New,
+    /// Seen before: do not relay; the first copy is in this state.
+    Duplicate(State),
+}
+
+// Stored states: 0 = pending, u64::MAX = failed, anything else = the durable seq (queue
+// sequence numbers start at 1 and never reach u64::MAX).
+const PENDING: u64 = 0;
+const FAILED: u64 = u64::MAX;
+
+fn decode(v: u64) -> State {
+    match v {
+        PENDING => State::Pending,
+        FAILED => State::Failed,
+        seq => State::Durable(seq),
+    }
+}
+
+/// Computes dedup keys. The hasher is seeded randomly once per process.
+#[derive(Clone, Default)]
+pub struct KeyHasher(RandomState);
+
+impl KeyHasher {
+    /// The key of `alert`, or `None` when it lacks an `event_id` or a `timestamp` (never
+    /// deduplicated). A timestamp that parses is compared as an instant (so `Z` and `+00:00`
+    /// agree); one that does not is compared as its raw JSON text.
+    pub fn key(&self, alert: &Alert) -> Option<Key> {
+        let event_id = alert.event_id.as_deref()?;
+        let ts = alert.data.get("timestamp").filter(|v| !v.is_null())?;
+        Some(match alert.timestamp {
+            Some(t) => self
+                .0
+                .hash_one((event_id, 0u8, crate::clock::unix_micros(t))),
+            None => self.0.hash_one((event_id, 1u8, ts.to_string())),
+        })
+    }
+}
+
+/// The window of recent keys, in fixed memory.
+pub struct Window {
+    states: FnvIndexMap<Key, u64, WINDOW>,
+    /// Admission order, for eviction. Holds each key in `states` exactly once.
+    order: Deque<Key, WINDOW>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::new()
+    }
+}
+
+impl Window {
+    pub fn new() -> Window {
+        Window {
+            states: FnvIndexMap::new(),
+            order: Deque::new(),
+        }
+    }
+
+    /// Records `key` as pending unless it is already known (and not failed).
+    pub fn admit(&mut self, key: Key) -> Admit {
+        if let Some(v) = self.states.get_mut(&key) {
+            if *v != FAILED {
+                return Admit::Duplicate(decode(*v));
+            }
+            *v = PENDING;
+            return Admit::New;
+        }
+        if self.order.is_full() {
+            if let Some(oldest) = self.order.pop_front() {
+                self.states.remove(&oldest);
+            }
+        }
+        // Both have room now: `order` lost one entry above, and `states` holds exactly the
+        // keys in `order`.
+        let _ = self.order.push_back(key);
+        let _ = self.states.insert(key, PENDING);
+        Admit::New
+    }
+
+    /// Records the answer to the append of `key`'s first copy: its seq, or `None` on failure.
+    /// A key evicted meanwhile stays forgotten.
+    pub fn settle(&mut self, key: Key, seq: Option<u64>) {
+        if let Some(v) = self.states.get_mut(&key) {
+            *v = match seq {
+                Some(s) if s != PENDING && s != FAILED => s,
+                _ => FAILED,
+            };
+        }
+    }
+
+    pub fn state(&self, key: Key) -> Option<State> {
+        self.states.get(&key).copied().map(decode)
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Envelope;
+    use serde_json::json;
+
+    fn alert(data: serde_json::Value) -> Alert {
+        let serde_json::Value::Object(data) = data else {
+            panic!("object")
+        };
+        Alert::from_envelope(Envelope {
+            channel: "alert".into(),
+            rtstream_id: None,
+            rtstream_name: None,
+            data,
+        })
+        .expect("alert")
+    }
+
+    #[test]
+    fn same_event_and_timestamp_is_one_key_whatever_else_differs() {
+        let h = KeyHasher::default();
+        let a = alert(
+            json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00Z", "confidence": 0.9}),
+        );
+        let b = alert(
+            json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00+00:00", "extra": 1}),
+        );
+        assert_eq!(h.key(&a), h.key(&b));
+        assert!(h.key(&a).is_some());
+    }
+
+    #[test]
+    fn another_occurrence_of_the_same_event_is_a_new_key() {
+        let h = KeyHasher::default();
+        let a =
+            alert(json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00Z"}));
+        let b =
+            alert(json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:05Z"}));
+        let c =
+            alert(json!({"event_id": "ev2", "label": "x", "timestamp": "2026-01-01T00:00:00Z"}));
+        assert_ne!(h.key(&a), h.key(&b));
+        assert_ne!(h.key(&a), h.key(&c));
+    }
+
+    #[test]
+    fn alerts_without_event_id_or_timestamp_are_never_deduplicated() {
+        let h = KeyHasher::default();
+        assert_eq!(
+            h.key(&alert(
+                json!({"label": "x", "timestamp": "2026-01-01T00:00:00Z"})
+            )),
+            None
+        );
+        assert_eq!(
+            h.key(&alert(json!({"label": "x", "event_id": "ev1"}))),
+            None
+        );
+        assert_eq!(
+            h.key(&alert(
+                json!({"label": "x", "event_id": "ev1", "timestamp": null})
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn unparseable_timestamps_compare_as_text() {
+        let h = KeyHasher::default();
+        let a = alert(json!({"event_id": "e", "label": "x", "timestamp": "yesterday"}));
+        let b = alert(json!({"event_id": "e", "label": "x", "timestamp": "yesterday"}));
+        let c = alert(json!({"event_id": "e", "label": "x", "timestamp": "today"}));
+        assert_eq!(h.key(&a), h.key(&b));
+        assert_ne!(h.key(&a), h.key(&c));
+    }
+
+    #[test]
+    fn second_copy_is_a_duplicate_carrying_the_first_copys_state() {
+        let mut w = Window::new();
+        assert_eq!(w.admit(7), Admit::New);
+        assert_eq!(w.admit(7), Admit::Duplicate(State::Pending));
+        w.settle(7, Some(42));
+        assert_eq!(w.admit(7), Admit::Duplicate(State::Durable(42)));
+    }
+
+    #[test]
+    fn a_failed_first_copy_lets_the_next_copy_through() {
+        let mut w = Window::new();
+        assert_eq!(w.admit(7), Admit::New);
+        w.settle(7, None);
+        assert_eq!(w.state(7), Some(State::Failed));
+        assert_eq!(w.admit(7), Admit::New);
+        assert_eq!(w.admit(7), Admit::Duplicate(State::Pending));
+        assert_eq!(w.len(), 1, "a re-admitted key is not stored twice");
+    }
+
+    #[test]
+    fn window_is_bounded_and_evicts_the_oldest() {
+        let mut w = Window::new();
+        for k in 0..(WINDOW as u64 + 10) {
+            assert_eq!(w.admit(k), Admit::New);
+        }
+        assert_eq!(w.len(), WINDOW);
+        for k in 0..10 {
+            assert_eq!(w.state(k), None, "key {k} was evicted");
+        }
+        assert_eq!(w.admit(10), Admit::Duplicate(State::Pending));
+        assert_eq!(w.admit(3), Admit::New, "an evicted key is new again");
+    }
+}
