@@ -45,6 +45,13 @@ pub enum Broker {
         child: Child,
         _dir: tempfile::TempDir,
     },
+    /// A mosquitto process from [`Mosquitto`]: extra config, users, ACL, TLS; restartable.
+    Configured {
+        port: u16,
+        child: Option<Child>,
+        dir: tempfile::TempDir,
+        conf: std::path::PathBuf,
+    },
 }
 
 impl Broker {
@@ -127,7 +134,9 @@ dynamic_filters = true
 
     pub fn port(&self) -> u16 {
         match self {
-            Broker::Embedded { port } | Broker::Mosquitto { port, .. } => *port,
+            Broker::Embedded { port }
+            | Broker::Mosquitto { port, .. }
+            | Broker::Configured { port, .. } => *port,
         }
     }
 
@@ -139,8 +148,273 @@ dynamic_filters = true
                 let _ = child.wait();
                 true
             }
+            Broker::Configured { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                true
+            }
             Broker::Embedded { .. } => false,
         }
+    }
+
+    /// The directory holding a configured broker's files (`ca.crt`, `client.crt`, ...).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Broker::Configured { dir, .. } => Some(dir.path()),
+            _ => None,
+        }
+    }
+
+    /// Stops a configured mosquitto gracefully (SIGTERM: it saves its persistence file, as on
+    /// a service restart), then starts it again with the same config and waits until it listens.
+    pub fn restart(&mut self) {
+        let Broker::Configured {
+            port, child, conf, ..
+        } = self
+        else {
+            panic!("only a configured mosquitto can be restarted");
+        };
+        if let Some(mut c) = child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+        *child = Some(spawn_mosquitto(conf));
+        wait_listening(*port);
+    }
+}
+
+fn spawn_mosquitto(conf: &std::path::Path) -> Child {
+    Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto (is it installed? apt-get install mosquitto)")
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run a helper command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds a mosquitto process for tests of mosquitto-only features (users, ACLs, size limits,
+/// TLS). Tests using it run only when `ALERT_RELAY_TEST_BROKER=mosquitto`.
+#[derive(Default)]
+pub struct Mosquitto {
+    lines: Vec<String>,
+    users: Vec<(String, String)>,
+    acl: Option<String>,
+    tls_port: Option<(u16, bool)>,
+    persistence: bool,
+}
+
+impl Mosquitto {
+    /// True when the tests may use mosquitto; otherwise prints why the caller skips.
+    pub fn available(test: &str) -> bool {
+        if Broker::kind_from_env() == "mosquitto" {
+            return true;
+        }
+        eprintln!(
+            "{test}: skipped, needs ALERT_RELAY_TEST_BROKER=mosquitto (a mosquitto-only feature)"
+        );
+        false
+    }
+
+    pub fn new() -> Mosquitto {
+        Mosquitto::default()
+    }
+
+    /// A line for mosquitto.conf (applies to every listener: `per_listener_settings false`).
+    pub fn conf(mut self, line: &str) -> Self {
+        self.lines.push(line.to_string());
+        self
+    }
+
+    /// Requires a login; adds this user to the password file (`mosquitto_passwd -b`).
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.into(), password.into()));
+        self
+    }
+
+    /// ACL file contents (mosquitto's acl_file syntax).
+    pub fn acl(mut self, text: &str) -> Self {
+        self.acl = Some(text.to_string());
+        self
+    }
+
+    /// Adds a TLS listener on `port` with a fresh test CA (`ca.crt` in [`Broker::dir`]); with
+    /// `require_client_cert`, clients must show a certificate signed by that CA
+    /// (`client.crt` / `client.key`).
+    pub fn tls(mut self, port: u16, require_client_cert: bool) -> Self {
+        self.tls_port = Some((port, require_client_cert));
+        self
+    }
+
+    /// Keeps messages for offline persistent sessions across a graceful restart.
+    pub fn persistent(mut self) -> Self {
+        self.persistence = true;
+        self
+    }
+
+    pub fn start(self, port: u16) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        // `user root`: when the tests run as root, mosquitto would otherwise switch to the
+        // `mosquitto` user and could not read the files in our private temp dir.
+        let mut conf = format!(
+            "per_listener_settings false\nuser root\nlog_dest stderr\nlog_type error\nlistener {port} 127.0.0.1\n"
+        );
+        if self.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                d.display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
+        if self.users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            let pw = d.join("passwd");
+            for (i, (u, p)) in self.users.iter().enumerate() {
+                let mut cmd = Command::new("mosquitto_passwd");
+                cmd.arg("-b");
+                if i == 0 {
+                    cmd.arg("-c");
+                }
+                run_ok(cmd.arg(&pw).arg(u).arg(p));
+            }
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                pw.display()
+            ));
+        }
+        if let Some(acl) = &self.acl {
+            let f = d.join("acl");
+            std::fs::write(&f, acl).expect("write acl");
+            conf.push_str(&format!("acl_file {}\n", f.display()));
+        }
+        if let Some((tls_port, require)) = self.tls_port {
+            make_test_pki(d);
+            conf.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\nrequire_certificate {require}\n",
+                d.display()
+            ));
+        }
+        for l in &self.lines {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        let conf_path = d.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let child = spawn_mosquitto(&conf_path);
+        wait_listening(port);
+        if let Some((tls_port, _)) = self.tls_port {
+            wait_listening(tls_port);
+        }
+        Broker::Configured {
+            port,
+            child: Some(child),
+            dir,
+            conf: conf_path,
+        }
+    }
+}
+
+/// A test CA plus a server certificate for 127.0.0.1/localhost and a client certificate, made
+/// with the `openssl` command line tool (the relay itself never links OpenSSL).
+fn make_test_pki(d: &std::path::Path) {
+    let ossl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(d));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    ossl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=alert-relay test CA",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    std::fs::write(
+        d.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("write client.ext");
+    for who in ["server", "client"] {
+        let key = format!("{who}.key");
+        let csr = format!("{who}.csr");
+        let crt = format!("{who}.crt");
+        let ext = format!("{who}.ext");
+        let subj = format!(
+            "/CN={}",
+            if who == "server" {
+                "localhost"
+            } else {
+                "relay-client"
+            }
+        );
+        ossl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", &subj],
+            ]
+            .concat(),
+        );
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
     }
 }
 
@@ -264,10 +538,20 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(port: u16, filter: &str) -> Subscriber {
+        Self::start_with(port, filter, |_| {}).await
+    }
+
+    /// [`Subscriber::start`] with extra options (a login, a persistent session).
+    pub async fn start_with(
+        port: u16,
+        filter: &str,
+        configure: impl FnOnce(&mut MqttOptions),
+    ) -> Subscriber {
         let id = format!("test-sub-{}", free_port());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 << 20, 4 << 20);
+        configure(&mut opts);
         let (client, mut el) = AsyncClient::new(opts, 100);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let m = messages.clone();

@@ -86,14 +86,20 @@ impl Correlator {
     }
 }
 
-/// How many connections in a row may die with the same record at the head of the in-flight set
-/// before that record is set aside. Three: one loss is a broker restart, two in a row with no
-/// acknowledgement at all is rare, three means the broker drops us for that very message
-/// (MQTT 3.1.1 has no way to refuse a single publish: mosquitto disconnects a client whose
-/// packet exceeds `max_packet_size`).
-pub const POISON_STRIKES: u32 = 3;
+/// How many connections in a row may die while the suspect record is the only one in flight
+/// before it is set aside. Two: after the first loss with nothing acknowledged the record is
+/// sent alone ("probing"), so a loss then points at it and not at its neighbours; a second such
+/// loss rules out a coincidental broker restart. (MQTT 3.1.1 has no way to refuse a single
+/// publish: mosquitto disconnects a client whose packet exceeds `max_packet_size`.)
+pub const POISON_STRIKES: u32 = 2;
 
 /// Spots a record that kills every connection it is sent on.
+///
+/// A connection lost with nothing acknowledged makes its oldest unacknowledged record the
+/// suspect; while there is a suspect the window shrinks to one record, so the next connections
+/// carry the suspect alone. [`POISON_STRIKES`] such connections lost in a row convict it. Any
+/// acknowledgement, or a connection attempt the broker refuses (the broker was away), clears
+/// the suspicion.
 #[derive(Debug, Default)]
 pub struct PoisonWatch {
     suspect: Option<u64>,
@@ -101,20 +107,30 @@ pub struct PoisonWatch {
 }
 
 impl PoisonWatch {
+    /// How many records may be in flight on the next connection.
+    pub fn window(&self, max_inflight: usize) -> usize {
+        if self.suspect.is_some() {
+            1
+        } else {
+            max_inflight
+        }
+    }
+
     /// A connection was lost after the CONNACK. `head` is the oldest record written and not
     /// acknowledged; `acked_any` whether the broker acknowledged any record on it. Returns the
-    /// record to set aside once it has been the head of [`POISON_STRIKES`] such losses in a row.
+    /// record to set aside when it is convicted.
     pub fn lost(&mut self, head: Option<u64>, acked_any: bool) -> Option<u64> {
         let Some(head) = head.filter(|_| !acked_any) else {
             self.clear();
             return None;
         };
-        if self.suspect == Some(head) {
-            self.strikes += 1;
-        } else {
+        if self.suspect != Some(head) {
+            // First suspicion (or the queue moved on): probe this record alone next time.
             self.suspect = Some(head);
-            self.strikes = 1;
+            self.strikes = 0;
+            return None;
         }
+        self.strikes += 1;
         if self.strikes >= POISON_STRIKES {
             self.clear();
             Some(head)
@@ -237,13 +253,34 @@ mod tests {
     }
 
     #[test]
-    fn a_record_at_the_head_of_three_dead_connections_is_poison() {
+    fn a_record_that_alone_kills_the_connection_twice_is_poison() {
         let mut p = PoisonWatch::default();
+        assert_eq!(p.window(64), 64);
+        // Lost with a full window, nothing acked: 7 is suspect, and is sent alone next.
         assert_eq!(p.lost(Some(7), false), None);
+        assert_eq!(p.window(64), 1);
         assert_eq!(p.lost(Some(7), false), None);
+        assert_eq!(p.window(64), 1);
         assert_eq!(p.lost(Some(7), false), Some(7));
-        // Counting starts over after a verdict.
+        // Counting starts over after a verdict, with the full window.
+        assert_eq!(p.window(64), 64);
         assert_eq!(p.lost(Some(8), false), None);
+    }
+
+    #[test]
+    fn a_suspect_that_gets_acked_alone_is_cleared() {
+        // The acks of a window were lost with the connection: the head is only suspect, and is
+        // acquitted when it goes through alone.
+        let mut p = PoisonWatch::default();
+        assert_eq!(p.lost(Some(1), false), None);
+        assert_eq!(p.window(64), 1);
+        assert_eq!(p.lost(Some(1), true), None);
+        assert_eq!(p.window(64), 64);
+        assert_eq!(p.lost(Some(2), false), None);
+        assert_eq!(p.lost(Some(2), true), None);
+        assert_eq!(p.lost(Some(3), false), None);
+        assert_eq!(p.lost(Some(3), false), None);
+        assert_eq!(p.lost(Some(3), false), Some(3));
     }
 
     #[test]
@@ -253,6 +290,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(p.lost(Some(7), false), None);
             p.connect_failed();
+            assert_eq!(p.window(64), 64);
         }
         // Acks flowed on the connection: the broker takes our messages.
         for _ in 0..10 {

@@ -22,9 +22,12 @@
 //!   mosquitto's `message_size_limit`), or with MQTT 5 the maximum packet size in the CONNACK;
 //! - with MQTT 5, the broker answers its PUBACK/PUBREC with a reason code >= 0x80 (not
 //!   authorised, quota exceeded, packet too large, ...);
-//! - it was the oldest unacknowledged record on [`correlate::POISON_STRIKES`] connections in a
-//!   row that the broker closed without acknowledging anything (MQTT 3.1.1 cannot refuse one
-//!   publish; mosquitto disconnects a client whose packet exceeds `max_packet_size`).
+//! - the broker closes the connection whenever it is sent: a connection lost with nothing
+//!   acknowledged makes its oldest unacknowledged record suspect; it is then sent alone, and
+//!   [`correlate::POISON_STRIKES`] more such losses convict it ([`correlate::PoisonWatch`]).
+//!   MQTT 3.1.1 cannot refuse one publish: mosquitto disconnects a client whose packet exceeds
+//!   `max_packet_size`; and rumqttc ends the connection on MQTT 5 reason codes it does not
+//!   know, such as 0x95 "packet too large" for a message above `message_size_limit`.
 //!
 //! With MQTT 3.1.1, mosquitto answers a publish that an ACL denies, or that exceeds
 //! `message_size_limit`, with a normal PUBACK and drops it: the relay cannot tell, the record
@@ -125,8 +128,15 @@ pub async fn run(
             },
             Ok(tls) => {
                 let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
-                let mut session =
-                    Session::new(&cfg, &mut links, client, queue.clone(), stats.clone());
+                let window = poison.window(cfg.max_inflight as usize);
+                let mut session = Session::new(
+                    &cfg,
+                    &mut links,
+                    client,
+                    queue.clone(),
+                    stats.clone(),
+                    window,
+                );
                 session.run(&mut el, &mut shutdown).await
             }
         };
@@ -148,8 +158,8 @@ pub async fn run(
                             &stats,
                             seq,
                             &format!(
-                                "the broker closed the connection {} times in a row right after it was sent",
-                                correlate::POISON_STRIKES
+                                "the broker closed the connection {} times in a row when it was sent alone",
+                                correlate::POISON_STRIKES + 1
                             ),
                         );
                     }
@@ -253,6 +263,9 @@ struct Session<'a> {
     outputs_published: Vec<Option<bool>>,
     acked_any: bool,
     ack_flush_at: Option<Instant>,
+    /// Records in flight at most on this connection: `mqtt.max_inflight`, or 1 while a
+    /// suspected poison record is probed.
+    window: usize,
 }
 
 impl<'a> Session<'a> {
@@ -262,6 +275,7 @@ impl<'a> Session<'a> {
         client: Client,
         queue: QueueHandle,
         stats: Arc<Stats>,
+        window: usize,
     ) -> Session<'a> {
         let n = links.outputs.len();
         Session {
@@ -276,6 +290,7 @@ impl<'a> Session<'a> {
             outputs_published: vec![None; n],
             acked_any: false,
             ack_flush_at: None,
+            window,
         }
     }
 
@@ -322,7 +337,7 @@ impl<'a> Session<'a> {
             if let Err(e) = self.fill_window() {
                 self.stats.log_queue_error(&e);
             }
-            let room = self.corr.records_in_flight() < self.cfg.max_inflight as usize;
+            let room = self.corr.records_in_flight() < self.window;
             let flush_at = self.ack_flush_at;
             let watching = self.links.activity.is_some();
             tokio::select! {
@@ -387,7 +402,11 @@ impl<'a> Session<'a> {
 
     /// Reads as many records as the in-flight window has room for and publishes them.
     fn fill_window(&mut self) -> Result<(), crate::queue::QueueError> {
-        let room = (self.cfg.max_inflight as usize).saturating_sub(self.corr.records_in_flight());
+        if self.window == 1 && self.acked_any {
+            // The probed record went through: back to the full window.
+            self.window = self.cfg.max_inflight as usize;
+        }
+        let room = self.window.saturating_sub(self.corr.records_in_flight());
         if room == 0 {
             return Ok(());
         }
