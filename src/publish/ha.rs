@@ -70,13 +70,28 @@ fn device(cfg: &MqttConfig) -> Value {
     })
 }
 
-/// Fields every entity shares: availability on `{prefix}/status`, the device, the origin.
-fn common(cfg: &MqttConfig, object: &str, name: &str) -> Map<String, Value> {
+/// Fields every entity shares: identity, availability on `{prefix}/status`, the device, the
+/// origin. `default_entity_id` (`{platform}.{slug}`) replaced `object_id` in Home Assistant
+/// 2025.10 (`object_id` stops working in 2026.4), so only the new key is sent.
+fn common(cfg: &MqttConfig, platform: &str, object: &str, name: &str) -> Map<String, Value> {
     let node = node_id(cfg);
+    let slug: String = format!("{node}_{object}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let mut m = Map::new();
     m.insert("name".into(), json!(name));
     m.insert("unique_id".into(), json!(format!("{node}_{object}")));
-    m.insert("object_id".into(), json!(format!("{node}_{object}")));
+    m.insert(
+        "default_entity_id".into(),
+        json!(format!("{platform}.{slug}")),
+    );
     m.insert(
         "availability_topic".into(),
         json!(format!("{}/status", cfg.topic_prefix)),
@@ -102,7 +117,7 @@ pub fn discovery(
     let prefix = &cfg.topic_prefix;
     let mut out = Vec::new();
 
-    let mut event = common(cfg, "alert", "Alert");
+    let mut event = common(cfg, "event", "alert", "Alert");
     event.insert("state_topic".into(), json!(event_topic(cfg)));
     event.insert("event_types".into(), json!(event_types));
     event.insert("json_attributes_topic".into(), json!(event_topic(cfg)));
@@ -112,7 +127,12 @@ pub fn discovery(
     ));
 
     for name in outputs {
-        let mut s = common(cfg, &format!("output_{name}"), &format!("Output {name}"));
+        let mut s = common(
+            cfg,
+            "binary_sensor",
+            &format!("output_{name}"),
+            &format!("Output {name}"),
+        );
         s.insert(
             "state_topic".into(),
             json!(format!("{prefix}/outputs/{name}")),
@@ -125,7 +145,7 @@ pub fn discovery(
         ));
     }
 
-    let mut depth = common(cfg, "queue_depth", "Queue depth");
+    let mut depth = common(cfg, "sensor", "queue_depth", "Queue depth");
     depth.insert("state_topic".into(), json!(format!("{prefix}/stats")));
     depth.insert(
         "value_template".into(),
