@@ -1321,6 +1321,104 @@ mod tests {
     }
 
     #[test]
+    fn mqtt_password_comes_from_a_file_or_env_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2-file\n").expect("write");
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ))
+        .expect("password_file");
+        let secret = cfg.mqtt.password.as_ref().expect("password");
+        assert_eq!(secret.expose(), "hunter2-file", "trailing newline dropped");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password = <redacted>"), "{shown}");
+
+        std::env::set_var("ALERT_RELAY_CONFIG_TEST_PW", "hunter2-env");
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_env = \"ALERT_RELAY_CONFIG_TEST_PW\"\n"
+        ))
+        .expect("password_env");
+        assert_eq!(
+            cfg.mqtt.password.as_ref().map(Secret::expose),
+            Some("hunter2-env")
+        );
+        assert!(!cfg.redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_mqtt_keys_name_their_key() {
+        let cases = [
+            (
+                "[mqtt]\npassword_file = \"/nonexistent/pw\"\nusername = \"u\"\n",
+                "mqtt.password_file",
+            ),
+            (
+                "[mqtt]\npassword_env = \"ALERT_RELAY_SURELY_UNSET_VAR\"\nusername = \"u\"\n",
+                "mqtt.password_env",
+            ),
+            ("[mqtt]\npassword_env = \"HOME\"\n", "mqtt.username"),
+            ("[mqtt]\npassword = \"inline\"\n", "password"),
+            ("[mqtt]\nca_file = \"/ca.pem\"\n", "mqtt.tls"),
+            (
+                "[mqtt]\ntls = true\nclient_cert = \"/c.pem\"\n",
+                "mqtt.client_key",
+            ),
+            ("[mqtt]\nprotocol = \"6\"\n", "mqtt.protocol"),
+            ("[mqtt]\nmessage_expiry = \"0s\"\n", "mqtt.message_expiry"),
+            ("[mqtt]\nmax_message_bytes = 10\n", "mqtt.max_message_bytes"),
+            ("[mqtt]\nha_prefix = \"home/#\"\n", "mqtt.ha_prefix"),
+            ("[mqtt]\nha_event_types = [\"\"]\n", "mqtt.ha_event_types"),
+        ];
+        for (text, key) in cases {
+            let e = err_of(&format!("{MINIMAL}{text}"));
+            assert!(e.contains(key), "expected {key} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt_defaults_and_tls_port() {
+        let cfg = Config::parse(MINIMAL).expect("minimal");
+        assert_eq!(cfg.mqtt.protocol, MqttProtocol::V311);
+        assert_eq!(cfg.mqtt.tls, None);
+        assert_eq!(cfg.mqtt.message_expiry, Duration::from_secs(3600));
+        assert!(!cfg.mqtt.ha_discovery);
+        assert_eq!(cfg.mqtt.ha_prefix, "homeassistant");
+        let cfg = Config::parse(&format!("{MINIMAL}[mqtt]\ntls = true\nprotocol = \"5\"\n"))
+            .expect("tls");
+        assert_eq!(cfg.mqtt.port, 8883);
+        assert_eq!(cfg.mqtt.protocol, MqttProtocol::V5);
+        assert!(cfg.mqtt.tls.is_some());
+    }
+
+    #[test]
+    fn test_patterns_parse_from_json_with_config_checks() {
+        let p = pattern_from_json(
+            &serde_json::json!({"kind": "blink", "on": "100ms", "off": "100ms", "count": 2}),
+        )
+        .expect("blink");
+        assert_eq!(
+            p,
+            Pattern::Blink {
+                on: Duration::from_millis(100),
+                off: Duration::from_millis(100),
+                count: Some(2),
+                duration: None
+            }
+        );
+        let e = pattern_from_json(&serde_json::json!({"kind": "blink", "on": "1s", "off": "1s"}))
+            .expect_err("no count");
+        assert!(e.to_string().contains("pattern.count"), "{e}");
+        let e =
+            pattern_from_json(&serde_json::json!({"kind": "solid", "duration": "1s", "colour": 1}))
+                .expect_err("unknown field");
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
     fn redaction_hides_url_tokens() {
         assert_eq!(
             redact_url("wss://user:pw@rt.example/ws?token=abc"),
