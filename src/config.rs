@@ -929,7 +929,7 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
             "client_cert and client_key go together",
         ));
     }
-    let tls = tls_wanted.then(|| MqttTls {
+    let tls = tls_wanted.then_some(MqttTls {
         ca_file: m.ca_file,
         client_cert: m.client_cert,
         client_key: m.client_key,

@@ -263,6 +263,8 @@ struct Session<'a> {
     outputs_published: Vec<Option<bool>>,
     acked_any: bool,
     ack_flush_at: Option<Instant>,
+    /// Set when the client can no longer take requests: the session ends with this reason.
+    broken: Option<String>,
     /// Records in flight at most on this connection: `mqtt.max_inflight`, or 1 while a
     /// suspected poison record is probed.
     window: usize,
@@ -290,6 +292,7 @@ impl<'a> Session<'a> {
             outputs_published: vec![None; n],
             acked_any: false,
             ack_flush_at: None,
+            broken: None,
             window,
         }
     }
@@ -336,6 +339,9 @@ impl<'a> Session<'a> {
         loop {
             if let Err(e) = self.fill_window() {
                 self.stats.log_queue_error(&e);
+            }
+            if let Some(reason) = self.broken.take() {
+                return self.lost(reason, true);
             }
             let room = self.corr.records_in_flight() < self.window;
             let flush_at = self.ack_flush_at;
@@ -412,6 +418,9 @@ impl<'a> Session<'a> {
         }
         let records = self.queue.read_batch(room, READ_BATCH_BYTES)?;
         for rec in records {
+            if self.broken.is_some() {
+                break;
+            }
             self.publish_record(rec);
         }
         Ok(())
