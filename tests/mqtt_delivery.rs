@@ -208,6 +208,22 @@ async fn alert_above_the_configured_broker_limit_is_set_aside_unsent() {
 }
 
 #[tokio::test]
+async fn alert_above_the_brokers_mqtt5_maximum_packet_size_is_set_aside_unsent() {
+    if !Mosquitto::available(
+        "alert_above_the_brokers_mqtt5_maximum_packet_size_is_set_aside_unsent",
+    ) {
+        return;
+    }
+    // MQTT 5: the CONNACK states the broker's maximum packet size; nothing larger is sent.
+    let broker = Mosquitto::new()
+        .conf("max_packet_size 2048")
+        .start(free_port());
+    let stats = one_oversize_alert_among_small_ones(&broker, "protocol = \"5\"", 4096).await;
+    assert_eq!(support::count(&stats.mqtt_set_aside), 1);
+    assert_eq!(support::count(&stats.mqtt_connect_failures), 0);
+}
+
+#[tokio::test]
 async fn with_mqtt311_mosquitto_acks_and_drops_an_alert_above_message_size_limit() {
     if !Mosquitto::available(
         "with_mqtt311_mosquitto_acks_and_drops_an_alert_above_message_size_limit",
