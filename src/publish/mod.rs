@@ -158,8 +158,8 @@ pub async fn run(
                             &stats,
                             seq,
                             &format!(
-                                "the broker closed the connection {} times in a row when it was sent alone",
-                                correlate::POISON_STRIKES + 1
+                                "the broker closed the connection every time it was sent (the last {} times alone)",
+                                correlate::POISON_STRIKES
                             ),
                         );
                     }
