@@ -95,6 +95,30 @@ async fn relay_connects_over_tls_with_a_test_ca_and_a_client_certificate() {
 }
 
 #[tokio::test]
+async fn tls_without_the_required_client_certificate_is_refused() {
+    if !Mosquitto::available("tls_without_the_required_client_certificate_is_refused") {
+        return;
+    }
+    let tls_port = free_port();
+    let broker = Mosquitto::new().tls(tls_port, true).start(free_port());
+    let pki = broker.dir().expect("configured broker").to_path_buf();
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&relay_config(
+        &ws.url(),
+        tls_port,
+        dir.path(),
+        &format!("tls = true\nca_file = \"{}/ca.crt\"", pki.display()),
+    ));
+    wait_until("refused handshakes", T, || {
+        support::count(&relay.stats.mqtt_connect_failures) >= 2
+    })
+    .await;
+    assert_eq!(support::count(&relay.stats.mqtt_connects), 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn tls_to_a_broker_with_an_unknown_ca_is_refused() {
     if !Mosquitto::available("tls_to_a_broker_with_an_unknown_ca_is_refused") {
         return;

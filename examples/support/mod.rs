@@ -340,87 +340,45 @@ impl Mosquitto {
 }
 
 /// A test CA plus a server certificate for 127.0.0.1/localhost and a client certificate, made
-/// with the `openssl` command line tool (the relay itself never links OpenSSL).
+/// with `rcgen` (ring), written as PEM files into `d`.
 fn make_test_pki(d: &std::path::Path) {
-    let ossl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(d));
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let write = |name: &str, text: String| std::fs::write(d.join(name), text).expect("write pem");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "alert-relay test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
     ];
-    ossl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=alert-relay test CA",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        d.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write server.ext");
-    std::fs::write(
-        d.join("client.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("write client.ext");
-    for who in ["server", "client"] {
-        let key = format!("{who}.key");
-        let csr = format!("{who}.csr");
-        let crt = format!("{who}.crt");
-        let ext = format!("{who}.ext");
-        let subj = format!(
-            "/CN={}",
+    let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
+    write("ca.crt", ca_cert.pem());
+    for (who, usage) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        p.distinguished_name.push(
+            DnType::CommonName,
             if who == "server" {
                 "localhost"
             } else {
                 "relay-client"
-            }
+            },
         );
-        ossl(
-            &[
-                &["req"][..],
-                &ec,
-                &["-keyout", &key, "-out", &csr, "-subj", &subj],
-            ]
-            .concat(),
-        );
-        ossl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("sign");
+        write(&format!("{who}.crt"), cert.pem());
+        write(&format!("{who}.key"), key.serialize_pem());
     }
 }
 
