@@ -103,6 +103,54 @@ pub struct MqttConfig {
     pub stats_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// `3.1.1` (default) or `5`.
+    pub protocol: MqttProtocol,
+    pub username: Option<String>,
+    /// Read from `password_file` or `password_env`; never printed.
+    pub password: Option<Secret>,
+    /// TLS to the broker; `None` = plain TCP.
+    pub tls: Option<MqttTls>,
+    /// MQTT 5 message expiry of alerts, so stale alerts do not pile up in offline sessions.
+    pub message_expiry: Duration,
+    /// The broker's message size limit, when known: larger records are set aside unsent.
+    pub max_message_bytes: Option<usize>,
+    /// Home Assistant MQTT discovery.
+    pub ha_discovery: bool,
+    pub ha_prefix: String,
+    /// Event types announced for the alert event entity, besides the rules' exact labels.
+    pub ha_event_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    V311,
+    V5,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    /// PEM CA bundle; `None` = the built-in web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key, for brokers that require client certificates.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// A secret read from a file or the environment. Its `Debug` form is `<redacted>`, so it
+/// cannot leak through `{:?}` logging of a config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +319,19 @@ struct RawMqtt {
     stats_interval: Option<DurationStr>,
     backoff_initial: Option<DurationStr>,
     backoff_max: Option<DurationStr>,
+    protocol: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    tls: Option<bool>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    message_expiry: Option<DurationStr>,
+    max_message_bytes: Option<ByteSize>,
+    ha_discovery: Option<bool>,
+    ha_prefix: Option<String>,
+    ha_event_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -509,6 +570,7 @@ impl Config {
             "stats_interval = \"{}\"",
             fmt_duration(m.stats_interval)
         );
+        write_mqtt_extras(&mut out, m);
         let _ = writeln!(
             out,
             "\n[gpio]\nbackend = \"{}\"",
@@ -577,6 +639,59 @@ impl Config {
         }
         out
     }
+}
+
+/// The `[mqtt]` keys beyond the basics, for `check-config`. The password itself is never
+/// written, only whether one is set.
+fn write_mqtt_extras(out: &mut String, m: &MqttConfig) {
+    use fmt::Write;
+    let _ = writeln!(
+        out,
+        "protocol = \"{}\"",
+        match m.protocol {
+            MqttProtocol::V311 => "3.1.1",
+            MqttProtocol::V5 => "5",
+        }
+    );
+    if let Some(u) = &m.username {
+        let _ = writeln!(out, "username = {u:?}");
+    }
+    if m.password.is_some() {
+        let _ = writeln!(out, "# password = <redacted> (set)");
+    }
+    let _ = writeln!(out, "tls = {}", m.tls.is_some());
+    if let Some(t) = &m.tls {
+        for (k, v) in [
+            ("ca_file", &t.ca_file),
+            ("client_cert", &t.client_cert),
+            ("client_key", &t.client_key),
+        ] {
+            if let Some(p) = v {
+                let _ = writeln!(out, "{k} = {:?}", p.display().to_string());
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "message_expiry = \"{}\"",
+        fmt_duration(m.message_expiry)
+    );
+    if let Some(b) = m.max_message_bytes {
+        let _ = writeln!(out, "max_message_bytes = {b}");
+    }
+    let _ = writeln!(out, "ha_discovery = {}", m.ha_discovery);
+    let _ = writeln!(out, "ha_prefix = {:?}", m.ha_prefix);
+    if !m.ha_event_types.is_empty() {
+        let _ = writeln!(out, "ha_event_types = {:?}", m.ha_event_types);
+    }
+}
+
+/// Parses a pattern written as JSON in the config's pattern syntax (the MQTT `cmd/test`
+/// payload), with the same checks as `gpio.rules[].pattern`; errors name the field.
+pub fn pattern_from_json(value: &serde_json::Value) -> Result<Pattern, ConfigError> {
+    let raw: RawPattern = serde_path_to_error::deserialize(value)
+        .map_err(|e| invalid(format!("pattern.{}", e.path()), e.inner().to_string()))?;
+    validate_pattern(raw, "pattern")
 }
 
 /// Hides query strings and userinfo: pre-authenticated URLs carry their token there.
@@ -934,9 +1049,94 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
             "must be at least mqtt.backoff_initial, which must be above zero",
         ));
     }
+    let protocol = match m.protocol.as_deref().unwrap_or("3.1.1") {
+        "3.1.1" | "3" | "4" => MqttProtocol::V311,
+        "5" | "5.0" => MqttProtocol::V5,
+        other => {
+            return Err(invalid(
+                "mqtt.protocol",
+                format!("{other:?} is not \"3.1.1\" or \"5\""),
+            ))
+        }
+    };
+    let password = match (m.password_file, m.password_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "mqtt.password_file",
+                "give either password_file or password_env, not both",
+            ))
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "mqtt.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // One line; a trailing newline from `echo pw > file` is not part of it.
+            Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()))
+        }
+        (None, Some(var)) => Some(Secret(std::env::var(&var).map_err(|_| {
+            invalid(
+                "mqtt.password_env",
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?)),
+        (None, None) => None,
+    };
+    if password.is_some() && m.username.is_none() {
+        return Err(invalid(
+            "mqtt.username",
+            "is required when a password is given",
+        ));
+    }
+    let tls_wanted = m.tls.unwrap_or(false);
+    let has_tls_files = m.ca_file.is_some() || m.client_cert.is_some() || m.client_key.is_some();
+    if has_tls_files && !tls_wanted {
+        return Err(invalid(
+            "mqtt.tls",
+            "must be true when ca_file, client_cert or client_key is given",
+        ));
+    }
+    if m.client_cert.is_some() != m.client_key.is_some() {
+        return Err(invalid(
+            "mqtt.client_key",
+            "client_cert and client_key go together",
+        ));
+    }
+    let tls = tls_wanted.then_some(MqttTls {
+        ca_file: m.ca_file,
+        client_cert: m.client_cert,
+        client_key: m.client_key,
+    });
+    let message_expiry = m
+        .message_expiry
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(3600));
+    if message_expiry < Duration::from_secs(1) || message_expiry.as_secs() > u32::MAX as u64 {
+        return Err(invalid(
+            "mqtt.message_expiry",
+            "must be between 1s and about 136 years",
+        ));
+    }
+    let max_message_bytes = m.max_message_bytes.map(|b| b.0 as usize);
+    if max_message_bytes.is_some_and(|b| b < 64) {
+        return Err(invalid("mqtt.max_message_bytes", "must be at least 64 B"));
+    }
+    let ha_prefix = m.ha_prefix.unwrap_or_else(|| "homeassistant".into());
+    if ha_prefix.is_empty() || ha_prefix.contains(['+', '#', '\0']) {
+        return Err(invalid(
+            "mqtt.ha_prefix",
+            "must be non-empty, without + # or NUL",
+        ));
+    }
+    let ha_event_types = m.ha_event_types.unwrap_or_default();
+    if ha_event_types.iter().any(|t| t.is_empty()) {
+        return Err(invalid("mqtt.ha_event_types", "must not hold empty names"));
+    }
     Ok(MqttConfig {
         host,
-        port: m.port.unwrap_or(1883),
+        port: m.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
         client_id,
         topic_prefix,
         qos,
@@ -945,6 +1145,15 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
         stats_interval,
         backoff_initial,
         backoff_max,
+        protocol,
+        username: m.username,
+        password,
+        tls,
+        message_expiry,
+        max_message_bytes,
+        ha_discovery: m.ha_discovery.unwrap_or(false),
+        ha_prefix,
+        ha_event_types,
     })
 }
 
@@ -1284,6 +1493,104 @@ mod tests {
         assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
         assert_eq!(parse_bytes("500kB"), Ok(500_000));
         assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn mqtt_password_comes_from_a_file_or_env_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2-file\n").expect("write");
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ))
+        .expect("password_file");
+        let secret = cfg.mqtt.password.as_ref().expect("password");
+        assert_eq!(secret.expose(), "hunter2-file", "trailing newline dropped");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password = <redacted>"), "{shown}");
+
+        std::env::set_var("ALERT_RELAY_CONFIG_TEST_PW", "hunter2-env");
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_env = \"ALERT_RELAY_CONFIG_TEST_PW\"\n"
+        ))
+        .expect("password_env");
+        assert_eq!(
+            cfg.mqtt.password.as_ref().map(Secret::expose),
+            Some("hunter2-env")
+        );
+        assert!(!cfg.redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_mqtt_keys_name_their_key() {
+        let cases = [
+            (
+                "[mqtt]\npassword_file = \"/nonexistent/pw\"\nusername = \"u\"\n",
+                "mqtt.password_file",
+            ),
+            (
+                "[mqtt]\npassword_env = \"ALERT_RELAY_SURELY_UNSET_VAR\"\nusername = \"u\"\n",
+                "mqtt.password_env",
+            ),
+            ("[mqtt]\npassword_env = \"HOME\"\n", "mqtt.username"),
+            ("[mqtt]\npassword = \"inline\"\n", "password"),
+            ("[mqtt]\nca_file = \"/ca.pem\"\n", "mqtt.tls"),
+            (
+                "[mqtt]\ntls = true\nclient_cert = \"/c.pem\"\n",
+                "mqtt.client_key",
+            ),
+            ("[mqtt]\nprotocol = \"6\"\n", "mqtt.protocol"),
+            ("[mqtt]\nmessage_expiry = \"0s\"\n", "mqtt.message_expiry"),
+            ("[mqtt]\nmax_message_bytes = 10\n", "mqtt.max_message_bytes"),
+            ("[mqtt]\nha_prefix = \"home/#\"\n", "mqtt.ha_prefix"),
+            ("[mqtt]\nha_event_types = [\"\"]\n", "mqtt.ha_event_types"),
+        ];
+        for (text, key) in cases {
+            let e = err_of(&format!("{MINIMAL}{text}"));
+            assert!(e.contains(key), "expected {key} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt_defaults_and_tls_port() {
+        let cfg = Config::parse(MINIMAL).expect("minimal");
+        assert_eq!(cfg.mqtt.protocol, MqttProtocol::V311);
+        assert_eq!(cfg.mqtt.tls, None);
+        assert_eq!(cfg.mqtt.message_expiry, Duration::from_secs(3600));
+        assert!(!cfg.mqtt.ha_discovery);
+        assert_eq!(cfg.mqtt.ha_prefix, "homeassistant");
+        let cfg = Config::parse(&format!("{MINIMAL}[mqtt]\ntls = true\nprotocol = \"5\"\n"))
+            .expect("tls");
+        assert_eq!(cfg.mqtt.port, 8883);
+        assert_eq!(cfg.mqtt.protocol, MqttProtocol::V5);
+        assert!(cfg.mqtt.tls.is_some());
+    }
+
+    #[test]
+    fn test_patterns_parse_from_json_with_config_checks() {
+        let p = pattern_from_json(
+            &serde_json::json!({"kind": "blink", "on": "100ms", "off": "100ms", "count": 2}),
+        )
+        .expect("blink");
+        assert_eq!(
+            p,
+            Pattern::Blink {
+                on: Duration::from_millis(100),
+                off: Duration::from_millis(100),
+                count: Some(2),
+                duration: None
+            }
+        );
+        let e = pattern_from_json(&serde_json::json!({"kind": "blink", "on": "1s", "off": "1s"}))
+            .expect_err("no count");
+        assert!(e.to_string().contains("pattern.count"), "{e}");
+        let e =
+            pattern_from_json(&serde_json::json!({"kind": "solid", "duration": "1s", "colour": 1}))
+                .expect_err("unknown field");
+        assert!(e.to_string().contains("colour"), "{e}");
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub async fn run_with_stats(
     };
     let (queue, writer) = queue::spawn_writer(queue, stats.clone()).map_err(RunError::Thread)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut publish_links = publish::Links::new(&config);
 
     let (gpio_tx, gpio_task) =
         if config.gpio.backend != GpioBackendKind::None && !config.gpio.outputs.is_empty() {
@@ -98,7 +99,10 @@ pub async fn run_with_stats(
             );
             let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
             // Which outputs run a pattern; MQTT mirrors it on {prefix}/outputs/{name}.
-            let (activity, _) = watch::channel(vec![false; config.gpio.outputs.len()]);
+            let (activity, activity_rx) = watch::channel(vec![false; config.gpio.outputs.len()]);
+            // MQTT commands (`cmd/silence`, `cmd/test/{output}`) reach the engine here.
+            publish_links.gpio = Some(tx.clone());
+            publish_links.activity = Some(activity_rx);
             let task = tokio::spawn(gpio::run_engine(
                 config.gpio.outputs.clone(),
                 backend,
@@ -139,6 +143,7 @@ pub async fn run_with_stats(
     ));
     let publish_task = tokio::spawn(publish::run(
         config.mqtt.clone(),
+        publish_links,
         queue.clone(),
         stats.clone(),
         stop_rx,

@@ -45,6 +45,13 @@ pub enum Broker {
         child: Child,
         _dir: tempfile::TempDir,
     },
+    /// A mosquitto process from [`Mosquitto`]: extra config, users, ACL, TLS; restartable.
+    Configured {
+        port: u16,
+        child: Option<Child>,
+        dir: tempfile::TempDir,
+        conf: std::path::PathBuf,
+    },
 }
 
 impl Broker {
@@ -127,7 +134,9 @@ dynamic_filters = true
 
     pub fn port(&self) -> u16 {
         match self {
-            Broker::Embedded { port } | Broker::Mosquitto { port, .. } => *port,
+            Broker::Embedded { port }
+            | Broker::Mosquitto { port, .. }
+            | Broker::Configured { port, .. } => *port,
         }
     }
 
@@ -139,14 +148,237 @@ dynamic_filters = true
                 let _ = child.wait();
                 true
             }
+            Broker::Configured { child, .. } => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                true
+            }
             Broker::Embedded { .. } => false,
+        }
+    }
+
+    /// The directory holding a configured broker's files (`ca.crt`, `client.crt`, ...).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Broker::Configured { dir, .. } => Some(dir.path()),
+            _ => None,
+        }
+    }
+
+    /// Stops a configured mosquitto gracefully (SIGTERM: it saves its persistence file, as on
+    /// a service restart), then starts it again with the same config and waits until it listens.
+    pub fn restart(&mut self) {
+        let Broker::Configured {
+            port, child, conf, ..
+        } = self
+        else {
+            panic!("only a configured mosquitto can be restarted");
+        };
+        if let Some(mut c) = child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+        *child = Some(spawn_mosquitto(conf));
+        wait_listening(*port);
+    }
+}
+
+fn spawn_mosquitto(conf: &std::path::Path) -> Child {
+    Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto (is it installed? apt-get install mosquitto)")
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run a helper command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds a mosquitto process for tests of mosquitto-only features (users, ACLs, size limits,
+/// TLS). Tests using it run only when `ALERT_RELAY_TEST_BROKER=mosquitto`.
+#[derive(Default)]
+pub struct Mosquitto {
+    lines: Vec<String>,
+    users: Vec<(String, String)>,
+    acl: Option<String>,
+    tls_port: Option<(u16, bool)>,
+    persistence: bool,
+}
+
+impl Mosquitto {
+    /// True when the tests may use mosquitto; otherwise prints why the caller skips.
+    pub fn available(test: &str) -> bool {
+        if Broker::kind_from_env() == "mosquitto" {
+            return true;
+        }
+        eprintln!(
+            "{test}: skipped, needs ALERT_RELAY_TEST_BROKER=mosquitto (a mosquitto-only feature)"
+        );
+        false
+    }
+
+    pub fn new() -> Mosquitto {
+        Mosquitto::default()
+    }
+
+    /// A line for mosquitto.conf (applies to every listener: `per_listener_settings false`).
+    pub fn conf(mut self, line: &str) -> Self {
+        self.lines.push(line.to_string());
+        self
+    }
+
+    /// Requires a login; adds this user to the password file (`mosquitto_passwd -b`).
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.into(), password.into()));
+        self
+    }
+
+    /// ACL file contents (mosquitto's acl_file syntax).
+    pub fn acl(mut self, text: &str) -> Self {
+        self.acl = Some(text.to_string());
+        self
+    }
+
+    /// Adds a TLS listener on `port` with a fresh test CA (`ca.crt` in [`Broker::dir`]); with
+    /// `require_client_cert`, clients must show a certificate signed by that CA
+    /// (`client.crt` / `client.key`).
+    pub fn tls(mut self, port: u16, require_client_cert: bool) -> Self {
+        self.tls_port = Some((port, require_client_cert));
+        self
+    }
+
+    /// Keeps messages for offline persistent sessions across a graceful restart.
+    pub fn persistent(mut self) -> Self {
+        self.persistence = true;
+        self
+    }
+
+    pub fn start(self, port: u16) -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        // `user root`: when the tests run as root, mosquitto would otherwise switch to the
+        // `mosquitto` user and could not read the files in our private temp dir.
+        let mut conf = format!(
+            "per_listener_settings false\nuser root\nlog_dest stderr\nlog_type error\nlistener {port} 127.0.0.1\n"
+        );
+        if self.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                d.display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
+        if self.users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            let pw = d.join("passwd");
+            for (i, (u, p)) in self.users.iter().enumerate() {
+                let mut cmd = Command::new("mosquitto_passwd");
+                cmd.arg("-b");
+                if i == 0 {
+                    cmd.arg("-c");
+                }
+                run_ok(cmd.arg(&pw).arg(u).arg(p));
+            }
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                pw.display()
+            ));
+        }
+        if let Some(acl) = &self.acl {
+            let f = d.join("acl");
+            std::fs::write(&f, acl).expect("write acl");
+            conf.push_str(&format!("acl_file {}\n", f.display()));
+        }
+        if let Some((tls_port, require)) = self.tls_port {
+            make_test_pki(d);
+            conf.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\nrequire_certificate {require}\n",
+                d.display()
+            ));
+        }
+        for l in &self.lines {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        let conf_path = d.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let child = spawn_mosquitto(&conf_path);
+        wait_listening(port);
+        if let Some((tls_port, _)) = self.tls_port {
+            wait_listening(tls_port);
+        }
+        Broker::Configured {
+            port,
+            child: Some(child),
+            dir,
+            conf: conf_path,
         }
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
+/// A test CA plus a server certificate for 127.0.0.1/localhost and a client certificate, made
+/// with `rcgen` (ring), written as PEM files into `d`.
+fn make_test_pki(d: &std::path::Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let write = |name: &str, text: String| std::fs::write(d.join(name), text).expect("write pem");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "alert-relay test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
+    write("ca.crt", ca_cert.pem());
+    for (who, usage) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        p.distinguished_name.push(
+            DnType::CommonName,
+            if who == "server" {
+                "localhost"
+            } else {
+                "relay-client"
+            },
+        );
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("sign");
+        write(&format!("{who}.crt"), cert.pem());
+        write(&format!("{who}.key"), key.serialize_pem());
     }
 }
 
@@ -264,10 +496,20 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(port: u16, filter: &str) -> Subscriber {
+        Self::start_with(port, filter, |_| {}).await
+    }
+
+    /// [`Subscriber::start`] with extra options (a login, a persistent session).
+    pub async fn start_with(
+        port: u16,
+        filter: &str,
+        configure: impl FnOnce(&mut MqttOptions),
+    ) -> Subscriber {
         let id = format!("test-sub-{}", free_port());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 << 20, 4 << 20);
+        configure(&mut opts);
         let (client, mut el) = AsyncClient::new(opts, 100);
         let messages = Arc::new(Mutex::new(Vec::new()));
         let m = messages.clone();

@@ -1,0 +1,714 @@
+//! MQTT: publishes queue records in order, acknowledges each in the queue only when the broker
+//! confirms exactly that publish, and is the relay's face to local consumers: `{prefix}/status`,
+//! `{prefix}/stats`, `{prefix}/outputs/{name}`, commands on `{prefix}/cmd/...`, and (optionally)
+//! Home Assistant discovery.
+//!
+//! Owns: the broker connection (MQTT 3.1.1 or 5, TCP or TLS). Never does: decide what is
+//! durable (the queue does), match rules or drive pins (it only forwards commands to the GPIO
+//! engine), or touch the upstream socket.
+//!
+//! # Correlating acknowledgements
+//! See [`correlate`]: every publish we hand to rumqttc is pushed on a FIFO, each
+//! `Outgoing::Publish(pkid)` pops it and maps `pkid -> seq`, each PUBACK (QoS 1) / PUBCOMP
+//! (QoS 2) acks that seq. A fresh rumqttc event loop is built for every connection, so rumqttc
+//! never replays anything on its own: after a reconnect the queue is rewound to the oldest
+//! unacknowledged record and everything from there is sent again, in queue order.
+//!
+//! # Records the broker will not take
+//! A record that can never be delivered must not wedge the queue. It is *set aside*: logged,
+//! counted in `mqtt_set_aside`, and acknowledged in the queue so the rest flows. That happens
+//! when
+//! - it is larger than the broker's known limit: `mqtt.max_message_bytes` (payload bytes, like
+//!   mosquitto's `message_size_limit`), or with MQTT 5 the maximum packet size in the CONNACK;
+//! - with MQTT 5, the broker answers its PUBACK/PUBREC with a reason code >= 0x80 (not
+//!   authorised, quota exceeded, packet too large, ...);
+//! - the broker closes the connection whenever it is sent: a connection lost with nothing
+//!   acknowledged makes its oldest unacknowledged record suspect; it is then sent alone, and
+//!   [`correlate::POISON_STRIKES`] more such losses convict it ([`correlate::PoisonWatch`]).
+//!   MQTT 3.1.1 cannot refuse one publish: mosquitto disconnects a client whose packet exceeds
+//!   `max_packet_size`; and rumqttc ends the connection on MQTT 5 reason codes it does not
+//!   know, such as 0x95 "packet too large" for a message above `message_size_limit`.
+//!
+//! With MQTT 3.1.1, mosquitto answers a publish that an ACL denies, or that exceeds
+//! `message_size_limit`, with a normal PUBACK and drops it: the relay cannot tell, the record
+//! leaves the queue as delivered. Use MQTT 5, or set `mqtt.max_message_bytes`, to have such
+//! records counted.
+//!
+//! # Commands
+//! See [`commands`]. Retained messages on command topics are ignored (a stale retained
+//! `silence` must not act on every reconnect); each command is answered on `{prefix}/cmd/result`.
+
+pub mod client;
+pub mod commands;
+pub mod correlate;
+pub mod ha;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::alert::QueuedMessage;
+use crate::backoff::Backoff;
+use crate::config::{Config, MqttConfig, MqttProtocol, OutputConfig, Qos};
+use crate::gpio::GpioCommand;
+use crate::queue::{QueueHandle, Record};
+use crate::stats::{queue_json, Stats};
+use client::{Client, Ev, EventLoop, Props};
+use correlate::{Correlator, Outcome, PoisonWatch};
+
+/// How long after the first unpersisted ack the ack position is written to disk: the window of
+/// re-published duplicates after a crash, traded against SD card wear.
+pub const ACK_PERSIST_DELAY: Duration = Duration::from_secs(1);
+/// How long a clean shutdown waits for `offline` and the DISCONNECT to go out.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// A connection that stayed up this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Most payload bytes read from the queue in one go (memory bound of a refill).
+const READ_BATCH_BYTES: usize = 1 << 20;
+/// Room in rumqttc's request channel for our own messages (status, stats, discovery, command
+/// answers) on top of the in-flight window and one state message per output.
+const OWN_MESSAGE_ROOM: usize = 64;
+/// MQTT fixed header, topic length field and packet id, and property overhead we add with
+/// MQTT 5, for comparing a record against the broker's maximum packet size.
+const PACKET_OVERHEAD: usize = 5 + 2 + 2 + 64;
+
+pub fn status_topic(cfg: &MqttConfig) -> String {
+    format!("{}/status", cfg.topic_prefix)
+}
+
+/// What the publisher needs from the rest of the relay besides the queue.
+pub struct Links {
+    /// Where `cmd/...` commands go; `None` when GPIO is off (commands are answered with an error).
+    pub gpio: Option<mpsc::Sender<GpioCommand>>,
+    /// Which outputs run a pattern, mirrored on `{prefix}/outputs/{name}`.
+    pub activity: Option<watch::Receiver<Vec<bool>>>,
+    /// The GPIO outputs, in the engine's order.
+    pub outputs: Vec<OutputConfig>,
+    /// Event types announced to Home Assistant.
+    pub event_types: Vec<String>,
+}
+
+impl Links {
+    /// Links without a GPIO engine; the caller fills `gpio` and `activity` when it runs one.
+    pub fn new(config: &Config) -> Links {
+        Links {
+            gpio: None,
+            activity: None,
+            outputs: config.gpio.outputs.clone(),
+            event_types: ha::event_types(&config.mqtt, &config.gpio.rules),
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true; then publishes `offline` and disconnects cleanly.
+pub async fn run(
+    cfg: MqttConfig,
+    mut links: Links,
+    queue: QueueHandle,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+    let mut poison = PoisonWatch::default();
+    let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
+            Err(e) => SessionEnd::Lost {
+                reason: e.to_string(),
+                connected: false,
+                head: None,
+                acked_any: false,
+            },
+            Ok(tls) => {
+                let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
+                let window = poison.window(cfg.max_inflight as usize);
+                let mut session = Session::new(
+                    &cfg,
+                    &mut links,
+                    client,
+                    queue.clone(),
+                    stats.clone(),
+                    window,
+                );
+                session.run(&mut el, &mut shutdown).await
+            }
+        };
+        stats.set_broker_connected(false);
+        persist_ack(&queue).await;
+        match end {
+            SessionEnd::Shutdown => return,
+            SessionEnd::Lost {
+                reason,
+                connected,
+                head,
+                acked_any,
+            } => {
+                stats.inc(&stats.mqtt_connect_failures);
+                if connected {
+                    if let Some(seq) = poison.lost(head, acked_any) {
+                        set_aside(
+                            &queue,
+                            &stats,
+                            seq,
+                            &format!(
+                                "the broker closed the connection every time it was sent (the last {} times alone)",
+                                correlate::POISON_STRIKES
+                            ),
+                        );
+                    }
+                } else {
+                    poison.connect_failed();
+                }
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                log::warn!(
+                    "mqtt: {}:{}: {reason}; retrying in {delay:?}",
+                    cfg.host,
+                    cfg.port
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    persist_ack(&queue).await;
+}
+
+async fn persist_ack(queue: &QueueHandle) {
+    let q = queue.clone();
+    let r = tokio::task::spawn_blocking(move || q.lock().persist_ack()).await;
+    if let Ok(Err(e)) = r {
+        log::error!("queue: cannot persist the ack position: {e}");
+    }
+}
+
+/// Acknowledges a record that can never be delivered, so the rest can flow.
+fn set_aside(queue: &QueueHandle, stats: &Stats, seq: u64, why: &str) {
+    stats.inc(&stats.mqtt_set_aside);
+    stats.warn_limited(
+        "set_aside",
+        format_args!("mqtt: record seq {seq} set aside: {why}"),
+    );
+    if let Err(e) = queue.lock().ack(seq) {
+        log::error!("queue: {e}");
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost {
+        reason: String,
+        /// Whether the CONNACK arrived.
+        connected: bool,
+        /// The oldest record written on this connection and not acknowledged.
+        head: Option<u64>,
+        /// Whether any record was acknowledged on this connection.
+        acked_any: bool,
+    },
+}
+
+/// The parts of a record an MQTT 5 publish or a Home Assistant event needs.
+struct RecordMeta {
+    label: Option<String>,
+    event_id: Option<String>,
+}
+
+fn record_meta(msg: &QueuedMessage) -> RecordMeta {
+    #[derive(serde::Deserialize)]
+    struct Fields {
+        label: Option<serde_json::Value>,
+        event_label: Option<serde_json::Value>,
+        event_id: Option<serde_json::Value>,
+    }
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match serde_json::from_slice::<Fields>(&msg.body) {
+        Ok(f) => RecordMeta {
+            label: text(f.label).or_else(|| text(f.event_label)),
+            event_id: text(f.event_id),
+        },
+        Err(_) => RecordMeta {
+            label: None,
+            event_id: None,
+        },
+    }
+}
+
+struct Session<'a> {
+    cfg: &'a MqttConfig,
+    links: &'a mut Links,
+    client: Client,
+    queue: QueueHandle,
+    stats: Arc<Stats>,
+    corr: Correlator,
+    /// Alerts in flight whose Home Assistant event goes out once the broker has them.
+    ha_events: HashMap<u64, Vec<u8>>,
+    /// The broker's maximum packet size (MQTT 5 CONNACK).
+    broker_max_packet: Option<usize>,
+    /// Output states last published, to publish only changes.
+    outputs_published: Vec<Option<bool>>,
+    acked_any: bool,
+    ack_flush_at: Option<Instant>,
+    /// Set when the client can no longer take requests: the session ends with this reason.
+    broken: Option<String>,
+    /// Records in flight at most on this connection: `mqtt.max_inflight`, or 1 while a
+    /// suspected poison record is probed.
+    window: usize,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        cfg: &'a MqttConfig,
+        links: &'a mut Links,
+        client: Client,
+        queue: QueueHandle,
+        stats: Arc<Stats>,
+        window: usize,
+    ) -> Session<'a> {
+        let n = links.outputs.len();
+        Session {
+            cfg,
+            links,
+            client,
+            queue,
+            stats,
+            corr: Correlator::new(cfg.qos == Qos::AtMostOnce),
+            ha_events: HashMap::new(),
+            broker_max_packet: None,
+            outputs_published: vec![None; n],
+            acked_any: false,
+            ack_flush_at: None,
+            broken: None,
+            window,
+        }
+    }
+
+    fn lost(&self, reason: String, connected: bool) -> SessionEnd {
+        SessionEnd::Lost {
+            reason,
+            connected,
+            head: self.corr.oldest_written(),
+            acked_any: self.acked_any,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        el: &mut EventLoop,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        // Connect: poll until CONNACK.
+        loop {
+            tokio::select! {
+                ev = el.poll() => match ev {
+                    Ok(Ev::Connected { max_packet }) => {
+                        self.broker_max_packet = max_packet.map(|m| m as usize);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return self.lost(e, false),
+                },
+                _ = shutdown.changed() => return SessionEnd::Shutdown,
+            }
+        }
+        self.stats.inc(&self.stats.mqtt_connects);
+        self.stats.set_broker_connected(true);
+        log::info!(
+            "mqtt: connected to {}:{}{}",
+            self.cfg.host,
+            self.cfg.port,
+            if self.cfg.tls.is_some() { " (tls)" } else { "" }
+        );
+        self.on_connected();
+        let mut stats_tick = tokio::time::interval(self.cfg.stats_interval);
+        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Err(e) = self.fill_window() {
+                self.stats.log_queue_error(&e);
+            }
+            if let Some(reason) = self.broken.take() {
+                return self.lost(reason, true);
+            }
+            let room = self.corr.records_in_flight() < self.window;
+            let flush_at = self.ack_flush_at;
+            let watching = self.links.activity.is_some();
+            tokio::select! {
+                ev = el.poll() => match ev {
+                    Ok(ev) => {
+                        if let Err(reason) = self.on_event(ev) {
+                            return self.lost(reason, true);
+                        }
+                    }
+                    Err(e) => return self.lost(e, true),
+                },
+                _ = self.queue.readable(), if room => {}
+                _ = stats_tick.tick() => self.publish_stats(),
+                _ = sleep_until_opt(flush_at), if flush_at.is_some() => {
+                    self.ack_flush_at = None;
+                    persist_ack(&self.queue).await;
+                }
+                changed = activity_changed(&mut self.links.activity), if watching => {
+                    if changed {
+                        self.publish_outputs();
+                    } else {
+                        // The engine is gone: nothing more to mirror.
+                        self.links.activity = None;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.shutdown(el).await;
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Birth: discovery, `online`, output states, command subscriptions, then the queue from
+    /// the oldest unacknowledged record.
+    fn on_connected(&mut self) {
+        let prefix = &self.cfg.topic_prefix;
+        if let Err(e) = self
+            .client
+            .try_subscribe(format!("{prefix}/cmd/#"), Qos::AtLeastOnce)
+        {
+            log::warn!("mqtt: cannot subscribe to {prefix}/cmd/#: {e}");
+        }
+        if self.cfg.ha_discovery {
+            if let Err(e) = self
+                .client
+                .try_subscribe(ha::ha_status_topic(self.cfg), Qos::AtLeastOnce)
+            {
+                log::warn!("mqtt: cannot subscribe to Home Assistant's status: {e}");
+            }
+            self.publish_discovery();
+        }
+        self.publish_own(
+            status_topic(self.cfg),
+            b"online".to_vec(),
+            Qos::AtLeastOnce,
+            true,
+        );
+        self.publish_outputs();
+        self.queue.lock().rewind();
+    }
+
+    /// Reads as many records as the in-flight window has room for and publishes them.
+    fn fill_window(&mut self) -> Result<(), crate::queue::QueueError> {
+        if self.window == 1 && self.acked_any {
+            // The probed record went through: back to the full window.
+            self.window = self.cfg.max_inflight as usize;
+        }
+        let room = self.window.saturating_sub(self.corr.records_in_flight());
+        if room == 0 {
+            return Ok(());
+        }
+        let records = self.queue.read_batch(room, READ_BATCH_BYTES)?;
+        for rec in records {
+            if self.broken.is_some() {
+                break;
+            }
+            self.publish_record(rec);
+        }
+        Ok(())
+    }
+
+    fn publish_record(&mut self, rec: Record) {
+        let msg = match QueuedMessage::decode(&rec.payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.inc(&self.stats.mqtt_undecodable);
+                self.set_aside(rec.seq, &e.to_string());
+                return;
+            }
+        };
+        let topic = format!("{}/{}", self.cfg.topic_prefix, msg.topic_suffix);
+        let payload = msg.render(rec.seq, rec.accepted_us);
+        if let Some(limit) = self.cfg.max_message_bytes {
+            if payload.len() > limit {
+                let why = format!(
+                    "its {} byte payload exceeds mqtt.max_message_bytes ({limit})",
+                    payload.len()
+                );
+                self.set_aside(rec.seq, &why);
+                return;
+            }
+        }
+        let is_v5 = self.cfg.protocol == MqttProtocol::V5;
+        let meta = (is_v5 || self.cfg.ha_discovery).then(|| record_meta(&msg));
+        let props = meta.as_ref().filter(|_| is_v5).map(|m| {
+            let mut user = Vec::new();
+            if let Some(id) = &m.event_id {
+                user.push(("event_id".to_string(), id.clone()));
+            }
+            if let Some(l) = &m.label {
+                user.push(("label".to_string(), l.clone()));
+            }
+            Props {
+                json: true,
+                expiry_secs: Some(self.cfg.message_expiry.as_secs().min(u32::MAX as u64) as u32),
+                user,
+            }
+        });
+        if let Some(max) = self.broker_max_packet {
+            let props_len: usize = props
+                .as_ref()
+                .map(|p| p.user.iter().map(|(k, v)| k.len() + v.len() + 5).sum())
+                .unwrap_or(0);
+            let size = payload.len() + topic.len() + props_len + PACKET_OVERHEAD;
+            if size > max {
+                let why = format!(
+                    "its ~{size} byte packet exceeds the broker's maximum packet size ({max})"
+                );
+                self.set_aside(rec.seq, &why);
+                return;
+            }
+        }
+        if self.cfg.ha_discovery && msg.topic_suffix.starts_with("alerts/") {
+            let label = meta
+                .as_ref()
+                .and_then(|m| m.label.clone())
+                .unwrap_or_default();
+            if let Some(ev) = ha::event_payload(&payload, &label, &self.links.event_types) {
+                self.ha_events.insert(rec.seq, ev);
+            }
+        }
+        match self
+            .client
+            .try_publish(topic, self.cfg.qos, false, payload, props)
+        {
+            Ok(()) => {
+                self.corr.sent(Some(rec.seq));
+                self.stats.inc(&self.stats.mqtt_published);
+            }
+            Err(e) => {
+                // The request channel has room for the whole window, so this is a bug or a
+                // client that has gone away; the record stays in the queue for the next try.
+                self.ha_events.remove(&rec.seq);
+                log::error!(
+                    "mqtt: cannot hand record seq {} to the client: {e}",
+                    rec.seq
+                );
+                self.queue.lock().rewind();
+            }
+        }
+    }
+
+    fn set_aside(&mut self, seq: u64, why: &str) {
+        self.ha_events.remove(&seq);
+        set_aside(&self.queue, &self.stats, seq, why);
+        self.note_ack();
+    }
+
+    fn publish_own(&mut self, topic: String, payload: Vec<u8>, q: Qos, retain: bool) {
+        let props =
+            (self.cfg.protocol == MqttProtocol::V5 && payload.first() == Some(&b'{')).then(|| {
+                Props {
+                    json: true,
+                    ..Props::default()
+                }
+            });
+        match self.client.try_publish(topic, q, retain, payload, props) {
+            Ok(()) => self.corr.sent(None),
+            Err(e) => log::warn!("mqtt: cannot queue an own message: {e}"),
+        }
+    }
+
+    fn publish_stats(&mut self) {
+        let snapshot = {
+            let q = self.queue.lock();
+            self.stats.snapshot(Some(queue_json(&q)))
+        };
+        let topic = format!("{}/stats", self.cfg.topic_prefix);
+        self.publish_own(
+            topic,
+            snapshot.to_string().into_bytes(),
+            Qos::AtMostOnce,
+            true,
+        );
+    }
+
+    /// Publishes `{prefix}/outputs/{name}` for every output whose state changed (all of them
+    /// after a connect), retained, so a consumer joining later sees the current state.
+    fn publish_outputs(&mut self) {
+        let now: Vec<bool> = match &mut self.links.activity {
+            Some(rx) => rx.borrow_and_update().clone(),
+            None => vec![false; self.links.outputs.len()],
+        };
+        for i in 0..self.links.outputs.len() {
+            let active = now.get(i).copied().unwrap_or(false);
+            if self.outputs_published[i] == Some(active) {
+                continue;
+            }
+            self.outputs_published[i] = Some(active);
+            let topic = format!(
+                "{}/outputs/{}",
+                self.cfg.topic_prefix, self.links.outputs[i].name
+            );
+            let payload = if active { "active" } else { "idle" };
+            self.publish_own(topic, payload.as_bytes().to_vec(), Qos::AtLeastOnce, true);
+        }
+    }
+
+    fn publish_discovery(&mut self) {
+        let names: Vec<String> = self.links.outputs.iter().map(|o| o.name.clone()).collect();
+        for (topic, payload) in ha::discovery(self.cfg, &names, &self.links.event_types) {
+            self.publish_own(
+                topic,
+                payload.to_string().into_bytes(),
+                Qos::AtLeastOnce,
+                true,
+            );
+        }
+    }
+
+    fn ack(&mut self, seq: u64) {
+        self.stats.inc(&self.stats.mqtt_acked);
+        self.acked_any = true;
+        if let Some(ev) = self.ha_events.remove(&seq) {
+            self.publish_own(ha::event_topic(self.cfg), ev, Qos::AtMostOnce, false);
+        }
+        if let Err(e) = self.queue.lock().ack(seq) {
+            log::error!("queue: {e}");
+        }
+        self.note_ack();
+    }
+
+    fn note_ack(&mut self) {
+        if self.queue.lock().ack_dirty() && self.ack_flush_at.is_none() {
+            self.ack_flush_at = Some(Instant::now() + ACK_PERSIST_DELAY);
+        }
+    }
+
+    fn on_event(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Written(pkid) => {
+                if let Outcome::Done(seq) = self.corr.written(pkid) {
+                    self.ack(seq);
+                }
+            }
+            Ev::PubAck(pkid) if self.cfg.qos == Qos::AtLeastOnce => {
+                if let Outcome::Done(seq) = self.corr.acknowledged(pkid) {
+                    self.ack(seq);
+                }
+            }
+            Ev::PubComp(pkid) if self.cfg.qos == Qos::ExactlyOnce => {
+                if let Outcome::Done(seq) = self.corr.acknowledged(pkid) {
+                    self.ack(seq);
+                }
+            }
+            Ev::Refused { pkid, reason } => {
+                if let Outcome::Done(seq) = self.corr.acknowledged(pkid) {
+                    self.stats.inc(&self.stats.mqtt_refused);
+                    self.set_aside(seq, &format!("the broker refused it: {reason}"));
+                }
+            }
+            Ev::Message {
+                topic,
+                payload,
+                retain,
+            } => self.on_message(&topic, &payload, retain),
+            Ev::BrokerDisconnect(reason) => return Err(reason),
+            Ev::Connected { .. }
+            | Ev::DisconnectSent
+            | Ev::PubAck(_)
+            | Ev::PubComp(_)
+            | Ev::Other => {}
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        if self.cfg.ha_discovery && topic == ha::ha_status_topic(self.cfg) {
+            if payload == b"online" {
+                log::info!("mqtt: Home Assistant is online; sending discovery");
+                self.publish_discovery();
+            }
+            return;
+        }
+        let Some((command, parsed)) =
+            commands::parse(&self.cfg.topic_prefix, topic, payload, &self.links.outputs)
+        else {
+            return;
+        };
+        if retain {
+            log::warn!("mqtt: ignoring a retained command on {topic} (clear it with an empty retained message)");
+            return;
+        }
+        self.stats.inc(&self.stats.mqtt_commands);
+        let result = parsed.and_then(|cmd| match &self.links.gpio {
+            None => Err("gpio is off (gpio.backend = \"none\" or no outputs)".to_string()),
+            Some(tx) => tx.try_send(cmd).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "the gpio engine is busy; try again".to_string()
+                }
+                mpsc::error::TrySendError::Closed(_) => "the gpio engine has stopped".to_string(),
+            }),
+        });
+        match &result {
+            Ok(()) => log::info!("mqtt: command {command} accepted"),
+            Err(e) => {
+                self.stats.inc(&self.stats.mqtt_command_errors);
+                self.stats.warn_limited(
+                    "command",
+                    format_args!("mqtt: command {command} refused: {e}"),
+                );
+            }
+        }
+        let answer = commands::answer(&command, &result);
+        self.publish_own(
+            commands::result_topic(&self.cfg.topic_prefix),
+            answer,
+            Qos::AtLeastOnce,
+            false,
+        );
+    }
+
+    async fn shutdown(&mut self, el: &mut EventLoop) {
+        self.publish_own(
+            status_topic(self.cfg),
+            b"offline".to_vec(),
+            Qos::AtLeastOnce,
+            true,
+        );
+        let _ = self.client.try_disconnect();
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        loop {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Ok(Ok(Ev::DisconnectSent)) => break,
+                Ok(Ok(ev)) => {
+                    let _ = self.on_event(ev);
+                }
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        log::info!("mqtt: disconnected cleanly");
+    }
+}
+
+/// Resolves with true when the activity changed, false when its sender is gone.
+async fn activity_changed(rx: &mut Option<watch::Receiver<Vec<bool>>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t).await
+    }
+}
