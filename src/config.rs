@@ -242,22 +242,6 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
 }
 
-/// A secret string: `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Raw structs, exactly as written in TOML.
 
