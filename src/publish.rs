@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::alert::QueuedMessage;
@@ -70,6 +70,7 @@ pub async fn run(
     queue: QueueHandle,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
+    mut live: mpsc::Receiver<crate::source::LiveMessage>,
 ) {
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     loop {
@@ -80,7 +81,7 @@ pub async fn run(
         el.network_options.set_connection_timeout(10);
         let started = Instant::now();
         let mut session = Session::new(&cfg, client, queue.clone(), stats.clone());
-        let end = session.run(&mut el, &mut shutdown).await;
+        let end = session.run(&mut el, &mut shutdown, &mut live).await;
         stats.set_broker_connected(false);
         persist_ack(&queue).await;
         match end {
@@ -156,6 +157,7 @@ impl<'a> Session<'a> {
         &mut self,
         el: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
+        live: &mut mpsc::Receiver<crate::source::LiveMessage>,
     ) -> SessionEnd {
         // Connect: poll until CONNACK.
         loop {
@@ -189,6 +191,15 @@ impl<'a> Session<'a> {
                 }
                 _ = self.queue.readable(), if room => {}
                 _ = stats_tick.tick() => self.publish_stats(),
+                Some((suffix, payload)) = live.recv() => {
+                    // Best-effort channels: QoS 0, no queue record, no ack to track.
+                    let topic = format!("{}/{suffix}", self.cfg.topic_prefix);
+                    if self.client.try_publish(topic, QoS::AtMostOnce, false, payload).is_ok() {
+                        self.unassigned.push_back(None);
+                    } else {
+                        self.stats.inc(&self.stats.channel_dropped);
+                    }
+                }
                 _ = sleep_until_opt(flush_at), if flush_at.is_some() => {
                     self.ack_flush_at = None;
                     persist_ack(&self.queue).await;
