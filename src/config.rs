@@ -89,8 +89,8 @@ pub struct VideoDbConfig {
     /// REST base, without a trailing `/`.
     pub api_url: String,
     pub api_key: Secret,
-    /// Where the key came from (`env VIDEO_DB_API_KEY`, `file /etc/...`), for error messages.
-    pub api_key_from: String,
+    /// Where the key came from, for error messages and `check-config`.
+    pub api_key_from: ApiKeyOrigin,
     pub collection_id: String,
     pub alerts: Vec<AlertBinding>,
     /// The ids of the alerts this relay created, so they can be disabled after a reconnect
@@ -101,6 +101,22 @@ pub struct VideoDbConfig {
     pub auth_retry: Duration,
     /// Bounds every REST call (connect, TLS, request, response).
     pub request_timeout: Duration,
+}
+
+/// `source.api_key_env` or `source.api_key_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyOrigin {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for ApiKeyOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiKeyOrigin::Env(name) => write!(f, "environment variable {name}"),
+            ApiKeyOrigin::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
 }
 
 /// One `[[source.alerts]]` entry: an event to bind, on one index of one stream.
@@ -558,7 +574,13 @@ impl Config {
             }
             SourceMode::VideoDb(v) => {
                 let _ = writeln!(out, "api_url = {:?}", redact_url(&v.api_url));
-                let _ = writeln!(out, "# API key: from {} (not shown)", v.api_key_from);
+                // Where the key comes from, never the key.
+                let _ = match &v.api_key_from {
+                    ApiKeyOrigin::Env(name) => writeln!(out, "api_key_env = {name:?}"),
+                    ApiKeyOrigin::File(p) => {
+                        writeln!(out, "api_key_file = {:?}", p.display().to_string())
+                    }
+                };
                 let _ = writeln!(out, "collection_id = {:?}", v.collection_id);
                 let _ = writeln!(out, "state_file = {:?}", v.state_file.display().to_string());
                 let _ = writeln!(out, "auth_retry = \"{}\"", fmt_duration(v.auth_retry));
@@ -978,7 +1000,7 @@ fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbCo
                     format!("{} is empty", path.display()),
                 ));
             }
-            (Secret::new(key), format!("file {}", path.display()))
+            (Secret::new(key), ApiKeyOrigin::File(path.clone()))
         }
         (env, None) => {
             let name = env.as_deref().unwrap_or(DEFAULT_API_KEY_ENV);
@@ -993,7 +1015,7 @@ fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbCo
                     ),
                 ));
             }
-            (Secret::new(key), format!("environment variable {name}"))
+            (Secret::new(key), ApiKeyOrigin::Env(name.to_string()))
         }
     };
     let collection_id = s.collection_id.clone().unwrap_or_else(|| "default".into());
@@ -1607,5 +1629,102 @@ mod tests {
         let cfg =
             Config::parse("[source]\nurl = \"wss://rt.example/ws?token=s3cret\"\n").expect("cfg");
         assert!(!cfg.redacted_toml().contains("s3cret"));
+    }
+
+    #[test]
+    fn generic_and_videodb_keys_do_not_mix() {
+        let e = err_of("[source]\nurl = \"ws://x/\"\napi_url = \"https://api.example\"\n");
+        assert!(e.contains("source.api_url"), "{e}");
+        let e = err_of(
+            "[source]\nurl = \"ws://x/\"\n[[source.alerts]]\nrtstream_id = \"a\"\nindex_id = \"b\"\nevent_id = \"c\"\n",
+        );
+        assert!(e.contains("source.alerts"), "{e}");
+        let e = err_of("[source]\napi_key_env = \"ALERT_RELAY_TEST_UNSET_VAR\"\n");
+        assert!(
+            e.contains("source.api_key_env") && e.contains("ALERT_RELAY_TEST_UNSET_VAR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn videodb_key_comes_from_a_file_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-very-secret\n").expect("write");
+        let text = format!(
+            "[source]\napi_key_file = \"{}\"\n[[source.alerts]]\nrtstream_id = \"rt1\"\nindex_id = \"ix1\"\nevent_id = \"ev1\"\n[queue]\ndir = \"/srv/relay/queue\"\n",
+            key.display()
+        );
+        let cfg = Config::parse(&text).expect("videodb config");
+        let SourceMode::VideoDb(v) = &cfg.source.mode else {
+            panic!("expected VideoDB mode");
+        };
+        assert_eq!(v.api_key.expose(), "sk-very-secret");
+        assert_eq!(v.api_url, "https://api.videodb.io");
+        assert_eq!(v.collection_id, "default");
+        assert_eq!(
+            v.state_file,
+            PathBuf::from("/srv/relay/videodb-alerts.json")
+        );
+        assert_eq!(v.auth_retry, Duration::from_secs(300));
+        assert_eq!(cfg.source.ping_interval, Duration::from_secs(20));
+        assert_eq!(cfg.source.pong_timeout, Duration::from_secs(10));
+        for shown in [cfg.redacted_toml(), format!("{cfg:?}")] {
+            assert!(!shown.contains("sk-very-secret"), "{shown}");
+        }
+        // The printed form is itself a valid config.
+        let again = Config::parse(&cfg.redacted_toml()).expect("reparse");
+        assert!(matches!(again.source.mode, SourceMode::VideoDb(_)));
+
+        let e = err_of(&format!(
+            "{text}[[source.alerts]]\nrtstream_id = \"r/t\"\nindex_id = \"i\"\nevent_id = \"e\"\n"
+        ));
+        assert!(e.contains("source.alerts[1].rtstream_id"), "{e}");
+    }
+
+    #[test]
+    fn generic_headers_are_redacted() {
+        let cfg = Config::parse(
+            "[source]\nurl = \"wss://rt.example/\"\nheaders = { Authorization = \"Bearer hunter2\" }\n",
+        )
+        .expect("config");
+        let shown = cfg.redacted_toml();
+        assert!(shown.contains("Authorization"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let e = err_of("[source]\nurl = \"ws://x/\"\nheaders = { \"Bad Name\" = \"v\" }\n");
+        assert!(e.contains("source.headers.Bad Name"), "{e}");
+    }
+
+    #[test]
+    fn channel_lists_are_checked_and_normalised() {
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}channels = [\"visual_index\", \"transcript\", \"alert\"]\ndurable_channels = [\"scene_index\", \"alert\"]\n"
+        ))
+        .expect("config");
+        assert_eq!(cfg.source.channels, vec!["scene_index", "transcript"]);
+        assert_eq!(cfg.source.durable_channels, vec!["scene_index"]);
+        let e = err_of(&format!("{MINIMAL}channels = [\"transcipt\"]\n"));
+        assert!(e.contains("source.channels"), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}channels = [\"transcript\"]\ndurable_channels = [\"audio_index\"]\n"
+        ));
+        assert!(e.contains("source.durable_channels"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        let e = err_of(&format!("{MINIMAL}builtin_roots = false\n"));
+        assert!(e.contains("source.builtin_roots"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let e = err_of(&format!("{MINIMAL}ca_file = \"{}\"\n", not_pem.display()));
+        assert!(e.contains("source.ca_file"), "{e}");
+        let e = err_of(&format!("{MINIMAL}ca_file = \"/nonexistent/ca.pem\"\n"));
+        assert!(
+            e.contains("source.ca_file") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 }

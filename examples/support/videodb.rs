@@ -126,8 +126,11 @@ pub struct VideoDb {
     /// WebSocket handshakes accepted so far.
     pub connections: Arc<AtomicU64>,
     /// The request headers of every accepted WebSocket handshake.
-    pub ws_headers: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub ws_headers: HandshakeLog,
 }
+
+/// The request headers of each WebSocket handshake, in order.
+pub type HandshakeLog = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
 const WS_TOKEN: &str = "ws-token-1234";
 
@@ -303,8 +306,10 @@ async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     conns: Arc<Mutex<Vec<Conn>>>,
     counter: Arc<AtomicU64>,
-    headers: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    headers: HandshakeLog,
 ) {
+    // The handshake callback's error type is tungstenite's, not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let h: Vec<(String, String)> = req
             .headers()

@@ -63,7 +63,7 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
     let api = Api::new(v, super::http::Client::new(tls, v.request_timeout));
     match cmd {
         AdminCommand::AlertsList { target } => {
-            let pairs = targets(&v.alerts, &target, true)?;
+            let pairs = targets(&v.alerts, &target)?;
             let mut out = String::from(
                 "alert_id\tstatus\tevent_id\tlabel\tcallback_url\trtstream_id/index_id\n",
             );
@@ -127,7 +127,7 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
 }
 
 fn one_target(bindings: &[AlertBinding], t: &Target) -> Result<(String, String), AdminError> {
-    let mut pairs = targets(bindings, t, false)?;
+    let mut pairs = targets(bindings, t)?;
     match pairs.len() {
         1 => Ok(pairs.remove(0)),
         n => Err(AdminError::Target(format!(
@@ -137,11 +137,7 @@ fn one_target(bindings: &[AlertBinding], t: &Target) -> Result<(String, String),
 }
 
 /// The (rtstream, index) pairs a command is about: the ones given, filled in from the config.
-fn targets(
-    bindings: &[AlertBinding],
-    t: &Target,
-    all: bool,
-) -> Result<Vec<(String, String)>, AdminError> {
+fn targets(bindings: &[AlertBinding], t: &Target) -> Result<Vec<(String, String)>, AdminError> {
     if let Some(rt) = &t.rtstream_id {
         check_api_id("--rtstream", rt)?;
     }
@@ -165,9 +161,6 @@ fn targets(
             "no stream/index given and none in [[source.alerts]] matches: use --rtstream ID --index ID"
                 .into(),
         ));
-    }
-    if !all && pairs.len() > 1 {
-        return Ok(pairs);
     }
     Ok(pairs)
 }

@@ -475,7 +475,7 @@ pub enum ChannelRoute {
 
 /// Pure routing decision for one envelope.
 pub fn route(cfg: &SourceConfig, env: &Envelope) -> ChannelRoute {
-    if !cfg.channels.iter().any(|c| *c == env.channel) {
+    if !cfg.channels.contains(&env.channel) {
         return ChannelRoute::NotRelayed;
     }
     if env.channel == "transcript"
@@ -484,7 +484,7 @@ pub fn route(cfg: &SourceConfig, env: &Envelope) -> ChannelRoute {
     {
         return ChannelRoute::InterimDropped;
     }
-    if cfg.durable_channels.iter().any(|c| *c == env.channel) {
+    if cfg.durable_channels.contains(&env.channel) {
         ChannelRoute::Durable
     } else {
         ChannelRoute::BestEffort

@@ -99,7 +99,7 @@ impl Api {
             http,
             base: cfg.api_url.clone(),
             key: cfg.api_key.clone(),
-            key_from: cfg.api_key_from.clone(),
+            key_from: cfg.api_key_from.to_string(),
             collection_id: cfg.collection_id.clone(),
         }
     }
