@@ -313,6 +313,17 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_the_right_one_connects() {
     assert!(!err.contains("ws-token"), "URL tokens are redacted: {err}");
     relay.stop().await;
 
+    // The explicit (and loudly logged) escape hatch connects despite the unknown issuer.
+    let relay = Relay::start(
+        &relay_config(&v.ws_url, broker.port(), &dir.path().join("insecure"), "")
+            .replace("[source]\n", "[source]\ninsecure_skip_verify = true\n"),
+    );
+    wait_until("connected without verification", T, || {
+        count(&relay.stats.source_connects) == 1
+    })
+    .await;
+    relay.stop().await;
+
     // VideoDB mode over https + wss with the right CA: REST and WebSocket both verify.
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let kf = key_file(dir.path(), KEY);
@@ -324,8 +335,9 @@ async fn a_wrong_ca_fails_with_a_clear_error_and_the_right_one_connects() {
         &format!("ca_file = \"{}\"", right.display()),
     );
     let relay = Relay::start(&cfg);
+    // conn-1 was the insecure relay's.
     wait_until("alerts bound over TLS", T, || {
-        bound(&v) == bound_to("conn-1")
+        bound(&v) == bound_to("conn-2")
     })
     .await;
     v.send_text(alert_frame("ev-tls", "intrusion", 0.9));

@@ -213,7 +213,12 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
     // 1. Where to connect.
     let (url, headers): (String, &[(String, crate::config::Secret)]) = match (&cfg.mode, &ctx.api) {
         (SourceMode::Generic { url, headers }, _) => (url.clone(), headers),
-        (SourceMode::VideoDb(_), Some((api, _))) => (api.websocket_url().await?, &[]),
+        (SourceMode::VideoDb(v), Some((api, _))) => {
+            if cfg.tls.insecure_skip_verify && v.api_url.starts_with("https://") {
+                log::warn!("source: {}", tls::insecure_warning(&v.api_url));
+            }
+            (api.websocket_url().await?, &[])
+        }
         (SourceMode::VideoDb(_), None) => unreachable_api(),
     };
     let shown = redact_url(&url);
