@@ -193,7 +193,13 @@ fn run(cfg: Config) -> ExitCode {
         }
     };
     log::info!("alert-relay {} starting", env!("CARGO_PKG_VERSION"));
-    match rt.block_on(alert_relay::run(cfg, shutdown_signal())) {
+    // Handlers go in before the queue directory exists: a SIGTERM right after start must
+    // stop the daemon cleanly, not kill it with the default action.
+    let shutdown = {
+        let _in_runtime = rt.enter();
+        shutdown_signal()
+    };
+    match rt.block_on(alert_relay::run(cfg, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -225,11 +231,18 @@ fn admin(cfg: Config, cmd: AdminCommand) -> ExitCode {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
+    async move { wait_for_signal(term, int).await }
+}
+
+async fn wait_for_signal(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) {
     match (term, int) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
