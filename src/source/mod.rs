@@ -89,7 +89,28 @@ struct Ctx<'a> {
     stats: &'a Stats,
     live: &'a mpsc::Sender<LiveMessage>,
     tls: Arc<rustls::ClientConfig>,
-    api: Option<(videodb::Api, &'a VideoDbConfig)>,
+    upstream: Upstream<'a>,
+}
+
+/// Where the WebSocket URL comes from.
+enum Upstream<'a> {
+    Generic {
+        url: &'a str,
+        headers: &'a [(String, crate::config::Secret)],
+    },
+    VideoDb {
+        api: videodb::Api,
+        cfg: &'a VideoDbConfig,
+    },
+}
+
+impl<'a> Ctx<'a> {
+    fn api(&self) -> Option<(&videodb::Api, &'a VideoDbConfig)> {
+        match &self.upstream {
+            Upstream::VideoDb { api, cfg } => Some((api, *cfg)),
+            Upstream::Generic { .. } => None,
+        }
+    }
 }
 
 /// How one connection ended without an error.
@@ -115,12 +136,12 @@ pub async fn run(
             return;
         }
     };
-    let api = match &cfg.mode {
-        SourceMode::VideoDb(v) => Some((
-            videodb::Api::new(v, http::Client::new(tls.clone(), v.request_timeout)),
-            v,
-        )),
-        SourceMode::Generic { .. } => None,
+    let upstream = match &cfg.mode {
+        SourceMode::VideoDb(v) => Upstream::VideoDb {
+            api: videodb::Api::new(v, http::Client::new(tls.clone(), v.request_timeout)),
+            cfg: v,
+        },
+        SourceMode::Generic { url, headers } => Upstream::Generic { url, headers },
     };
     let ctx = Ctx {
         cfg: &cfg,
@@ -128,7 +149,7 @@ pub async fn run(
         stats: &stats,
         live: &live,
         tls,
-        api,
+        upstream,
     };
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     // A rejected key is logged once per streak, not at every retry.
@@ -156,7 +177,7 @@ pub async fn run(
             }
             Err(SourceError::Api(e)) if e.is_permanent() => {
                 stats.inc(&stats.source_auth_failures);
-                let retry = ctx.api.as_ref().map(|(_, v)| v.auth_retry).unwrap_or(delay);
+                let retry = ctx.api().map(|(_, v)| v.auth_retry).unwrap_or(delay);
                 delay = retry;
                 if !reported_permanent {
                     log::error!("source: {e}; retrying every {retry:?}");
@@ -186,7 +207,7 @@ pub async fn run(
     }
     stats.set_source_connected(false);
     stats.set_source_state("stopped", None, None);
-    if let (Some((api, v)), false) = (&ctx.api, v_alerts_empty(&ctx)) {
+    if let (Some((api, v)), false) = (ctx.api(), v_alerts_empty(&ctx)) {
         match tokio::time::timeout(
             videodb::SHUTDOWN_DISABLE_GRACE,
             videodb::disable_all(api, &v.state_file, &stats),
@@ -204,22 +225,21 @@ pub async fn run(
 }
 
 fn v_alerts_empty(ctx: &Ctx<'_>) -> bool {
-    ctx.api.as_ref().is_none_or(|(_, v)| v.alerts.is_empty())
+    ctx.api().is_none_or(|(_, v)| v.alerts.is_empty())
 }
 
 async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End, SourceError> {
     let cfg = ctx.cfg;
     let stats = ctx.stats;
     // 1. Where to connect.
-    let (url, headers): (String, &[(String, crate::config::Secret)]) = match (&cfg.mode, &ctx.api) {
-        (SourceMode::Generic { url, headers }, _) => (url.clone(), headers),
-        (SourceMode::VideoDb(v), Some((api, _))) => {
+    let (url, headers): (String, &[(String, crate::config::Secret)]) = match &ctx.upstream {
+        Upstream::Generic { url, headers } => (url.to_string(), headers),
+        Upstream::VideoDb { api, cfg: v } => {
             if cfg.tls.insecure_skip_verify && v.api_url.starts_with("https://") {
                 log::warn!("source: {}", tls::insecure_warning(&v.api_url));
             }
             (api.websocket_url().await?, &[])
         }
-        (SourceMode::VideoDb(_), None) => unreachable_api(),
     };
     let shown = redact_url(&url);
     let connect_err = |reason: String| SourceError::Connect {
@@ -267,7 +287,7 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
 
     // 3. VideoDB: the first message is the connection_id, which the alerts are bound to.
     let mut connection_id: Option<String> = None;
-    if ctx.api.is_some() {
+    if ctx.api().is_some() {
         let deadline = Instant::now() + cfg.connect_timeout;
         while connection_id.is_none() {
             let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -311,7 +331,7 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
 
     // 4. Bind alerts (VideoDB mode), concurrently with reading.
     let binding = async {
-        match (&ctx.api, &connection_id) {
+        match (ctx.api(), &connection_id) {
             (Some((api, v)), Some(id)) if !v.alerts.is_empty() => {
                 bind_until_done(api, v, id, ctx).await
             }
@@ -387,11 +407,6 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
             () = &mut binding => {}
         }
     }
-}
-
-fn unreachable_api() -> ! {
-    // `run` builds the API client for every VideoDB-mode config; a missing one is a bug.
-    panic!("source: VideoDB mode without an API client")
 }
 
 /// Binds the alerts to `connection_id`, retrying until done: with backoff on transient errors,
