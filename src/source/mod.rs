@@ -207,7 +207,8 @@ pub async fn run(
     }
     stats.set_source_connected(false);
     stats.set_source_state("stopped", None, None);
-    if let (Some((api, v)), false) = (ctx.api(), v_alerts_empty(&ctx)) {
+    // Also when no bindings are configured any more: the state file may list earlier ones.
+    if let Some((api, v)) = ctx.api() {
         match tokio::time::timeout(
             videodb::SHUTDOWN_DISABLE_GRACE,
             videodb::disable_all(api, &v.state_file, &stats),
@@ -222,10 +223,6 @@ pub async fn run(
             ),
         }
     }
-}
-
-fn v_alerts_empty(ctx: &Ctx<'_>) -> bool {
-    ctx.api().is_none_or(|(_, v)| v.alerts.is_empty())
 }
 
 async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End, SourceError> {
@@ -332,9 +329,8 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
     // 4. Bind alerts (VideoDB mode), concurrently with reading.
     let binding = async {
         match (ctx.api(), &connection_id) {
-            (Some((api, v)), Some(id)) if !v.alerts.is_empty() => {
-                bind_until_done(api, v, id, ctx).await
-            }
+            // Even with no bindings configured: alerts of an earlier run still get disabled.
+            (Some((api, v)), Some(id)) => bind_until_done(api, v, id, ctx).await,
             _ => std::future::pending::<()>().await,
         }
     };

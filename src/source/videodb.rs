@@ -413,7 +413,7 @@ pub async fn bind(
             alert_id,
             connection_id: connection_id.to_string(),
         });
-        persist(state_file, &owned, stats);
+        persist(state_file, &owned, stats).await;
     }
     disable_owned(
         api,
@@ -454,7 +454,7 @@ async fn disable_owned(
                     o.connection_id
                 );
                 owned.retain(|x| x != &o);
-                persist(state_file, owned, stats);
+                persist(state_file, owned, stats).await;
             }
             Err(e) if e.is_auth() => return Err(e),
             Err(e) => {
@@ -469,9 +469,15 @@ async fn disable_owned(
     first_error.map_or(Ok(()), Err)
 }
 
-fn persist(path: &Path, owned: &[OwnedAlert], stats: &Stats) {
-    if let Err(e) = save_owned(path, owned) {
-        stats.warn_limited("videodb_state", format_args!("videodb: {e}"));
+/// Saves off the runtime thread: an SD card's fsync can take long enough to delay socket
+/// reads and GPIO timing.
+async fn persist(path: &Path, owned: &[OwnedAlert], stats: &Stats) {
+    let (p, o) = (path.to_owned(), owned.to_vec());
+    let r = tokio::task::spawn_blocking(move || save_owned(&p, &o)).await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => stats.warn_limited("videodb_state", format_args!("videodb: {e}")),
+        Err(e) => stats.warn_limited("videodb_state", format_args!("videodb: state file: {e}")),
     }
 }
 
