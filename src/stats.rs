@@ -60,6 +60,7 @@ counters! {
     gpio_edges: "Output level changes driven.",
     gpio_errors: "Backend errors while driving an output.",
     source_reconnects: "WebSocket connections after the first one.",
+    source_pings: "WebSocket pings sent.",
     source_ping_timeouts: "Connections declared dead because nothing came back after a ping.",
     source_auth_failures: "REST calls rejected with 401/403 (or another 4xx) by VideoDB.",
     videodb_api_errors: "Other failed VideoDB REST calls (network, 5xx, bad responses).",

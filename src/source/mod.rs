@@ -387,6 +387,7 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
                 let now = Instant::now();
                 pong_due = Some(now + cfg.pong_timeout);
                 next_ping = now + cfg.ping_interval;
+                stats.inc(&stats.source_pings);
                 // A peer that stopped reading can leave the send stuck behind a full buffer.
                 if tokio::time::timeout(cfg.pong_timeout, ws.send(Message::Ping(Default::default())))
                     .await
