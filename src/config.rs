@@ -1727,4 +1727,35 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn example_config_videodb_block_parses_when_uncommented() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").expect("write");
+        let mut text = String::new();
+        let mut in_block = false;
+        for line in include_str!("../config/example.toml").lines() {
+            in_block = (in_block || line.starts_with("# --- VideoDB mode"))
+                && !line.starts_with("# --- Both modes");
+            let setting = line
+                .strip_prefix("# ")
+                .filter(|r| in_block && (r.contains(" = ") || r.starts_with("[[")));
+            match setting {
+                _ if line.starts_with("url = ") => {}
+                Some(r) if r.starts_with("api_key_env") => {}
+                Some(r) if r.starts_with("api_key_file") => {
+                    text.push_str(&format!("api_key_file = {:?}\n", key.display().to_string()))
+                }
+                Some(r) => text.push_str(&format!("{r}\n")),
+                None => text.push_str(&format!("{line}\n")),
+            }
+        }
+        let cfg = Config::parse(&text).expect("the VideoDB block of config/example.toml");
+        let SourceMode::VideoDb(v) = cfg.source.mode else {
+            panic!("expected VideoDB mode");
+        };
+        assert_eq!(v.alerts.len(), 1);
+        assert_eq!(v.api_url, "https://api.videodb.io");
+    }
 }

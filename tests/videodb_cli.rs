@@ -158,3 +158,26 @@ async fn cli_errors_are_clear_and_never_show_the_key() {
     assert_eq!(code, 1);
     assert!(err.contains("VideoDB mode"), "{err}");
 }
+
+#[tokio::test]
+async fn check_config_names_the_key_source_but_never_prints_the_key() {
+    let v = VideoDb::start(KEY).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&v, dir.path(), ONE_BINDING);
+    let (code, out, err) = cli(&["check-config"], &cfg, KEY).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("api_key_env = \"VIDEO_DB_API_KEY\""), "{out}");
+    assert!(out.contains("event_id = \"event-1\""), "{out}");
+    assert!(!out.contains(KEY) && !err.contains(KEY));
+    // Without the key, VideoDB mode is a config error that names the key to set.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env_remove("VIDEO_DB_API_KEY")
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("source.api_key_env"), "{err}");
+}
