@@ -484,3 +484,35 @@ async fn every_channel_lands_on_its_topic() {
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_socket_without_connection_id_is_replaced_and_binds_nothing() {
+    let v = VideoDb::start(KEY).await;
+    v.hello.store(false, std::sync::atomic::Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kf = key_file(dir.path(), KEY);
+    let cfg = videodb_config(
+        &v,
+        free_port(),
+        dir.path(),
+        &format!("api_key_file = \"{}\"", kf.display()),
+        "",
+    )
+    .replace("connect_timeout = \"5s\"", "connect_timeout = \"1s\"");
+    let relay = Relay::start(&cfg);
+    wait_until("two sockets given up", T, || {
+        count(&relay.stats.source_connect_failures) >= 2
+    })
+    .await;
+    let err = relay.stats.source_json()["last_error"].to_string();
+    assert!(err.contains("sent no connection_id"), "{err}");
+    assert!(v.alerts().is_empty(), "nothing to bind an alert to");
+    assert_eq!(count(&relay.stats.source_connects), 0);
+
+    v.hello.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_until("bound once the server says hello", T, || {
+        bound(&v).len() == 2
+    })
+    .await;
+    relay.stop().await;
+}

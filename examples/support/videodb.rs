@@ -127,6 +127,8 @@ pub struct VideoDb {
     pub connections: Arc<AtomicU64>,
     /// The request headers of every accepted WebSocket handshake.
     pub ws_headers: HandshakeLog,
+    /// Whether new sockets get `{"connection_id"}` first (off: a server that never says hello).
+    pub hello: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The request headers of each WebSocket handshake, in order.
@@ -172,6 +174,7 @@ impl VideoDb {
             conns: Arc::new(Mutex::new(Vec::new())),
             connections: Arc::new(AtomicU64::new(0)),
             ws_headers: Arc::new(Mutex::new(Vec::new())),
+            hello: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
 
@@ -192,8 +195,12 @@ impl VideoDb {
             }
         });
 
-        let (conns, counter, headers) =
-            (v.conns.clone(), v.connections.clone(), v.ws_headers.clone());
+        let (conns, counter, headers, hello) = (
+            v.conns.clone(),
+            v.connections.clone(),
+            v.ws_headers.clone(),
+            v.hello.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = ws.accept().await {
                 let (conns, counter, headers, a) = (
@@ -202,14 +209,15 @@ impl VideoDb {
                     headers.clone(),
                     acceptor.clone(),
                 );
+                let hello = hello.load(Ordering::SeqCst);
                 tokio::spawn(async move {
                     match a {
                         Some(a) => {
                             if let Ok(s) = a.accept(tcp).await {
-                                serve_ws(s, conns, counter, headers).await
+                                serve_ws(s, conns, counter, headers, hello).await
                             }
                         }
-                        None => serve_ws(tcp, conns, counter, headers).await,
+                        None => serve_ws(tcp, conns, counter, headers, hello).await,
                     }
                 });
             }
@@ -307,6 +315,7 @@ async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
     conns: Arc<Mutex<Vec<Conn>>>,
     counter: Arc<AtomicU64>,
     headers: HandshakeLog,
+    hello: bool,
 ) {
     // The handshake callback's error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
@@ -336,10 +345,11 @@ async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
     let id = format!("conn-{n}");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if ws
-        .send(Message::text(json!({ "connection_id": id }).to_string()))
-        .await
-        .is_err()
+    if hello
+        && ws
+            .send(Message::text(json!({ "connection_id": id }).to_string()))
+            .await
+            .is_err()
     {
         return;
     }

@@ -159,14 +159,14 @@ pub async fn run(
             break;
         }
         stats.set_source_state("connecting", None, None);
-        let started = Instant::now();
-        let mut was_connected = false;
+        let mut connected_at = None;
         let result = tokio::select! {
-            r = connect_and_read(&ctx, &mut was_connected) => r,
+            r = connect_and_read(&ctx, &mut connected_at) => r,
             _ = shutdown.changed() => break,
         };
         stats.set_source_connected(false);
-        if started.elapsed() >= cfg.stable_after {
+        let was_connected = connected_at.is_some();
+        if connected_at.is_some_and(|t: Instant| t.elapsed() >= cfg.stable_after) {
             backoff.reset();
         }
         let mut delay = backoff.next_delay();
@@ -225,7 +225,11 @@ pub async fn run(
     }
 }
 
-async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End, SourceError> {
+/// One connection, from finding the URL to its end; `connected_at` is set once it is up.
+async fn connect_and_read(
+    ctx: &Ctx<'_>,
+    connected_at: &mut Option<Instant>,
+) -> Result<End, SourceError> {
     let cfg = ctx.cfg;
     let stats = ctx.stats;
     // 1. Where to connect.
@@ -320,7 +324,7 @@ async fn connect_and_read(ctx: &Ctx<'_>, was_connected: &mut bool) -> Result<End
     }
     stats.set_source_connected(true);
     stats.set_source_state("connected", connection_id.as_deref(), None);
-    *was_connected = true;
+    *connected_at = Some(Instant::now());
     match &connection_id {
         Some(id) => log::info!("source: connected to {shown}, connection_id {id}"),
         None => log::info!("source: connected to {shown}"),
