@@ -308,11 +308,8 @@ async fn connect_and_read(
                 Ok(Some(Ok(m))) => m,
             };
             match msg {
-                Message::Text(t) => match parse_frame(t.as_str()) {
-                    Ok(Frame::Hello { connection_id: id }) => connection_id = Some(id),
-                    // Not the hello: handle it like any frame and keep waiting.
-                    _ => handle_text(t.as_str(), ctx).await,
-                },
+                // Not the hello: handled like any frame, and the wait goes on.
+                Message::Text(t) => connection_id = on_text(t.as_str(), ctx).await,
                 Message::Close(_) => return Ok(End::Closed),
                 _ => {}
             }
@@ -355,25 +352,10 @@ async fn connect_and_read(
                 pong_due = None;
                 match msg {
                     Message::Text(text) => {
-                        stats.inc(&stats.frames_received);
-                        if text.len() > cfg.max_frame_bytes {
-                            stats.inc(&stats.frames_oversize);
-                            stats.warn_limited(
-                                "oversize",
-                                format_args!(
-                                    "source: skipped a {} byte frame (limit source.max_frame_bytes = {})",
-                                    text.len(),
-                                    cfg.max_frame_bytes
-                                ),
-                            );
-                            continue;
-                        }
-                        if let Ok(Frame::Hello { connection_id: id }) = parse_frame(text.as_str()) {
+                        if let Some(id) = on_text(text.as_str(), ctx).await {
                             log::info!("source: connection_id {id}");
                             stats.set_source_state("connected", Some(&id), None);
-                            continue;
                         }
-                        handle_text(text.as_str(), ctx).await;
                     }
                     Message::Binary(b) => {
                         stats.inc(&stats.frames_received);
@@ -456,13 +438,25 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Parses one text frame and passes it on. Never fails: bad input is counted.
-async fn handle_text(text: &str, ctx: &Ctx<'_>) {
+/// Counts, size-checks and parses one text frame and passes it on; returns the
+/// `connection_id` when the frame was the server's hello. Never fails: bad input is counted.
+async fn on_text(text: &str, ctx: &Ctx<'_>) -> Option<String> {
     let stats = ctx.stats;
+    stats.inc(&stats.frames_received);
+    if text.len() > ctx.cfg.max_frame_bytes {
+        stats.inc(&stats.frames_oversize);
+        stats.warn_limited(
+            "oversize",
+            format_args!(
+                "source: skipped a {} byte frame (limit source.max_frame_bytes = {})",
+                text.len(),
+                ctx.cfg.max_frame_bytes
+            ),
+        );
+        return None;
+    }
     match parse_frame(text) {
-        Ok(Frame::Hello { connection_id }) => {
-            log::info!("source: connection_id {connection_id}");
-        }
+        Ok(Frame::Hello { connection_id }) => return Some(connection_id),
         Ok(Frame::Envelope(env)) if env.channel == "alert" => match Alert::from_envelope(env) {
             Ok(alert) => ctx.ingest.accept(alert, Via::Websocket).await,
             Err(e) => {
@@ -483,6 +477,7 @@ async fn handle_text(text: &str, ctx: &Ctx<'_>) {
             stats.warn_limited("invalid_json", format_args!("source: skipped frame: {e}"));
         }
     }
+    None
 }
 
 /// What happens to a non-alert envelope, by `source.channels` / `durable_channels`.
