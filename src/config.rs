@@ -48,14 +48,130 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    /// `ws://` or `wss://` URL (generic mode).
-    pub url: String,
+    /// Where the WebSocket URL comes from: given (generic) or fetched from VideoDB's REST API.
+    pub mode: SourceMode,
     /// Frames above this many bytes are skipped and counted (not a reason to reconnect).
     pub max_frame_bytes: usize,
+    /// Bounds the TCP + TLS + WebSocket handshake, and the wait for `connection_id`.
     pub connect_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// A connection that stayed up this long resets the backoff.
+    pub stable_after: Duration,
+    /// A WebSocket ping goes out this long after the previous one.
+    pub ping_interval: Duration,
+    /// No frame at all (pong or data) this long after a ping: the connection is dead.
+    pub pong_timeout: Duration,
+    pub tls: TlsConfig,
+    /// Channels relayed besides `alert` (normalised: `visual_index` is `scene_index`).
+    pub channels: Vec<String>,
+    /// Channels that go through the on-disk queue (`alert` always does); the rest of
+    /// `channels` are published QoS 0, best effort.
+    pub durable_channels: Vec<String>,
+    /// Relay interim transcripts (`is_final = false`) too.
+    pub transcript_interim: bool,
 }
+
+/// The two ways to find the WebSocket.
+#[derive(Debug, Clone)]
+pub enum SourceMode {
+    /// `source.url` given: connect to it directly, with optional extra headers.
+    Generic {
+        url: String,
+        /// Extra handshake headers (e.g. `Authorization`); values are secrets.
+        headers: Vec<(String, Secret)>,
+    },
+    /// No `source.url`: ask VideoDB's REST API for a fresh URL before every connect and bind
+    /// the configured alerts to every new `connection_id`.
+    VideoDb(VideoDbConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct VideoDbConfig {
+    /// REST base, without a trailing `/`.
+    pub api_url: String,
+    pub api_key: Secret,
+    /// Where the key came from, for error messages and `check-config`.
+    pub api_key_from: ApiKeyOrigin,
+    pub collection_id: String,
+    pub alerts: Vec<AlertBinding>,
+    /// The ids of the alerts this relay created, so they can be disabled after a reconnect
+    /// or a restart.
+    pub state_file: PathBuf,
+    /// How long to wait before retrying after the API rejected the key (401/403) or the
+    /// request (other 4xx): such errors do not fix themselves, so retry slowly.
+    pub auth_retry: Duration,
+    /// Bounds every REST call (connect, TLS, request, response).
+    pub request_timeout: Duration,
+}
+
+/// `source.api_key_env` or `source.api_key_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyOrigin {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Display for ApiKeyOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiKeyOrigin::Env(name) => write!(f, "environment variable {name}"),
+            ApiKeyOrigin::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+/// One `[[source.alerts]]` entry: an event to bind, on one index of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertBinding {
+    pub rtstream_id: String,
+    pub index_id: String,
+    pub event_id: String,
+    /// Also deliver this alert as a webhook (dual delivery).
+    pub callback_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// Extra PEM certificates to trust (private deployments).
+    pub ca_file: Option<PathBuf>,
+    /// Trust the built-in Mozilla roots (default: yes without `ca_file`, no with it).
+    pub builtin_roots: bool,
+    /// Skip certificate verification entirely; logged as a warning at every connect.
+    pub insecure_skip_verify: bool,
+}
+
+/// A secret string (API key, header value, MQTT password, webhook token): never printed by
+/// `Debug`, logs or `check-config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Channels that can be relayed besides `alert` (SPEC §2; `visual_index` is accepted as an
+/// alias of `scene_index`).
+pub const RELAYABLE_CHANNELS: &[&str] = &[
+    "transcript",
+    "scene_index",
+    "audio_index",
+    "spoken_index",
+    "capture_session",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFull {
@@ -134,23 +250,6 @@ pub struct MqttTls {
     /// PEM client certificate chain and key, for brokers that require client certificates.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
-}
-
-/// A secret read from a file or the environment. Its `Debug` form is `<redacted>`, so it
-/// cannot leak through `{:?}` logging of a config.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +377,34 @@ struct RawSource {
     connect_timeout: Option<DurationStr>,
     backoff_initial: Option<DurationStr>,
     backoff_max: Option<DurationStr>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    api_url: Option<String>,
+    api_key_env: Option<String>,
+    api_key_file: Option<PathBuf>,
+    collection_id: Option<String>,
+    #[serde(default)]
+    alerts: Vec<RawAlertBinding>,
+    state_file: Option<PathBuf>,
+    auth_retry: Option<DurationStr>,
+    request_timeout: Option<DurationStr>,
+    ca_file: Option<PathBuf>,
+    builtin_roots: Option<bool>,
+    insecure_skip_verify: Option<bool>,
+    ping_interval: Option<DurationStr>,
+    pong_timeout: Option<DurationStr>,
+    stable_after: Option<DurationStr>,
+    channels: Option<Vec<String>>,
+    durable_channels: Option<Vec<String>>,
+    transcript_interim: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertBinding {
+    rtstream_id: String,
+    index_id: String,
+    event_id: String,
+    callback_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -465,6 +592,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 /// room for verbose explanations without letting one frame balloon memory.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 
+/// Where the queue lives unless `queue.dir` says otherwise (the systemd unit's StateDirectory).
+pub const DEFAULT_QUEUE_DIR: &str = "/var/lib/alert-relay/queue";
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -507,7 +637,53 @@ impl Config {
         let m = &self.mqtt;
         let g = &self.gpio;
         use fmt::Write;
-        let _ = writeln!(out, "[source]\nurl = {:?}", redact_url(&s.url));
+        let _ = writeln!(out, "[source]");
+        match &s.mode {
+            SourceMode::Generic { url, headers } => {
+                let _ = writeln!(out, "url = {:?}", redact_url(url));
+                if !headers.is_empty() {
+                    let h: Vec<String> = headers
+                        .iter()
+                        .map(|(k, _)| format!("{k:?} = \"<redacted>\""))
+                        .collect();
+                    let _ = writeln!(out, "headers = {{ {} }}", h.join(", "));
+                }
+            }
+            SourceMode::VideoDb(v) => {
+                let _ = writeln!(out, "api_url = {:?}", redact_url(&v.api_url));
+                // Where the key comes from, never the key.
+                let _ = match &v.api_key_from {
+                    ApiKeyOrigin::Env(name) => writeln!(out, "api_key_env = {name:?}"),
+                    ApiKeyOrigin::File(p) => {
+                        writeln!(out, "api_key_file = {:?}", p.display().to_string())
+                    }
+                };
+                let _ = writeln!(out, "collection_id = {:?}", v.collection_id);
+                let _ = writeln!(out, "state_file = {:?}", v.state_file.display().to_string());
+                let _ = writeln!(out, "auth_retry = \"{}\"", fmt_duration(v.auth_retry));
+                let _ = writeln!(
+                    out,
+                    "request_timeout = \"{}\"",
+                    fmt_duration(v.request_timeout)
+                );
+            }
+        }
+        if let Some(ca) = &s.tls.ca_file {
+            let _ = writeln!(out, "ca_file = {:?}", ca.display().to_string());
+        }
+        let _ = writeln!(out, "builtin_roots = {}", s.tls.builtin_roots);
+        if s.tls.insecure_skip_verify {
+            let _ = writeln!(
+                out,
+                "insecure_skip_verify = true   # WARNING: certificates are not checked"
+            );
+        }
+        let _ = writeln!(out, "ping_interval = \"{}\"", fmt_duration(s.ping_interval));
+        let _ = writeln!(out, "pong_timeout = \"{}\"", fmt_duration(s.pong_timeout));
+        let _ = writeln!(out, "stable_after = \"{}\"", fmt_duration(s.stable_after));
+        let _ = writeln!(out, "channels = {:?}", s.channels);
+        let _ = writeln!(out, "durable_channels = {:?}", s.durable_channels);
+        let _ = writeln!(out, "transcript_interim = {}", s.transcript_interim);
         let _ = writeln!(out, "max_frame_bytes = {}", s.max_frame_bytes);
         let _ = writeln!(
             out,
@@ -520,6 +696,18 @@ impl Config {
             fmt_duration(s.backoff_initial)
         );
         let _ = writeln!(out, "backoff_max = \"{}\"", fmt_duration(s.backoff_max));
+        if let SourceMode::VideoDb(v) = &s.mode {
+            for a in &v.alerts {
+                let _ = writeln!(
+                    out,
+                    "\n[[source.alerts]]\nrtstream_id = {:?}\nindex_id = {:?}\nevent_id = {:?}",
+                    a.rtstream_id, a.index_id, a.event_id
+                );
+                if let Some(u) = &a.callback_url {
+                    let _ = writeln!(out, "callback_url = {:?}", redact_url(u));
+                }
+            }
+        }
         let _ = writeln!(out, "\n[queue]\ndir = {:?}", q.dir.display().to_string());
         let _ = writeln!(out, "max_bytes = {}", q.max_bytes);
         let _ = writeln!(
@@ -762,7 +950,7 @@ fn default_client_id() -> String {
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let source = validate_source(raw.source)?;
+    let source = validate_source(raw.source, raw.queue.dir.as_deref())?;
     let queue = validate_queue(raw.queue)?;
     let mqtt = validate_mqtt(raw.mqtt)?;
     let gpio = validate_gpio(raw.gpio)?;
@@ -888,13 +1076,7 @@ fn validate_http(h: RawHttp) -> Result<Option<HttpConfig>, ConfigError> {
     }))
 }
 
-fn validate_source(s: RawSource) -> Result<SourceConfig, ConfigError> {
-    let url = s
-        .url
-        .ok_or_else(|| invalid("source.url", "is required (a ws:// or wss:// URL)"))?;
-    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-        return Err(invalid("source.url", "must start with ws:// or wss://"));
-    }
+fn validate_source(s: RawSource, queue_dir: Option<&Path>) -> Result<SourceConfig, ConfigError> {
     let max_frame_bytes = s
         .max_frame_bytes
         .map(|b| b.0 as usize)
@@ -919,16 +1101,329 @@ fn validate_source(s: RawSource) -> Result<SourceConfig, ConfigError> {
             "must be at least source.backoff_initial, which must be above zero",
         ));
     }
+    let connect_timeout = s
+        .connect_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(10));
+    if connect_timeout < Duration::from_millis(100) {
+        return Err(invalid("source.connect_timeout", "must be at least 100ms"));
+    }
+    // 20 s keeps NAT and Wi-Fi middleboxes from forgetting an idle connection and is the
+    // only timer an idle relay runs; 10 s for the pong covers a slow link's round trip.
+    let ping_interval = s
+        .ping_interval
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(20));
+    let pong_timeout = s
+        .pong_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(10));
+    if ping_interval < Duration::from_millis(100) {
+        return Err(invalid("source.ping_interval", "must be at least 100ms"));
+    }
+    if pong_timeout < Duration::from_millis(100) {
+        return Err(invalid("source.pong_timeout", "must be at least 100ms"));
+    }
+    let stable_after = s
+        .stable_after
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(30));
+    let tls = validate_tls(s.ca_file.clone(), s.builtin_roots, s.insecure_skip_verify)?;
+    let (channels, durable_channels) =
+        validate_channels(s.channels.clone(), s.durable_channels.clone())?;
+
+    let videodb_keys = [
+        ("source.api_url", s.api_url.is_some()),
+        ("source.api_key_env", s.api_key_env.is_some()),
+        ("source.api_key_file", s.api_key_file.is_some()),
+        ("source.collection_id", s.collection_id.is_some()),
+        ("source.alerts", !s.alerts.is_empty()),
+        ("source.state_file", s.state_file.is_some()),
+        ("source.auth_retry", s.auth_retry.is_some()),
+        ("source.request_timeout", s.request_timeout.is_some()),
+    ];
+    let mode = match s.url.clone() {
+        Some(url) => {
+            if let Some((key, _)) = videodb_keys.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    *key,
+                    "is a VideoDB-mode key, but source.url is set (generic mode); remove one of them",
+                ));
+            }
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(invalid("source.url", "must start with ws:// or wss://"));
+            }
+            let mut headers = Vec::new();
+            for (name, value) in s.headers.unwrap_or_default() {
+                let ok_name = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                if !ok_name {
+                    return Err(invalid(
+                        format!("source.headers.{name}"),
+                        "is not a valid header name (letters, digits, - and _)",
+                    ));
+                }
+                if value.bytes().any(|b| b.is_ascii_control()) {
+                    return Err(invalid(
+                        format!("source.headers.{name}"),
+                        "value must not contain control characters",
+                    ));
+                }
+                headers.push((name, Secret(value)));
+            }
+            SourceMode::Generic { url, headers }
+        }
+        None => {
+            if s.headers.is_some() {
+                return Err(invalid(
+                    "source.headers",
+                    "only applies with source.url (generic mode)",
+                ));
+            }
+            SourceMode::VideoDb(validate_videodb(&s, queue_dir)?)
+        }
+    };
     Ok(SourceConfig {
-        url,
+        mode,
         max_frame_bytes,
-        connect_timeout: s
-            .connect_timeout
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(10)),
+        connect_timeout,
         backoff_initial,
         backoff_max,
+        stable_after,
+        ping_interval,
+        pong_timeout,
+        tls,
+        channels,
+        durable_channels,
+        transcript_interim: s.transcript_interim.unwrap_or(false),
     })
+}
+
+/// VideoDB's ids are short tokens; keeping them to this alphabet means they can go into URL
+/// paths without escaping.
+fn is_api_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Checks an id given on the command line or in the config (same rules as the config).
+pub fn check_api_id(key: &str, value: &str) -> Result<(), ConfigError> {
+    if is_api_id(value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{value:?} is not an id (1-128 letters, digits, - _ .)"),
+        ))
+    }
+}
+
+/// The environment variable the VideoDB SDKs read the key from.
+pub const DEFAULT_API_KEY_ENV: &str = "VIDEO_DB_API_KEY";
+
+fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbConfig, ConfigError> {
+    let api_url = s
+        .api_url
+        .clone()
+        .unwrap_or_else(|| "https://api.videodb.io".into());
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return Err(invalid(
+            "source.api_url",
+            "must start with https:// or http://",
+        ));
+    }
+    let api_url = api_url.trim_end_matches('/').to_string();
+    let (api_key, api_key_from) = match (&s.api_key_env, &s.api_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "source.api_key_file",
+                "give either api_key_env or api_key_file, not both",
+            ))
+        }
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "source.api_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let key = text.trim();
+            if key.is_empty() {
+                return Err(invalid(
+                    "source.api_key_file",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            (Secret::new(key), ApiKeyOrigin::File(path.clone()))
+        }
+        (env, None) => {
+            let name = env.as_deref().unwrap_or(DEFAULT_API_KEY_ENV);
+            let key = std::env::var(name).unwrap_or_default();
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(invalid(
+                    "source.api_key_env",
+                    format!(
+                        "environment variable {name} is not set (VideoDB mode needs the API key; \
+                         or set source.api_key_file, or source.url for generic mode)"
+                    ),
+                ));
+            }
+            (Secret::new(key), ApiKeyOrigin::Env(name.to_string()))
+        }
+    };
+    let collection_id = s.collection_id.clone().unwrap_or_else(|| "default".into());
+    check_api_id("source.collection_id", &collection_id)?;
+    let mut alerts = Vec::new();
+    for (i, a) in s.alerts.iter().enumerate() {
+        let key = |k: &str| format!("source.alerts[{i}].{k}");
+        check_api_id(&key("rtstream_id"), &a.rtstream_id)?;
+        check_api_id(&key("index_id"), &a.index_id)?;
+        check_api_id(&key("event_id"), &a.event_id)?;
+        if let Some(u) = &a.callback_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(invalid(
+                    key("callback_url"),
+                    "must start with https:// or http://",
+                ));
+            }
+        }
+        let b = AlertBinding {
+            rtstream_id: a.rtstream_id.clone(),
+            index_id: a.index_id.clone(),
+            event_id: a.event_id.clone(),
+            callback_url: a.callback_url.clone(),
+        };
+        if alerts.contains(&b) {
+            return Err(invalid(key("event_id"), "this binding is listed twice"));
+        }
+        alerts.push(b);
+    }
+    let state_file = s.state_file.clone().unwrap_or_else(|| {
+        queue_dir
+            .unwrap_or(Path::new(DEFAULT_QUEUE_DIR))
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("videodb-alerts.json")
+    });
+    let auth_retry = s
+        .auth_retry
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(300));
+    if auth_retry < Duration::from_secs(1) {
+        return Err(invalid("source.auth_retry", "must be at least 1s"));
+    }
+    let request_timeout = s
+        .request_timeout
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(15));
+    if request_timeout < Duration::from_millis(100) {
+        return Err(invalid("source.request_timeout", "must be at least 100ms"));
+    }
+    Ok(VideoDbConfig {
+        api_url,
+        api_key,
+        api_key_from,
+        collection_id,
+        alerts,
+        state_file,
+        auth_retry,
+        request_timeout,
+    })
+}
+
+fn validate_tls(
+    ca_file: Option<PathBuf>,
+    builtin_roots: Option<bool>,
+    insecure: Option<bool>,
+) -> Result<TlsConfig, ConfigError> {
+    if let Some(path) = &ca_file {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| {
+                invalid(
+                    "source.ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                invalid(
+                    "source.ca_file",
+                    format!("{} is not PEM: {e}", path.display()),
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "source.ca_file",
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+    }
+    let builtin_roots = builtin_roots.unwrap_or(ca_file.is_none());
+    if !builtin_roots && ca_file.is_none() {
+        return Err(invalid(
+            "source.builtin_roots",
+            "false needs source.ca_file (otherwise nothing would be trusted)",
+        ));
+    }
+    Ok(TlsConfig {
+        ca_file,
+        builtin_roots,
+        insecure_skip_verify: insecure.unwrap_or(false),
+    })
+}
+
+fn validate_channels(
+    channels: Option<Vec<String>>,
+    durable: Option<Vec<String>>,
+) -> Result<(Vec<String>, Vec<String>), ConfigError> {
+    let norm = |key: &str, c: &str| -> Result<String, ConfigError> {
+        let c = if c == "visual_index" {
+            "scene_index"
+        } else {
+            c
+        };
+        if c == "alert" || RELAYABLE_CHANNELS.contains(&c) {
+            Ok(c.to_string())
+        } else {
+            Err(invalid(
+                key,
+                format!(
+                    "{c:?} is not one of \"alert\", {}",
+                    RELAYABLE_CHANNELS.join(", ")
+                ),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for c in channels.unwrap_or_default() {
+        let c = norm("source.channels", &c)?;
+        if c != "alert" && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    let mut dur = Vec::new();
+    for c in durable.unwrap_or_default() {
+        let c = norm("source.durable_channels", &c)?;
+        if c == "alert" {
+            continue; // always durable
+        }
+        if !out.contains(&c) {
+            return Err(invalid(
+                "source.durable_channels",
+                format!("{c:?} is not in source.channels"),
+            ));
+        }
+        if !dur.contains(&c) {
+            dur.push(c);
+        }
+    }
+    Ok((out, dur))
 }
 
 fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
@@ -968,9 +1463,7 @@ fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
         ));
     }
     Ok(QueueConfig {
-        dir: q
-            .dir
-            .unwrap_or_else(|| PathBuf::from("/var/lib/alert-relay/queue")),
+        dir: q.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_QUEUE_DIR)),
         max_bytes,
         on_full,
         fsync,
@@ -1666,5 +2159,133 @@ mod tests {
             let e = err_of(&format!("{MINIMAL}[http]\n{body}\n"));
             assert!(e.contains(key), "expected {key} in {e:?}");
         }
+    }
+
+    #[test]
+    fn generic_and_videodb_keys_do_not_mix() {
+        let e = err_of("[source]\nurl = \"ws://x/\"\napi_url = \"https://api.example\"\n");
+        assert!(e.contains("source.api_url"), "{e}");
+        let e = err_of(
+            "[source]\nurl = \"ws://x/\"\n[[source.alerts]]\nrtstream_id = \"a\"\nindex_id = \"b\"\nevent_id = \"c\"\n",
+        );
+        assert!(e.contains("source.alerts"), "{e}");
+        let e = err_of("[source]\napi_key_env = \"ALERT_RELAY_TEST_UNSET_VAR\"\n");
+        assert!(
+            e.contains("source.api_key_env") && e.contains("ALERT_RELAY_TEST_UNSET_VAR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn videodb_key_comes_from_a_file_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-very-secret\n").expect("write");
+        let text = format!(
+            "[source]\napi_key_file = \"{}\"\n[[source.alerts]]\nrtstream_id = \"rt1\"\nindex_id = \"ix1\"\nevent_id = \"ev1\"\n[queue]\ndir = \"/srv/relay/queue\"\n",
+            key.display()
+        );
+        let cfg = Config::parse(&text).expect("videodb config");
+        let SourceMode::VideoDb(v) = &cfg.source.mode else {
+            panic!("expected VideoDB mode");
+        };
+        assert_eq!(v.api_key.expose(), "sk-very-secret");
+        assert_eq!(v.api_url, "https://api.videodb.io");
+        assert_eq!(v.collection_id, "default");
+        assert_eq!(
+            v.state_file,
+            PathBuf::from("/srv/relay/videodb-alerts.json")
+        );
+        assert_eq!(v.auth_retry, Duration::from_secs(300));
+        assert_eq!(cfg.source.ping_interval, Duration::from_secs(20));
+        assert_eq!(cfg.source.pong_timeout, Duration::from_secs(10));
+        for shown in [cfg.redacted_toml(), format!("{cfg:?}")] {
+            assert!(!shown.contains("sk-very-secret"), "{shown}");
+        }
+        // The printed form is itself a valid config.
+        let again = Config::parse(&cfg.redacted_toml()).expect("reparse");
+        assert!(matches!(again.source.mode, SourceMode::VideoDb(_)));
+
+        let e = err_of(&format!(
+            "{text}[[source.alerts]]\nrtstream_id = \"r/t\"\nindex_id = \"i\"\nevent_id = \"e\"\n"
+        ));
+        assert!(e.contains("source.alerts[1].rtstream_id"), "{e}");
+    }
+
+    #[test]
+    fn generic_headers_are_redacted() {
+        let cfg = Config::parse(
+            "[source]\nurl = \"wss://rt.example/\"\nheaders = { Authorization = \"Bearer hunter2\" }\n",
+        )
+        .expect("config");
+        let shown = cfg.redacted_toml();
+        assert!(shown.contains("Authorization"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let e = err_of("[source]\nurl = \"ws://x/\"\nheaders = { \"Bad Name\" = \"v\" }\n");
+        assert!(e.contains("source.headers.Bad Name"), "{e}");
+    }
+
+    #[test]
+    fn channel_lists_are_checked_and_normalised() {
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}channels = [\"visual_index\", \"transcript\", \"alert\"]\ndurable_channels = [\"scene_index\", \"alert\"]\n"
+        ))
+        .expect("config");
+        assert_eq!(cfg.source.channels, vec!["scene_index", "transcript"]);
+        assert_eq!(cfg.source.durable_channels, vec!["scene_index"]);
+        let e = err_of(&format!("{MINIMAL}channels = [\"transcipt\"]\n"));
+        assert!(e.contains("source.channels"), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}channels = [\"transcript\"]\ndurable_channels = [\"audio_index\"]\n"
+        ));
+        assert!(e.contains("source.durable_channels"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        let e = err_of(&format!("{MINIMAL}builtin_roots = false\n"));
+        assert!(e.contains("source.builtin_roots"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let e = err_of(&format!("{MINIMAL}ca_file = \"{}\"\n", not_pem.display()));
+        assert!(e.contains("source.ca_file"), "{e}");
+        let e = err_of(&format!("{MINIMAL}ca_file = \"/nonexistent/ca.pem\"\n"));
+        assert!(
+            e.contains("source.ca_file") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn example_config_videodb_block_parses_when_uncommented() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k").expect("write");
+        let mut text = String::new();
+        let mut in_block = false;
+        for line in include_str!("../config/example.toml").lines() {
+            in_block = (in_block || line.starts_with("# --- VideoDB mode"))
+                && !line.starts_with("# --- Both modes");
+            let setting = line
+                .strip_prefix("# ")
+                .filter(|r| in_block && (r.contains(" = ") || r.starts_with("[[")));
+            match setting {
+                _ if line.starts_with("url = ") => {}
+                Some(r) if r.starts_with("api_key_env") => {}
+                Some(r) if r.starts_with("api_key_file") => {
+                    text.push_str(&format!("api_key_file = {:?}\n", key.display().to_string()))
+                }
+                Some(r) => text.push_str(&format!("{r}\n")),
+                None => text.push_str(&format!("{line}\n")),
+            }
+        }
+        let cfg = Config::parse(&text).expect("the VideoDB block of config/example.toml");
+        let SourceMode::VideoDb(v) = cfg.source.mode else {
+            panic!("expected VideoDB mode");
+        };
+        assert_eq!(v.alerts.len(), 1);
+        assert_eq!(v.api_url, "https://api.videodb.io");
     }
 }

@@ -229,6 +229,25 @@ impl Ingest {
         }))
     }
 
+    /// Makes a non-alert channel message durable (`source.durable_channels`): same queue, same
+    /// bounded wait as alerts, no GPIO.
+    pub async fn accept_message(&self, msg: QueuedMessage) {
+        let s = &self.stats;
+        let us = crate::clock::unix_micros(SystemTime::now());
+        if tokio::time::timeout(QUEUE_SEND_TIMEOUT, self.queue.append(msg.encode(), us))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            s.inc(&s.queue_append_failed);
+            s.warn_limited(
+                "queue_stalled",
+                format_args!("{} message dropped: the queue writer did not take it within {QUEUE_SEND_TIMEOUT:?}", msg.topic_suffix),
+            );
+        } else {
+            s.inc(&s.channel_queued);
+        }
+    }
+
     fn fire_gpio(&self, alert: &Alert, now: SystemTime) {
         let Some(tx) = &self.gpio else { return };
         let decision = self.rules.lock().unwrap_or_else(|p| p.into_inner()).decide(

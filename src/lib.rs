@@ -135,9 +135,12 @@ pub async fn run_with_stats(
         ))),
         _ => None,
     };
+    // Best-effort channel messages (not durable) go straight from the source to the publisher.
+    let (live_tx, live_rx) = mpsc::channel(source::LIVE_CHANNEL_CAPACITY);
     let source_task = tokio::spawn(source::run(
         config.source.clone(),
         ingest,
+        live_tx,
         stats.clone(),
         stop_rx.clone(),
     ));
@@ -147,6 +150,7 @@ pub async fn run_with_stats(
         queue.clone(),
         stats.clone(),
         stop_rx,
+        live_rx,
     ));
     drop(queue);
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use alert_relay::config::{Config, ConfigError};
+use alert_relay::source::admin::{AdminCommand, Target};
 
 const USAGE: &str = "\
 alert-relay: real-time alerts -> durable queue -> MQTT and GPIO
@@ -13,6 +14,13 @@ Usage:
   alert-relay check-config --config FILE   validate FILE and print it resolved (secrets redacted)
   alert-relay --version
 
+VideoDB alerts and events (VideoDB mode config; --rtstream/--index default to [[source.alerts]]):
+  alert-relay alerts list    --config FILE [--rtstream ID --index ID]
+  alert-relay alerts create  --config FILE --event EVENT_ID [--callback-url URL] [--rtstream ID --index ID]
+  alert-relay alerts enable  ID --config FILE [--rtstream ID --index ID]
+  alert-relay alerts disable ID --config FILE [--rtstream ID --index ID]
+  alert-relay events create  --config FILE --label LABEL --prompt PROMPT
+
 Logging: RUST_LOG=debug|info|warn (default info).
 Exit status: 0 ok, 1 runtime failure, 2 bad config or usage.";
 
@@ -21,6 +29,7 @@ enum Command {
     CheckConfig(PathBuf),
     Version,
     Help,
+    Admin(PathBuf, AdminCommand),
 }
 
 fn parse_args(args: &[String]) -> Result<Command, String> {
@@ -29,6 +38,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     match cmd {
         None | Some("-h") | Some("--help") | Some("help") => return Ok(Command::Help),
         Some("-V") | Some("--version") => return Ok(Command::Version),
+        Some("alerts") | Some("events") => return parse_admin(args),
         _ => {}
     }
     let mut config = None;
@@ -50,6 +60,69 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         Some(other) => Err(format!("unknown command {other:?}")),
         None => Ok(Command::Help),
     }
+}
+
+/// `alerts ...` / `events create ...`: a verb, an optional positional ID, options.
+fn parse_admin(args: &[String]) -> Result<Command, String> {
+    let group = args[0].as_str();
+    let verb = args
+        .get(1)
+        .map(String::as_str)
+        .ok_or("alerts/events need a verb")?;
+    let mut config = None;
+    let mut positional = Vec::new();
+    let mut opt = std::collections::HashMap::new();
+    let mut it = args[2..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => {
+                config = Some(PathBuf::from(it.next().ok_or("--config needs a FILE")?))
+            }
+            o @ ("--rtstream" | "--index" | "--event" | "--callback-url" | "--label"
+            | "--prompt") => {
+                let v = it.next().ok_or_else(|| format!("{o} needs a value"))?;
+                opt.insert(o, v.clone());
+            }
+            s if s.starts_with("--config=") => {
+                config = Some(PathBuf::from(&s["--config=".len()..]))
+            }
+            s if s.starts_with('-') => return Err(format!("unexpected option {s:?}")),
+            s => positional.push(s.to_string()),
+        }
+    }
+    let config = config.ok_or("--config FILE is required")?;
+    let target = Target {
+        rtstream_id: opt.remove("--rtstream"),
+        index_id: opt.remove("--index"),
+    };
+    let mut take = |k: &str| {
+        opt.remove(k)
+            .ok_or_else(|| format!("{group} {verb} needs {k}"))
+    };
+    let cmd = match (group, verb) {
+        ("alerts", "list") => AdminCommand::AlertsList { target },
+        ("alerts", "create") => AdminCommand::AlertsCreate {
+            target,
+            event_id: take("--event")?,
+            callback_url: opt.remove("--callback-url"),
+        },
+        ("alerts", v @ ("enable" | "disable")) => AdminCommand::AlertsSetEnabled {
+            target,
+            alert_id: positional
+                .pop()
+                .ok_or_else(|| format!("alerts {v} needs the alert ID"))?,
+            enabled: v == "enable",
+        },
+        ("events", "create") => AdminCommand::EventsCreate {
+            label: take("--label")?,
+            prompt: take("--prompt")?,
+        },
+        _ => return Err(format!("unknown command {group} {verb}")),
+    };
+    if !positional.is_empty() || !opt.is_empty() {
+        return Err(format!("{group} {verb}: unexpected arguments"));
+    }
+    Ok(Command::Admin(config, cmd))
 }
 
 fn main() -> ExitCode {
@@ -78,6 +151,14 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&path, e),
         },
+        Command::Admin(path, cmd) => {
+            init_logging();
+            let cfg = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return config_error(&path, e),
+            };
+            admin(cfg, cmd)
+        }
         Command::Run(path) => {
             init_logging();
             let cfg = match Config::load(&path) {
@@ -112,9 +193,10 @@ fn run(cfg: Config) -> ExitCode {
         }
     };
     log::info!("alert-relay {} starting", env!("CARGO_PKG_VERSION"));
-    // Handlers go in before startup work, so a SIGTERM during startup stops cleanly too.
+    // Handlers go in before the queue directory exists: a SIGTERM right after start must
+    // stop the daemon cleanly, not kill it with the default action.
     let shutdown = {
-        let _runtime = rt.enter();
+        let _in_runtime = rt.enter();
         shutdown_signal()
     };
     match rt.block_on(alert_relay::run(cfg, shutdown)) {
@@ -126,8 +208,30 @@ fn run(cfg: Config) -> ExitCode {
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now (inside the runtime) and returns a future that
-/// resolves on either.
+fn admin(cfg: Config, cmd: AdminCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("alert-relay: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(alert_relay::source::admin::run(&cfg.source, cmd)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("alert-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());

@@ -20,6 +20,7 @@ macro_rules! counters {
             source_connected: AtomicU64,
             broker_connected: AtomicU64,
             log_limiter: Mutex<LogLimiter>,
+            source_status: Mutex<SourceStatus>,
         }
 
         /// Every counter's name and doc, in declaration order (HELP lines of `/metrics`).
@@ -70,6 +71,26 @@ counters! {
     webhook_rejected: "Webhook requests answered 4xx (bad token, oversize, bad JSON, missing fields).",
     webhook_refused: "Webhook alerts answered 503 because the queue did not make them durable.",
     http_connections_refused: "HTTP connections closed at once because http.max_connections were open.",
+    source_reconnects: "WebSocket connections after the first one.",
+    source_pings: "WebSocket pings sent.",
+    source_ping_timeouts: "Connections declared dead because nothing came back after a ping.",
+    source_auth_failures: "REST calls rejected with 401/403 (or another 4xx) by VideoDB.",
+    videodb_api_errors: "Other failed VideoDB REST calls (network, 5xx, bad responses).",
+    videodb_alerts_created: "Alerts bound to a new connection_id.",
+    videodb_alerts_disabled: "Alerts of earlier connections disabled.",
+    channel_queued: "Non-alert channel messages handed to the queue (durable_channels).",
+    channel_published: "Non-alert channel messages handed to MQTT best-effort (QoS 0).",
+    channel_dropped: "Best-effort channel messages dropped because MQTT was not keeping up.",
+    transcripts_interim_dropped: "Interim transcripts (is_final = false) not relayed.",
+}
+
+/// What the source is doing now, for `{prefix}/stats`.
+#[derive(Debug, Clone, Default)]
+struct SourceStatus {
+    state: &'static str,
+    connection_id: Option<String>,
+    since_us: u64,
+    last_error: Option<String>,
 }
 
 /// At most one line per category per interval; the rest are counted and summarised.
@@ -103,6 +124,38 @@ impl Stats {
 
     pub fn set_broker_connected(&self, up: bool) {
         self.broker_connected.store(up as u64, Ordering::Relaxed);
+    }
+
+    /// Records the source's state (`connecting`, `connected`, `backoff`), its `connection_id`
+    /// when known, and the last error (never holding a secret).
+    pub fn set_source_state(
+        &self,
+        state: &'static str,
+        connection_id: Option<&str>,
+        last_error: Option<String>,
+    ) {
+        let mut s = self.source_status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = state;
+        s.connection_id = connection_id.map(str::to_owned);
+        s.since_us = crate::clock::unix_micros(std::time::SystemTime::now());
+        if last_error.is_some() {
+            s.last_error = last_error;
+        }
+    }
+
+    /// The source part of a snapshot: `{"state", "connection_id", "since", "last_error"}`.
+    pub fn source_json(&self) -> Value {
+        let s = self
+            .source_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        json!({
+            "state": if s.state.is_empty() { "starting" } else { s.state },
+            "connection_id": s.connection_id,
+            "since": (s.since_us > 0).then(|| crate::clock::rfc3339_micros(s.since_us)),
+            "last_error": s.last_error,
+        })
     }
 
     /// Logs `msg` at warn level unless `category` was logged within [`LOG_INTERVAL`]; then it
@@ -159,6 +212,7 @@ impl Stats {
             "broker_connected".into(),
             json!(self.broker_connected.load(Ordering::Relaxed) == 1),
         );
+        m.insert("source".into(), self.source_json());
         if let Some(q) = queue {
             m.insert("queue".into(), q);
         }

@@ -6,6 +6,8 @@
 //! Shared by `examples/demo.rs` and `tests/*.rs` (`#[path]`), so both run the same code.
 #![allow(dead_code)]
 
+pub mod videodb;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

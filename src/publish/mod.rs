@@ -110,6 +110,7 @@ pub async fn run(
     queue: QueueHandle,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
+    mut live: mpsc::Receiver<crate::source::LiveMessage>,
 ) {
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let mut poison = PoisonWatch::default();
@@ -137,7 +138,7 @@ pub async fn run(
                     stats.clone(),
                     window,
                 );
-                session.run(&mut el, &mut shutdown).await
+                session.run(&mut el, &mut shutdown, &mut live).await
             }
         };
         stats.set_broker_connected(false);
@@ -310,6 +311,7 @@ impl<'a> Session<'a> {
         &mut self,
         el: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
+        live: &mut mpsc::Receiver<crate::source::LiveMessage>,
     ) -> SessionEnd {
         // Connect: poll until CONNACK.
         loop {
@@ -357,6 +359,14 @@ impl<'a> Session<'a> {
                 },
                 _ = self.queue.readable(), if room => {}
                 _ = stats_tick.tick() => self.publish_stats(),
+                Some((suffix, payload)) = live.recv() => {
+                    // Best-effort channels: QoS 0, no queue record, no ack to track.
+                    let topic = format!("{}/{suffix}", self.cfg.topic_prefix);
+                    match self.client.try_publish(topic, Qos::AtMostOnce, false, payload, None) {
+                        Ok(()) => self.corr.sent(None),
+                        Err(_) => self.stats.inc(&self.stats.channel_dropped),
+                    }
+                }
                 _ = sleep_until_opt(flush_at), if flush_at.is_some() => {
                     self.ack_flush_at = None;
                     persist_ack(&self.queue).await;

@@ -1,32 +1,58 @@
-//! The WebSocket source: connect, read frames, hand accepted alerts to the ingest stage,
-//! reconnect forever with capped exponential backoff and full jitter.
+//! The WebSocket source: find the URL (given, or fetched from VideoDB before every connect),
+//! connect over ws:// or wss:// (rustls, ring), read `connection_id`, bind the configured
+//! alerts to it, keep the connection alive with pings, read frames and hand them on: alerts to
+//! [`Ingest`], other relayed channels to the queue (durable ones) or to the publisher (best
+//! effort). Reconnects forever with capped exponential backoff and full jitter.
 //!
-//! Owns: the socket and its reconnect loop. Never does: queueing, publishing or GPIO itself
-//! (it calls [`Ingest`]); never sends application messages upstream (SPEC §2).
+//! Owns: the socket, its liveness, the reconnect loop, and the current state shown in
+//! `{prefix}/stats`. Never does: queueing, publishing or GPIO itself (it calls [`Ingest`] or
+//! hands best-effort messages to a bounded channel); never sends application messages upstream
+//! (SPEC §2), only WebSocket pings.
 //!
 //! Bad input never ends the connection: every skipped frame is counted and logged
 //! rate-limited. An oversize frame is skipped; only frames beyond the transport limit (kept
 //! [`TRANSPORT_LIMIT_FACTOR`] times above `max_frame_bytes`) make the socket fail.
+//!
+//! # Liveness
+//! A ping goes out every `ping_interval`; if nothing at all (pong or data) arrives within
+//! `pong_timeout` after it, the connection is declared dead (half-open TCP after a Wi-Fi drop
+//! never reports an error on its own) and replaced. These two timers are the only ones an idle
+//! connection runs.
+
+pub mod admin;
+pub mod http;
+pub mod tls;
+pub mod videodb;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use tokio::sync::watch;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
-use crate::alert::{parse_frame, Alert, Frame, FrameError, Via};
+use crate::alert::{
+    parse_frame, sanitize_topic_level, Alert, Envelope, Frame, FrameError, QueuedMessage, Via,
+};
 use crate::backoff::Backoff;
-use crate::config::{redact_url, SourceConfig};
+use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
 
 /// The transport's own message limit, as a multiple of the relay's frame limit.
 pub const TRANSPORT_LIMIT_FACTOR: usize = 16;
-/// A connection that stayed up this long resets the backoff.
-pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A best-effort channel message: topic below the prefix, payload.
+pub type LiveMessage = (String, Vec<u8>);
+/// Best-effort messages waiting for the publisher. Transcripts come a few per second per
+/// stream; 256 rides out a broker hiccup of tens of seconds, then the oldest news is the least
+/// useful, so new ones are dropped and counted rather than buffered without bound.
+pub const LIVE_CHANNEL_CAPACITY: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -36,84 +62,219 @@ pub enum SourceError {
     Timeout { url: String, after: Duration },
     #[error("connection to {url} failed: {reason}")]
     Read { url: String, reason: String },
+    #[error("{url} sent no connection_id within {after:?} of connecting")]
+    NoHello { url: String, after: Duration },
+    #[error("{url} did not answer a ping within {after:?}: connection presumed dead")]
+    PongTimeout { url: String, after: Duration },
+    #[error(transparent)]
+    Api(#[from] videodb::ApiError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Builds the rustls connector: `ring` provider, Mozilla's roots built in.
 pub fn tls_connector() -> Result<Connector, rustls::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Connector::Rustls(Arc::new(cfg)))
+    let cfg = tls::client_config(&crate::config::TlsConfig {
+        builtin_roots: true,
+        ..Default::default()
+    })
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    Ok(Connector::Rustls(cfg))
 }
 
-/// Runs the source until `shutdown` turns true.
-pub async fn run(
-    cfg: SourceConfig,
-    ingest: Ingest,
-    stats: Arc<Stats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
-    let shown_url = redact_url(&cfg.url);
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let started = tokio::time::Instant::now();
-        let result = tokio::select! {
-            r = connect_and_read(&cfg, &ingest, &stats) => r,
-            _ = shutdown.changed() => return,
-        };
-        stats.set_source_connected(false);
-        if started.elapsed() >= STABLE_AFTER {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
-        match result {
-            Ok(()) => {
-                log::warn!("source: {shown_url} closed the connection; reconnecting in {delay:?}")
-            }
-            Err(e) => {
-                stats.inc(&stats.source_connect_failures);
-                log::warn!("source: {e}; reconnecting in {delay:?}");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+/// Everything one connection needs, built once.
+struct Ctx<'a> {
+    cfg: &'a SourceConfig,
+    ingest: &'a Ingest,
+    stats: &'a Stats,
+    live: &'a mpsc::Sender<LiveMessage>,
+    tls: Arc<rustls::ClientConfig>,
+    upstream: Upstream<'a>,
+}
+
+/// Where the WebSocket URL comes from.
+enum Upstream<'a> {
+    Generic {
+        url: &'a str,
+        headers: &'a [(String, crate::config::Secret)],
+    },
+    VideoDb {
+        api: videodb::Api,
+        cfg: &'a VideoDbConfig,
+    },
+}
+
+impl<'a> Ctx<'a> {
+    fn api(&self) -> Option<(&videodb::Api, &'a VideoDbConfig)> {
+        match &self.upstream {
+            Upstream::VideoDb { api, cfg } => Some((api, *cfg)),
+            Upstream::Generic { .. } => None,
         }
     }
 }
 
+/// How one connection ended without an error.
+enum End {
+    Closed,
+}
+
+/// Runs the source until `shutdown` turns true. In VideoDB mode, a clean shutdown disables the
+/// alerts bound to the closing socket (bounded by [`videodb::SHUTDOWN_DISABLE_GRACE`]).
+pub async fn run(
+    cfg: SourceConfig,
+    ingest: Ingest,
+    live: mpsc::Sender<LiveMessage>,
+    stats: Arc<Stats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tls = match tls::client_config(&cfg.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            // Config validation read the CA file already; this only happens if it changed.
+            log::error!("source: {e}; the source cannot start");
+            stats.set_source_state("stopped", None, Some(e.to_string()));
+            return;
+        }
+    };
+    let upstream = match &cfg.mode {
+        SourceMode::VideoDb(v) => Upstream::VideoDb {
+            api: videodb::Api::new(v, http::Client::new(tls.clone(), v.request_timeout)),
+            cfg: v,
+        },
+        SourceMode::Generic { url, headers } => Upstream::Generic { url, headers },
+    };
+    let ctx = Ctx {
+        cfg: &cfg,
+        ingest: &ingest,
+        stats: &stats,
+        live: &live,
+        tls,
+        upstream,
+    };
+    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+    // A rejected key is logged once per streak, not at every retry.
+    let mut reported_permanent = false;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        stats.set_source_state("connecting", None, None);
+        let mut connected_at = None;
+        let result = tokio::select! {
+            r = connect_and_read(&ctx, &mut connected_at) => r,
+            _ = shutdown.changed() => break,
+        };
+        stats.set_source_connected(false);
+        let was_connected = connected_at.is_some();
+        if connected_at.is_some_and(|t: Instant| t.elapsed() >= cfg.stable_after) {
+            backoff.reset();
+        }
+        let mut delay = backoff.next_delay();
+        let error = match result {
+            Ok(End::Closed) => {
+                log::warn!("source: the server closed the connection; reconnecting in {delay:?}");
+                None
+            }
+            Err(SourceError::Api(e)) if e.is_permanent() => {
+                stats.inc(&stats.source_auth_failures);
+                let retry = ctx.api().map(|(_, v)| v.auth_retry).unwrap_or(delay);
+                delay = retry;
+                if !reported_permanent {
+                    log::error!("source: {e}; retrying every {retry:?}");
+                    reported_permanent = true;
+                } else {
+                    log::debug!("source: {e}; retrying in {retry:?}");
+                }
+                Some(e.to_string())
+            }
+            Err(e) => {
+                if matches!(e, SourceError::Api(_)) {
+                    stats.inc(&stats.videodb_api_errors);
+                }
+                stats.inc(&stats.source_connect_failures);
+                log::warn!("source: {e}; reconnecting in {delay:?}");
+                Some(e.to_string())
+            }
+        };
+        if error.is_none() || was_connected {
+            reported_permanent = false;
+        }
+        stats.set_source_state("backoff", None, error);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    stats.set_source_connected(false);
+    stats.set_source_state("stopped", None, None);
+    // Also when no bindings are configured any more: the state file may list earlier ones.
+    if let Some((api, v)) = ctx.api() {
+        match tokio::time::timeout(
+            videodb::SHUTDOWN_DISABLE_GRACE,
+            videodb::disable_all(api, &v.state_file, &stats),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("source: at shutdown: {e}; the next start disables them"),
+            Err(_) => log::warn!(
+                "source: disabling alerts at shutdown took over {:?}; the next start disables them",
+                videodb::SHUTDOWN_DISABLE_GRACE
+            ),
+        }
+    }
+}
+
+/// One connection, from finding the URL to its end; `connected_at` is set once it is up.
 async fn connect_and_read(
-    cfg: &SourceConfig,
-    ingest: &Ingest,
-    stats: &Stats,
-) -> Result<(), SourceError> {
-    let shown = redact_url(&cfg.url);
+    ctx: &Ctx<'_>,
+    connected_at: &mut Option<Instant>,
+) -> Result<End, SourceError> {
+    let cfg = ctx.cfg;
+    let stats = ctx.stats;
+    // 1. Where to connect.
+    let (url, headers): (String, &[(String, crate::config::Secret)]) = match &ctx.upstream {
+        Upstream::Generic { url, headers } => (url.to_string(), headers),
+        Upstream::VideoDb { api, cfg: v } => {
+            if cfg.tls.insecure_skip_verify && v.api_url.starts_with("https://") {
+                log::warn!("source: {}", tls::insecure_warning(&v.api_url));
+            }
+            (api.websocket_url().await?, &[])
+        }
+    };
+    let shown = redact_url(&url);
+    let connect_err = |reason: String| SourceError::Connect {
+        url: shown.clone(),
+        reason,
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| connect_err(e.to_string()))?;
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| connect_err(format!("bad header name source.headers.{name}")))?;
+        let mut v = HeaderValue::from_str(value.expose())
+            .map_err(|_| connect_err(format!("bad value for source.headers.{name}")))?;
+        v.set_sensitive(true);
+        request.headers_mut().insert(n, v);
+    }
+
+    // 2. Connect.
     let transport_limit = cfg.max_frame_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
     let ws_cfg = WebSocketConfig::default()
         .max_message_size(Some(transport_limit))
         .max_frame_size(Some(transport_limit));
-    let connector = if cfg.url.starts_with("wss://") {
-        Some(tls_connector().map_err(|e| SourceError::Connect {
-            url: shown.clone(),
-            reason: format!("TLS setup: {e}"),
-        })?)
+    let connector = if url.starts_with("wss://") {
+        if cfg.tls.insecure_skip_verify {
+            log::warn!("source: {}", tls::insecure_warning(&shown));
+        }
+        Some(Connector::Rustls(ctx.tls.clone()))
     } else {
         None
     };
-    let connect = tokio_tungstenite::connect_async_tls_with_config(
-        cfg.url.as_str(),
-        Some(ws_cfg),
-        true,
-        connector,
-    );
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_cfg), true, connector);
     let (mut ws, _resp) = match tokio::time::timeout(cfg.connect_timeout, connect).await {
         Err(_) => {
             return Err(SourceError::Timeout {
@@ -121,68 +282,189 @@ async fn connect_and_read(
                 after: cfg.connect_timeout,
             })
         }
-        Ok(Err(e)) => {
-            return Err(SourceError::Connect {
-                url: shown,
-                reason: e.to_string(),
-            })
-        }
+        Ok(Err(e)) => return Err(connect_err(tls::explain(&e.to_string()))),
         Ok(Ok(x)) => x,
     };
-    stats.inc(&stats.source_connects);
-    stats.set_source_connected(true);
-    log::info!("source: connected to {shown}");
-    while let Some(msg) = ws.next().await {
-        let msg = msg.map_err(|e| SourceError::Read {
-            url: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        match msg {
-            Message::Text(text) => {
-                stats.inc(&stats.frames_received);
-                if text.len() > cfg.max_frame_bytes {
-                    stats.inc(&stats.frames_oversize);
-                    stats.warn_limited(
-                        "oversize",
-                        format_args!(
-                            "source: skipped a {} byte frame (limit source.max_frame_bytes = {})",
-                            text.len(),
-                            cfg.max_frame_bytes
-                        ),
-                    );
-                    continue;
+
+    // 3. VideoDB: the first message is the connection_id, which the alerts are bound to.
+    let mut connection_id: Option<String> = None;
+    if ctx.api().is_some() {
+        let deadline = Instant::now() + cfg.connect_timeout;
+        while connection_id.is_none() {
+            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => {
+                    return Err(SourceError::NoHello {
+                        url: shown,
+                        after: cfg.connect_timeout,
+                    })
                 }
-                handle_text(text.as_str(), ingest, stats).await;
+                Ok(None) => return Ok(End::Closed),
+                Ok(Some(Err(e))) => {
+                    return Err(SourceError::Read {
+                        url: shown,
+                        reason: e.to_string(),
+                    })
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                // Not the hello: handled like any frame, and the wait goes on.
+                Message::Text(t) => connection_id = on_text(t.as_str(), ctx).await,
+                Message::Close(_) => return Ok(End::Closed),
+                _ => {}
             }
-            Message::Binary(b) => {
-                stats.inc(&stats.frames_received);
-                stats.inc(&stats.frames_binary);
-                stats.warn_limited(
-                    "binary",
-                    format_args!("source: skipped a binary frame of {} bytes", b.len()),
-                );
-            }
-            Message::Close(_) => return Ok(()),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
-    Ok(())
+    stats.inc(&stats.source_connects);
+    if Stats::get(&stats.source_connects) > 1 {
+        stats.inc(&stats.source_reconnects);
+    }
+    stats.set_source_connected(true);
+    stats.set_source_state("connected", connection_id.as_deref(), None);
+    *connected_at = Some(Instant::now());
+    match &connection_id {
+        Some(id) => log::info!("source: connected to {shown}, connection_id {id}"),
+        None => log::info!("source: connected to {shown}"),
+    }
+
+    // 4. Bind alerts (VideoDB mode), concurrently with reading.
+    let binding = async {
+        match (ctx.api(), &connection_id) {
+            // Even with no bindings configured: alerts of an earlier run still get disabled.
+            (Some((api, v)), Some(id)) => bind_until_done(api, v, id, ctx).await,
+            _ => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(binding);
+
+    // 5. Read, ping, and watch for silence.
+    let mut next_ping = Instant::now() + cfg.ping_interval;
+    let mut pong_due: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let Some(msg) = msg else { return Ok(End::Closed) };
+                let msg = msg.map_err(|e| SourceError::Read {
+                    url: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+                // Anything from the server proves the path is alive.
+                pong_due = None;
+                match msg {
+                    Message::Text(text) => {
+                        if let Some(id) = on_text(text.as_str(), ctx).await {
+                            log::info!("source: connection_id {id}");
+                            stats.set_source_state("connected", Some(&id), None);
+                        }
+                    }
+                    Message::Binary(b) => {
+                        stats.inc(&stats.frames_received);
+                        stats.inc(&stats.frames_binary);
+                        stats.warn_limited(
+                            "binary",
+                            format_args!("source: skipped a binary frame of {} bytes", b.len()),
+                        );
+                    }
+                    Message::Close(_) => return Ok(End::Closed),
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping), if pong_due.is_none() => {
+                let now = Instant::now();
+                pong_due = Some(now + cfg.pong_timeout);
+                next_ping = now + cfg.ping_interval;
+                stats.inc(&stats.source_pings);
+                // A peer that stopped reading can leave the send stuck behind a full buffer.
+                if tokio::time::timeout(cfg.pong_timeout, ws.send(Message::Ping(Default::default())))
+                    .await
+                    .is_err()
+                {
+                    stats.inc(&stats.source_ping_timeouts);
+                    return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                }
+            }
+            _ = sleep_until_opt(pong_due), if pong_due.is_some() => {
+                stats.inc(&stats.source_ping_timeouts);
+                return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+            }
+            () = &mut binding => {}
+        }
+    }
 }
 
-/// Parses one text frame and passes an accepted alert on. Never fails: bad input is counted.
-pub async fn handle_text(text: &str, ingest: &Ingest, stats: &Stats) {
-    match parse_frame(text) {
-        Ok(Frame::Hello { connection_id }) => {
-            log::info!("source: connection_id {connection_id}");
+/// Binds the alerts to `connection_id`, retrying until done: with backoff on transient errors,
+/// every `auth_retry` on permanent ones (logged once). Then pends until the connection ends.
+async fn bind_until_done(
+    api: &videodb::Api,
+    v: &VideoDbConfig,
+    connection_id: &str,
+    ctx: &Ctx<'_>,
+) {
+    let stats = ctx.stats;
+    let mut backoff = Backoff::new(ctx.cfg.backoff_initial, ctx.cfg.backoff_max);
+    let mut reported = false;
+    loop {
+        match videodb::bind(api, &v.alerts, &v.state_file, connection_id, stats).await {
+            Ok(()) => break,
+            Err(e) if e.is_permanent() => {
+                stats.inc(&stats.source_auth_failures);
+                if !reported {
+                    log::error!(
+                        "source: binding alerts: {e}; retrying every {:?}",
+                        v.auth_retry
+                    );
+                    reported = true;
+                }
+                stats.set_source_state("connected", Some(connection_id), Some(e.to_string()));
+                tokio::time::sleep(v.auth_retry).await;
+            }
+            Err(e) => {
+                stats.inc(&stats.videodb_api_errors);
+                let delay = backoff.next_delay();
+                stats.warn_limited(
+                    "videodb_bind",
+                    format_args!("source: binding alerts: {e}; retrying in {delay:?}"),
+                );
+                tokio::time::sleep(delay).await;
+            }
         }
+    }
+    std::future::pending::<()>().await
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t).await
+    }
+}
+
+/// Counts, size-checks and parses one text frame and passes it on; returns the
+/// `connection_id` when the frame was the server's hello. Never fails: bad input is counted.
+async fn on_text(text: &str, ctx: &Ctx<'_>) -> Option<String> {
+    let stats = ctx.stats;
+    stats.inc(&stats.frames_received);
+    if text.len() > ctx.cfg.max_frame_bytes {
+        stats.inc(&stats.frames_oversize);
+        stats.warn_limited(
+            "oversize",
+            format_args!(
+                "source: skipped a {} byte frame (limit source.max_frame_bytes = {})",
+                text.len(),
+                ctx.cfg.max_frame_bytes
+            ),
+        );
+        return None;
+    }
+    match parse_frame(text) {
+        Ok(Frame::Hello { connection_id }) => return Some(connection_id),
         Ok(Frame::Envelope(env)) if env.channel == "alert" => match Alert::from_envelope(env) {
-            Ok(alert) => ingest.accept(alert, Via::Websocket).await,
+            Ok(alert) => ctx.ingest.accept(alert, Via::Websocket).await,
             Err(e) => {
                 stats.inc(&stats.alerts_invalid);
                 stats.warn_limited("invalid_alert", format_args!("source: skipped alert: {e}"));
             }
         },
-        Ok(Frame::Envelope(_)) => stats.inc(&stats.frames_other_channel),
+        Ok(Frame::Envelope(env)) => relay_channel(env, ctx).await,
         Err(FrameError::NoChannel) => {
             stats.inc(&stats.frames_no_channel);
             stats.warn_limited(
@@ -194,5 +476,134 @@ pub async fn handle_text(text: &str, ingest: &Ingest, stats: &Stats) {
             stats.inc(&stats.frames_invalid_json);
             stats.warn_limited("invalid_json", format_args!("source: skipped frame: {e}"));
         }
+    }
+    None
+}
+
+/// What happens to a non-alert envelope, by `source.channels` / `durable_channels`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChannelRoute {
+    NotRelayed,
+    InterimDropped,
+    Durable,
+    BestEffort,
+}
+
+/// Pure routing decision for one envelope.
+pub fn route(cfg: &SourceConfig, env: &Envelope) -> ChannelRoute {
+    if !cfg.channels.contains(&env.channel) {
+        return ChannelRoute::NotRelayed;
+    }
+    if env.channel == "transcript"
+        && !cfg.transcript_interim
+        && env.data.get("is_final") == Some(&Value::Bool(false))
+    {
+        return ChannelRoute::InterimDropped;
+    }
+    if cfg.durable_channels.contains(&env.channel) {
+        ChannelRoute::Durable
+    } else {
+        ChannelRoute::BestEffort
+    }
+}
+
+/// `{channel}/{rtstream_id or _}`, both sanitised as topic levels.
+pub fn channel_topic_suffix(env: &Envelope) -> String {
+    format!(
+        "{}/{}",
+        sanitize_topic_level(&env.channel),
+        sanitize_topic_level(env.rtstream_id.as_deref().unwrap_or("_"))
+    )
+}
+
+async fn relay_channel(env: Envelope, ctx: &Ctx<'_>) {
+    let stats = ctx.stats;
+    let route = route(ctx.cfg, &env);
+    let suffix = channel_topic_suffix(&env);
+    let mut body = env.data;
+    if let Some(id) = env.rtstream_id {
+        body.entry("rtstream_id").or_insert(Value::String(id));
+    }
+    match route {
+        ChannelRoute::NotRelayed => stats.inc(&stats.frames_other_channel),
+        ChannelRoute::InterimDropped => stats.inc(&stats.transcripts_interim_dropped),
+        ChannelRoute::Durable => {
+            let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+            let msg = QueuedMessage {
+                topic_suffix: suffix,
+                via: Via::Websocket,
+                body,
+            };
+            ctx.ingest.accept_message(msg).await;
+        }
+        ChannelRoute::BestEffort => {
+            let now = crate::clock::unix_micros(std::time::SystemTime::now());
+            body.insert(
+                "relay".into(),
+                json!({"received_at": crate::clock::rfc3339_micros(now), "via": "websocket"}),
+            );
+            let payload = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+            match ctx.live.try_send((suffix, payload)) {
+                Ok(()) => stats.inc(&stats.channel_published),
+                Err(_) => {
+                    stats.inc(&stats.channel_dropped);
+                    stats.warn_limited(
+                        "channel_dropped",
+                        format_args!(
+                            "source: MQTT is not keeping up; best-effort channel messages dropped"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn envelope(text: &str) -> Envelope {
+        match parse_frame(text) {
+            Ok(Frame::Envelope(e)) => e,
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn channels_route_by_config_and_interim_transcripts_are_dropped() {
+        let cfg = Config::parse(
+            "[source]\nurl = \"ws://x/\"\nchannels = [\"transcript\", \"visual_index\"]\ndurable_channels = [\"scene_index\"]\n",
+        )
+        .expect("config")
+        .source;
+        let r = |t: &str| route(&cfg, &envelope(t));
+        assert_eq!(
+            r(r#"{"channel":"transcript","data":{"text":"hi","is_final":true}}"#),
+            ChannelRoute::BestEffort
+        );
+        assert_eq!(
+            r(r#"{"channel":"transcript","data":{"text":"h","is_final":false}}"#),
+            ChannelRoute::InterimDropped
+        );
+        assert_eq!(
+            r(r#"{"type":"visual_index","rtstream_id":"rt1","data":{}}"#),
+            ChannelRoute::Durable
+        );
+        assert_eq!(
+            r(r#"{"channel":"audio_index","data":{}}"#),
+            ChannelRoute::NotRelayed
+        );
+        assert_eq!(
+            channel_topic_suffix(&envelope(
+                r#"{"channel":"scene_index","rtstream_id":"a/b","data":{}}"#
+            )),
+            "scene_index/a_b"
+        );
+        assert_eq!(
+            channel_topic_suffix(&envelope(r#"{"channel":"transcript","data":{}}"#)),
+            "transcript/_"
+        );
     }
 }
