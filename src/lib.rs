@@ -73,7 +73,7 @@ pub async fn run_with_stats(
             String::new()
         }
     );
-    let backend = gpio::open_backend(&config.gpio)?;
+    let mut backend = gpio::open_backend(&config.gpio)?;
     let (queue, writer) = queue::spawn_writer(queue, stats.clone()).map_err(RunError::Thread)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -85,6 +85,7 @@ pub async fn run_with_stats(
                 config.gpio.outputs.len()
             );
             let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
+            gpio::watch_ack_button(&config.gpio, &mut *backend, &tx)?;
             // Which outputs run a pattern; MQTT mirrors it on {prefix}/outputs/{name}.
             let (activity, _) = watch::channel(vec![false; config.gpio.outputs.len()]);
             let task = tokio::spawn(gpio::run_engine(
