@@ -138,7 +138,8 @@ impl Rig {
 
     /// Offers `alert` (received now) to the rules, forwards what fires; returns how many did.
     async fn alert(&mut self, label: &str, confidence: f64, age: Duration) -> usize {
-        self.alert_at(label, confidence, age, SystemTime::now()).await
+        self.alert_at(label, confidence, age, SystemTime::now())
+            .await
     }
 
     async fn alert_at(
@@ -156,9 +157,7 @@ impl Rig {
             rtstream_id: None,
             data: Default::default(),
         };
-        let d = self
-            .rules
-            .decide(&a, wall, wall, Instant::now().into_std());
+        let d = self.rules.decide(&a, wall, wall, Instant::now().into_std());
         let n = d.fires.len();
         for f in d.fires {
             self.send(GpioCommand::Fire(f)).await;
@@ -268,7 +267,10 @@ async fn sequence_follows_its_steps() {
     ))
     .await;
     rig.at(2000).await;
-    assert_eq!(rig.timeline(0), vec![(0, On), (200, Off), (300, On), (900, Off)]);
+    assert_eq!(
+        rig.timeline(0),
+        vec![(0, On), (200, Off), (300, On), (900, Off)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -326,7 +328,10 @@ async fn higher_priority_preempts_and_the_lower_never_resumes() {
     assert_eq!(rig.alert("high", 1.0, Duration::ZERO).await, 1);
     rig.at(3000).await;
     // Low: on 0, off 100. High takes over at 150 for 250ms; the blink does not come back.
-    assert_eq!(rig.timeline(0), vec![(0, On), (100, Off), (150, On), (400, Off)]);
+    assert_eq!(
+        rig.timeline(0),
+        vec![(0, On), (100, Off), (150, On), (400, Off)]
+    );
     assert_eq!(rig.counter(0, |c| &c.preempted), 1);
     assert_eq!(rig.counter(0, |c| &c.patterns_started), 2);
 }
@@ -449,15 +454,21 @@ async fn quiet_hours_keep_buzzers_silent_and_lights_working() {
     rig.at(1000).await;
     assert_eq!(rig.alert_at("x", 1.0, Duration::ZERO, day).await, 2);
     rig.at(2000).await;
-    assert_eq!(rig.timeline(0), vec![(0, On), (100, Off), (1000, On), (1100, Off)]);
+    assert_eq!(
+        rig.timeline(0),
+        vec![(0, On), (100, Off), (1000, On), (1100, Off)]
+    );
     assert_eq!(rig.timeline(1), vec![(1000, On), (1100, Off)]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn silence_stops_every_pattern_and_leaves_outputs_off() {
     let mut rig = Rig::start("", false, LocalZone::fixed(0)).await;
-    rig.send(test_pattern(0, r#"{ kind = "blink", on = "100ms", off = "100ms", count = 9 }"#))
-        .await;
+    rig.send(test_pattern(
+        0,
+        r#"{ kind = "blink", on = "100ms", off = "100ms", count = 9 }"#,
+    ))
+    .await;
     rig.send(test_pattern(1, r#"{ kind = "solid", duration = "900ms" }"#))
         .await;
     rig.at(250).await;
@@ -483,8 +494,11 @@ async fn shutdown_mid_pattern_ends_in_the_safe_state() {
     let mut rig = Rig::start("", false, LocalZone::fixed(0)).await;
     rig.send(test_pattern(0, r#"{ kind = "solid", duration = "1s" }"#))
         .await;
-    rig.send(test_pattern(1, r#"{ kind = "blink", on = "100ms", off = "100ms", count = 9 }"#))
-        .await;
+    rig.send(test_pattern(
+        1,
+        r#"{ kind = "blink", on = "100ms", off = "100ms", count = 9 }"#,
+    ))
+    .await;
     rig.at(150).await;
     rig.shutdown().await;
     let last = |i| rig.timeline(i).last().copied();
