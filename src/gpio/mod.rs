@@ -332,6 +332,16 @@ pub fn watch_ack_button(
     let Some(button) = &cfg.ack_button else {
         return Ok(());
     };
+    if matches!(
+        cfg.backend,
+        crate::config::GpioBackendKind::Sim | crate::config::GpioBackendKind::None
+    ) {
+        log::warn!(
+            "gpio: ack_button is ignored with backend {:?} (no input pins); use the MQTT silence command",
+            backend.name()
+        );
+        return Ok(());
+    }
     let tx = commands.clone();
     backend.watch_ack(
         button,
