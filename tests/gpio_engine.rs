@@ -37,13 +37,13 @@ impl Backend for Recorder {
     }
     fn set(&mut self, i: usize, on: bool) -> Result<(), GpioError> {
         let c = if on { Call::On } else { Call::Off };
-        self.log.lock().unwrap().push((Instant::now(), i, c));
+        self.log.lock().expect("log").push((Instant::now(), i, c));
         Ok(())
     }
     fn tone(&mut self, i: usize, frequency: u32, _duty: f64) -> Result<bool, GpioError> {
         if self.can_tone {
             let c = Call::Tone(frequency);
-            self.log.lock().unwrap().push((Instant::now(), i, c));
+            self.log.lock().expect("log").push((Instant::now(), i, c));
         }
         Ok(self.can_tone)
     }
@@ -109,7 +109,7 @@ impl Rig {
         ));
         tokio::task::yield_now().await;
         {
-            let mut l = log.lock().unwrap();
+            let mut l = log.lock().expect("log");
             let start: Vec<(usize, Call)> = l.iter().map(|(_, i, c)| (*i, *c)).collect();
             assert_eq!(start, vec![(0, Call::Off), (1, Call::Off), (2, Call::Off)]);
             l.clear();
@@ -169,7 +169,7 @@ impl Rig {
     fn timeline(&self, i: usize) -> Vec<(u64, Call)> {
         self.log
             .lock()
-            .unwrap()
+            .expect("log")
             .iter()
             .filter(|(_, o, _)| *o == i)
             .map(|(t, _, c)| ((*t - self.t0).as_millis() as u64, *c))
@@ -443,11 +443,9 @@ async fn stale_or_replayed_alerts_never_fire() {
 
 #[tokio::test(start_paused = true)]
 async fn quiet_hours_keep_buzzers_silent_and_lights_working() {
-    let rules = format!(
-        "\n[[gpio.rules]]\nlabels = [\"x\"]\noutputs = [\"red\", \"buzzer\"]\npattern = {{ kind = \"solid\", duration = \"100ms\" }}\nquiet_hours = [\"22:00-07:00\"]\n"
-    );
+    let rules = "\n[[gpio.rules]]\nlabels = [\"x\"]\noutputs = [\"red\", \"buzzer\"]\npattern = { kind = \"solid\", duration = \"100ms\" }\nquiet_hours = [\"22:00-07:00\"]\n";
     // UTC+2: 21:30Z is 23:30 local (quiet), 10:00Z is 12:00 local (not quiet).
-    let mut rig = Rig::start(&rules, false, LocalZone::fixed(7200)).await;
+    let mut rig = Rig::start(rules, false, LocalZone::fixed(7200)).await;
     let night = alert_relay::clock::parse_rfc3339("2025-06-01T21:30:00Z").expect("ts");
     let day = alert_relay::clock::parse_rfc3339("2025-06-02T10:00:00Z").expect("ts");
     assert_eq!(rig.alert_at("x", 1.0, Duration::ZERO, night).await, 1);

@@ -355,9 +355,9 @@ mod tests {
 
     #[test]
     fn missing_or_ambiguous_line_names_say_what_to_do() {
-        let e = resolve(&chips(), Some("GPIO99"), None, None).unwrap_err();
+        let e = resolve(&chips(), Some("GPIO99"), None, None).expect_err("must fail");
         assert!(e.contains("gpio list"), "{e}");
-        let e = resolve(&chips(), Some("DUP"), None, None).unwrap_err();
+        let e = resolve(&chips(), Some("DUP"), None, None).expect_err("must fail");
         assert!(e.contains("chip + offset"), "{e}");
     }
 
@@ -376,15 +376,15 @@ mod tests {
             resolve(&chips(), None, Some("/dev/gpiochip1"), Some(2)),
             want
         );
-        let e = resolve(&chips(), None, Some("pinctrl-rp1"), Some(4)).unwrap_err();
+        let e = resolve(&chips(), None, Some("pinctrl-rp1"), Some(4)).expect_err("must fail");
         assert!(e.contains("4 lines"), "{e}");
-        let e = resolve(&chips(), None, Some("pinctrl-bcm2835"), Some(1)).unwrap_err();
+        let e = resolve(&chips(), None, Some("pinctrl-bcm2835"), Some(1)).expect_err("must fail");
         assert!(e.contains("pinctrl-rp1"), "{e}");
     }
 
     #[test]
     fn no_chips_explains_the_device_nodes() {
-        let e = resolve(&[], Some("GPIO17"), None, None).unwrap_err();
+        let e = resolve(&[], Some("GPIO17"), None, None).expect_err("must fail");
         assert!(e.contains("/dev/gpiochip"), "{e}");
     }
 }
