@@ -306,9 +306,26 @@ fn publish_activity(activity: &watch::Sender<Vec<bool>>, active: &[Option<Active
     });
 }
 
+/// tokio's timer fires up to ~2 ms late (1 ms wheel ticks, and epoll's timeout is rounded up
+/// to whole milliseconds). The engine sleeps until this long before an edge and then yields in
+/// a loop until the edge is due: edges land within tens of microseconds, for at most this much
+/// CPU per edge, and other tasks (socket reads) still run between the yields.
+const PRECISE_WINDOW: Duration = Duration::from_millis(2);
+
 async fn sleep_until_opt(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await
+    let Some(t) = t else { return };
+    let now = Instant::now();
+    if t > now + PRECISE_WINDOW {
+        tokio::time::sleep_until(t - PRECISE_WINDOW).await;
+    }
+    // Spin on the real clock: with tokio's clock paused (tests) it would never move here.
+    let real_deadline = std::time::Instant::now() + t.saturating_duration_since(Instant::now());
+    while std::time::Instant::now() < real_deadline {
+        tokio::task::yield_now().await;
+    }
+    // Paused clock (tests): let tokio advance it to exactly `t`. Real clock: already past.
+    if Instant::now() < t {
+        tokio::time::sleep_until(t).await;
     }
 }
 
