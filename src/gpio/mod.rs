@@ -306,26 +306,71 @@ fn publish_activity(activity: &watch::Sender<Vec<bool>>, active: &[Option<Active
     });
 }
 
-/// tokio's timer fires up to ~2 ms late (1 ms wheel ticks, and epoll's timeout is rounded up
-/// to whole milliseconds). The engine sleeps until this long before an edge and then yields in
-/// a loop until the edge is due: edges land within tens of microseconds, for at most this much
-/// CPU per edge, and other tasks (socket reads) still run between the yields.
-const PRECISE_WINDOW: Duration = Duration::from_millis(2);
-
+/// Sleeps until `t`, precisely. tokio's timer fires up to ~2 ms late (1 ms wheel ticks, and
+/// epoll's timeout is rounded up to whole milliseconds), so on Linux a one-shot timerfd races
+/// it: the kernel's high-resolution timer wakes the reactor on time, without spinning, and a
+/// sleeping thread gets the scheduler's wake-up preference under load. With tokio's clock
+/// paused (tests) the tokio sleep wins at once; where no timerfd can be made, it is the only
+/// timer.
 async fn sleep_until_opt(t: Option<Instant>) {
     let Some(t) = t else { return };
-    let now = Instant::now();
-    if t > now + PRECISE_WINDOW {
-        tokio::time::sleep_until(t - PRECISE_WINDOW).await;
+    tokio::select! {
+        _ = tokio::time::sleep_until(t) => {}
+        true = precise::sleep(t.saturating_duration_since(Instant::now())) => {}
     }
-    // Spin on the real clock: with tokio's clock paused (tests) it would never move here.
-    let real_deadline = std::time::Instant::now() + t.saturating_duration_since(Instant::now());
-    while std::time::Instant::now() < real_deadline {
-        tokio::task::yield_now().await;
+}
+
+#[cfg(target_os = "linux")]
+mod precise {
+    use std::time::Duration;
+
+    use rustix::time::{
+        timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags,
+        TimerfdTimerFlags, Timespec,
+    };
+    use tokio::io::unix::AsyncFd;
+
+    /// Resolves `true` after `d` on the monotonic clock; never resolves if no timer can be
+    /// made (the tokio sleep it races then decides).
+    pub async fn sleep(d: Duration) -> bool {
+        if d.is_zero() {
+            return true;
+        }
+        let arm = || -> std::io::Result<AsyncFd<std::os::fd::OwnedFd>> {
+            let fd = timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+            )?;
+            let spec = Itimerspec {
+                it_interval: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: Timespec {
+                    tv_sec: d.as_secs() as _,
+                    tv_nsec: d.subsec_nanos() as _,
+                },
+            };
+            timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
+            // tokio deprecated the safe constructor because an arbitrary `AsRawFd` type may
+            // close or swap its descriptor; an `OwnedFd` moved in here cannot (nothing else can
+            // reach it), which is exactly the contract `AsyncFd::register` asks callers to
+            // uphold, so this stays sound without `unsafe` (forbidden crate-wide).
+            #[allow(deprecated)]
+            AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        let armed = arm().ok();
+        match armed {
+            Some(fd) => fd.readable().await.is_ok(),
+            None => std::future::pending().await,
+        }
     }
-    // Paused clock (tests): let tokio advance it to exactly `t`. Real clock: already past.
-    if Instant::now() < t {
-        tokio::time::sleep_until(t).await;
+}
+
+#[cfg(not(target_os = "linux"))]
+mod precise {
+    pub async fn sleep(_: std::time::Duration) -> bool {
+        std::future::pending().await
     }
 }
 
