@@ -74,7 +74,6 @@ kind = "passive_buzzer"
 "#;
 
 struct Rig {
-    cfg: Config,
     log: Log,
     t0: Instant,
     tx: mpsc::Sender<GpioCommand>,
@@ -116,7 +115,6 @@ impl Rig {
         }
         let rules = RuleEngine::with_zone(cfg.gpio.rules.clone(), zone);
         Rig {
-            cfg,
             log,
             t0: Instant::now(),
             tx,
@@ -518,5 +516,4 @@ async fn stats_json_reports_each_output() {
     assert_eq!(red["patterns_started"], 1, "{snap}");
     assert_eq!(red["max_on_cuts"], 1, "{snap}");
     assert_eq!(snap["gpio_outputs"]["buzzer"]["edges"], 0, "{snap}");
-    let _ = &rig.cfg;
 }
