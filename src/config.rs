@@ -314,6 +314,60 @@ pub struct RuleConfig {
     pub priority: i32,
     pub cooldown: Duration,
     pub max_age: Duration,
+    /// Fires only for alerts from this stream (exact or glob); `None` = any stream.
+    pub rtstream_id: Option<String>,
+    /// Local-time windows in which this rule's buzzer outputs stay silent (lights still fire).
+    pub quiet_hours: Vec<QuietWindow>,
+    /// Which of `outputs` are audible (`buzzer`, `passive_buzzer`): those quiet hours mute.
+    pub audible: Vec<bool>,
+}
+
+/// A daily local-time window `start..end` in minutes after midnight; wraps midnight when
+/// `end < start` (`22:00-07:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietWindow {
+    pub start_min: u16,
+    pub end_min: u16,
+}
+
+impl QuietWindow {
+    /// Whether `minute` (0..1440, local time) lies in the window.
+    pub fn contains(&self, minute: u16) -> bool {
+        if self.start_min <= self.end_min {
+            (self.start_min..self.end_min).contains(&minute)
+        } else {
+            minute >= self.start_min || minute < self.end_min
+        }
+    }
+}
+
+impl fmt::Display for QuietWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02}",
+            self.start_min / 60,
+            self.start_min % 60,
+            self.end_min / 60,
+            self.end_min % 60
+        )
+    }
+}
+
+/// An input pin that silences every active pattern when pressed (an acknowledge button).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckButton {
+    /// BCM number (rppal).
+    pub pin: Option<u8>,
+    /// Line name (cdev).
+    pub line: Option<String>,
+    /// Chip label or path plus offset (cdev).
+    pub chip: Option<String>,
+    pub offset: Option<u32>,
+    /// Pressed pulls the pin low (the usual button to ground with a pull-up).
+    pub active_low: bool,
+    /// Contact bounce shorter than this is ignored.
+    pub debounce: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +376,7 @@ pub struct GpioConfig {
     pub sim_trace: Option<PathBuf>,
     pub outputs: Vec<OutputConfig>,
     pub rules: Vec<RuleConfig>,
+    pub ack_button: Option<AckButton>,
 }
 
 /// The HTTP listener: `POST /webhook`, `GET /healthz`, `GET /metrics`.
@@ -454,6 +509,18 @@ struct RawGpio {
     outputs: Vec<RawOutput>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    ack_button: Option<RawAckButton>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAckButton {
+    pin: Option<u8>,
+    line: Option<String>,
+    chip: Option<String>,
+    offset: Option<u32>,
+    active_low: Option<bool>,
+    debounce: Option<DurationStr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,6 +548,9 @@ struct RawRule {
     priority: Option<i32>,
     cooldown: Option<DurationStr>,
     max_age: Option<DurationStr>,
+    rtstream_id: Option<String>,
+    #[serde(default)]
+    quiet_hours: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -795,6 +865,31 @@ impl Config {
             let _ = writeln!(out, "priority = {}", r.priority);
             let _ = writeln!(out, "cooldown = \"{}\"", fmt_duration(r.cooldown));
             let _ = writeln!(out, "max_age = \"{}\"", fmt_duration(r.max_age));
+            if let Some(id) = &r.rtstream_id {
+                let _ = writeln!(out, "rtstream_id = {id:?}");
+            }
+            if !r.quiet_hours.is_empty() {
+                let w: Vec<String> = r.quiet_hours.iter().map(|w| w.to_string()).collect();
+                let _ = writeln!(out, "quiet_hours = {w:?}");
+            }
+        }
+        if let Some(b) = &g.ack_button {
+            let mut parts = Vec::new();
+            if let Some(p) = b.pin {
+                parts.push(format!("pin = {p}"));
+            }
+            if let Some(l) = &b.line {
+                parts.push(format!("line = {l:?}"));
+            }
+            if let Some(c) = &b.chip {
+                parts.push(format!("chip = {c:?}"));
+            }
+            if let Some(o) = b.offset {
+                parts.push(format!("offset = {o}"));
+            }
+            parts.push(format!("active_low = {}", b.active_low));
+            parts.push(format!("debounce = \"{}\"", fmt_duration(b.debounce)));
+            let _ = writeln!(out, "\n[gpio.ack_button]\n{}", parts.join("\n"));
         }
         if let Some(h) = &self.http {
             let _ = writeln!(out, "\n[http]\nlisten = \"{}\"", h.listen);
@@ -1774,6 +1869,22 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
                 ));
             }
         }
+        if r.rtstream_id.as_deref() == Some("") {
+            return Err(invalid(key("rtstream_id"), "must not be empty"));
+        }
+        let quiet_hours = r
+            .quiet_hours
+            .iter()
+            .enumerate()
+            .map(|(j, w)| {
+                parse_quiet_window(w)
+                    .map_err(|e| invalid(format!("gpio.rules[{i}].quiet_hours[{j}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let audible = idx
+            .iter()
+            .map(|&o| outputs[o].kind != OutputKind::Light)
+            .collect();
         rules.push(RuleConfig {
             labels: r.labels,
             min_confidence,
@@ -1782,14 +1893,95 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
             priority: r.priority.unwrap_or(0),
             cooldown: r.cooldown.map(|d| d.0).unwrap_or(Duration::ZERO),
             max_age: r.max_age.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+            rtstream_id: r.rtstream_id,
+            quiet_hours,
+            audible,
         });
     }
+    let ack_button = g
+        .ack_button
+        .map(|b| validate_ack_button(b, backend))
+        .transpose()?;
     Ok(GpioConfig {
         backend,
         sim_trace: g.sim_trace,
         outputs,
         rules,
+        ack_button,
     })
+}
+
+/// Parses one pattern written as a TOML inline table (`alert-relay test-output --pattern`),
+/// e.g. `{ kind = "blink", on = "200ms", off = "200ms", count = 3 }`. Errors name `key`.
+pub fn parse_pattern(text: &str, key: &str) -> Result<Pattern, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct One {
+        pattern: RawPattern,
+    }
+    let one: One = toml::from_str(&format!("pattern = {text}"))
+        .map_err(|e| invalid(key, e.message().to_string()))?;
+    validate_pattern(one.pattern, key)
+}
+
+/// Default acknowledge-button debounce: longer than the bounce of common tactile switches
+/// (a few ms), far shorter than a deliberate press.
+pub const DEFAULT_ACK_DEBOUNCE: Duration = Duration::from_millis(50);
+
+fn validate_ack_button(
+    b: RawAckButton,
+    backend: GpioBackendKind,
+) -> Result<AckButton, ConfigError> {
+    match backend {
+        GpioBackendKind::Rppal if b.pin.is_none() => {
+            return Err(invalid(
+                "gpio.ack_button.pin",
+                "is required with backend = \"rppal\" (BCM number)",
+            ))
+        }
+        GpioBackendKind::Cdev if b.line.is_none() && (b.chip.is_none() || b.offset.is_none()) => {
+            return Err(invalid(
+                "gpio.ack_button.line",
+                "backend = \"cdev\" needs line = \"GPIO5\" or chip + offset",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(p) = b.pin.filter(|p| *p > 53) {
+        return Err(invalid(
+            "gpio.ack_button.pin",
+            format!("{p} is not a BCM GPIO number (0-53)"),
+        ));
+    }
+    let debounce = b.debounce.map(|d| d.0).unwrap_or(DEFAULT_ACK_DEBOUNCE);
+    if debounce > Duration::from_secs(1) {
+        return Err(invalid("gpio.ack_button.debounce", "must be at most 1s"));
+    }
+    Ok(AckButton {
+        pin: b.pin,
+        line: b.line,
+        chip: b.chip,
+        offset: b.offset,
+        active_low: b.active_low.unwrap_or(true),
+        debounce,
+    })
+}
+
+/// Parses `"22:00-07:00"` (local time, 24-hour clock).
+fn parse_quiet_window(s: &str) -> Result<QuietWindow, String> {
+    let hm = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    };
+    let bad = || format!("{s:?} is not a window like \"22:00-07:00\"");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (start_min, end_min) = (hm(a).ok_or_else(bad)?, hm(b).ok_or_else(bad)?);
+    let (start_min, end_min) = (start_min % 1440, end_min % 1440);
+    if start_min == end_min {
+        return Err(format!("{s:?} is empty (start equals end)"));
+    }
+    Ok(QuietWindow { start_min, end_min })
 }
 
 fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, ConfigError> {
@@ -1958,6 +2150,79 @@ mod tests {
             let e = err_of(text);
             assert!(e.contains(key), "expected {key} in {e:?}");
         }
+    }
+
+    #[test]
+    fn gpio_keys_name_their_key() {
+        let outputs = "[gpio]\nbackend = \"rppal\"\n[[gpio.outputs]]\nname = \"r\"\npin = 17\n";
+        let rule = "[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\n";
+        let cases = [
+            (
+                format!("{rule}quiet_hours = [\"22:00-25:00\"]\n"),
+                "gpio.rules[0].quiet_hours[0]",
+            ),
+            (
+                format!("{rule}quiet_hours = [\"07:00-07:00\"]\n"),
+                "gpio.rules[0].quiet_hours[0]",
+            ),
+            (
+                format!("{rule}rtstream_id = \"\"\n"),
+                "gpio.rules[0].rtstream_id",
+            ),
+            (
+                "[gpio.ack_button]\nline = \"GPIO5\"\n".to_string(),
+                "gpio.ack_button.pin",
+            ),
+            (
+                "[gpio.ack_button]\npin = 5\ndebounce = \"5s\"\n".to_string(),
+                "gpio.ack_button.debounce",
+            ),
+            (
+                "[gpio.ack_button]\npin = 5\nbounce = \"5ms\"\n".to_string(),
+                "bounce",
+            ),
+        ];
+        for (tail, key) in cases {
+            let e = err_of(&format!("{MINIMAL}{outputs}{tail}"));
+            assert!(e.contains(key), "expected {key} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn gpio_extras_parse_with_defaults() {
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[gpio]\nbackend = \"cdev\"\n[[gpio.outputs]]\nname = \"r\"\nchip = \"pinctrl-rp1\"\noffset = 17\n\
+             [[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nrtstream_id = \"rts-*\"\nquiet_hours = [\"22:30-06:45\"]\n\
+             [gpio.ack_button]\nline = \"GPIO5\"\n"
+        ))
+        .expect("config");
+        let r = &cfg.gpio.rules[0];
+        assert_eq!(r.rtstream_id.as_deref(), Some("rts-*"));
+        assert_eq!(
+            r.quiet_hours,
+            vec![QuietWindow {
+                start_min: 22 * 60 + 30,
+                end_min: 6 * 60 + 45
+            }]
+        );
+        let b = cfg.gpio.ack_button.as_ref().expect("button");
+        assert!(b.active_low);
+        assert_eq!(b.debounce, DEFAULT_ACK_DEBOUNCE);
+        assert!(cfg
+            .redacted_toml()
+            .contains("quiet_hours = [\"22:30-06:45\"]"));
+        assert_eq!(
+            parse_pattern(
+                "{ kind = \"tone\", frequency = 2000, duration = \"1s\" }",
+                "p"
+            )
+            .expect("tone"),
+            Pattern::Tone {
+                frequency: 2000,
+                duty: 0.5,
+                duration: Duration::from_secs(1)
+            }
+        );
     }
 
     #[test]

@@ -263,6 +263,12 @@ impl Ingest {
         for _ in 0..decision.cooling_down {
             s.inc(&s.gpio_skipped_cooldown);
         }
+        for &o in &decision.quiet {
+            s.inc(&s.gpio_skipped_quiet);
+            if let Some(c) = s.output(o) {
+                s.inc(&c.quiet_skipped);
+            }
+        }
         for fire in decision.fires {
             s.inc(&s.gpio_rule_matches);
             if tx.try_send(GpioCommand::Fire(fire)).is_err() {

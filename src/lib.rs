@@ -80,7 +80,7 @@ pub async fn run_with_stats(
             String::new()
         }
     );
-    let backend = gpio::open_backend(&config.gpio)?;
+    let mut backend = gpio::open_backend(&config.gpio)?;
     // Bind before anything runs, so a taken port fails the start with a clear error.
     let http_listener = match &config.http {
         Some(h) => Some(http::bind(h.listen).await?),
@@ -98,6 +98,7 @@ pub async fn run_with_stats(
                 config.gpio.outputs.len()
             );
             let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
+            gpio::watch_ack_button(&config.gpio, &mut *backend, &tx)?;
             // Which outputs run a pattern; MQTT mirrors it on {prefix}/outputs/{name}.
             let (activity, activity_rx) = watch::channel(vec![false; config.gpio.outputs.len()]);
             // MQTT commands (`cmd/silence`, `cmd/test/{output}`) reach the engine here.

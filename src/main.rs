@@ -12,6 +12,11 @@ alert-relay: real-time alerts -> durable queue -> MQTT and GPIO
 Usage:
   alert-relay run --config FILE            run the relay in the foreground
   alert-relay check-config --config FILE   validate FILE and print it resolved (secrets redacted)
+  alert-relay test-output NAME [--pattern P] --config FILE
+                                           run a pattern on output NAME with the real backend,
+                                           then leave every output off; P is a TOML inline table,
+                                           e.g. '{ kind = \"blink\", on = \"200ms\", off = \"200ms\", count = 3 }'
+  alert-relay gpio list --config FILE      configured outputs, backend, and what the board reports
   alert-relay --version
 
 VideoDB alerts and events (VideoDB mode config; --rtstream/--index default to [[source.alerts]]):
@@ -27,6 +32,12 @@ Exit status: 0 ok, 1 runtime failure, 2 bad config or usage.";
 enum Command {
     Run(PathBuf),
     CheckConfig(PathBuf),
+    TestOutput {
+        config: PathBuf,
+        output: String,
+        pattern: Option<String>,
+    },
+    GpioList(PathBuf),
     Version,
     Help,
     Admin(PathBuf, AdminCommand),
@@ -42,8 +53,16 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         _ => {}
     }
     let mut config = None;
+    let mut positional = Vec::new();
+    let mut pattern = None;
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--pattern" if cmd == Some("test-output") => {
+                pattern = Some(it.next().ok_or("--pattern needs a value")?.clone());
+            }
+            s if !s.starts_with('-') && matches!(cmd, Some("test-output") | Some("gpio")) => {
+                positional.push(s.to_string())
+            }
             "--config" | "-c" => {
                 config = Some(PathBuf::from(it.next().ok_or("--config needs a FILE")?));
             }
@@ -57,6 +76,18 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     match cmd {
         Some("run") => Ok(Command::Run(config)),
         Some("check-config") => Ok(Command::CheckConfig(config)),
+        Some("test-output") => match positional.as_slice() {
+            [name] => Ok(Command::TestOutput {
+                config,
+                output: name.clone(),
+                pattern,
+            }),
+            _ => Err("test-output needs exactly one output NAME".into()),
+        },
+        Some("gpio") => match positional.as_slice() {
+            [l] if l == "list" => Ok(Command::GpioList(config)),
+            _ => Err("usage: gpio list --config FILE".into()),
+        },
         Some(other) => Err(format!("unknown command {other:?}")),
         None => Ok(Command::Help),
     }
@@ -159,6 +190,18 @@ fn main() -> ExitCode {
             };
             admin(cfg, cmd)
         }
+        Command::TestOutput {
+            config,
+            output,
+            pattern,
+        } => test_output(&config, &output, pattern.as_deref()),
+        Command::GpioList(path) => match Config::load(&path) {
+            Ok(cfg) => {
+                print!("{}", alert_relay::gpio::describe(&cfg.gpio));
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&path, e),
+        },
         Command::Run(path) => {
             init_logging();
             let cfg = match Config::load(&path) {
@@ -166,6 +209,54 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&path, e),
             };
             run(cfg)
+        }
+    }
+}
+
+fn test_output(path: &std::path::Path, output: &str, pattern: Option<&str>) -> ExitCode {
+    init_logging();
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(path, e),
+    };
+    let pattern = match pattern.map(|p| alert_relay::config::parse_pattern(p, "--pattern")) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("alert-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("alert-relay: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let run = alert_relay::gpio::test_output(&cfg.gpio, output, pattern, shutdown_signal());
+    match rt.block_on(run) {
+        Ok(r) => {
+            println!(
+                "test-output: {} on backend {}: {} edges{}{}; all outputs off",
+                r.output,
+                r.backend,
+                r.edges,
+                if r.max_on_cuts > 0 {
+                    ", cut by max_on"
+                } else {
+                    ""
+                },
+                if r.interrupted { ", interrupted" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("alert-relay: test-output: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -8,11 +8,51 @@
 //! even when it is missing; a rule with a threshold above zero fires only for a valid
 //! confidence (a number in 0..=1) at or above it, so a missing or garbled confidence never
 //! sounds a threshold-guarded buzzer.
+//!
+//! Quiet hours: a rule's `quiet_hours` windows are local wall-clock times. During one, the
+//! rule's buzzer outputs are skipped (counted) while its lights still fire. Local time needs
+//! the time zone: [`RuleEngine::new`] reads it once (the `TZ` variable, else /etc/localtime,
+//! else UTC, via the small `tz-rs` crate that reads the system's TZif files rather than
+//! embedding a zone database) and only when some rule has quiet hours; `decide` stays pure.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alert::{Alert, Confidence};
 use crate::config::{Pattern, RuleConfig};
+
+/// The time zone quiet hours are read in.
+#[derive(Debug, Clone)]
+pub struct LocalZone(Option<tz::TimeZone>);
+
+impl LocalZone {
+    /// The system's zone: `TZ`, else /etc/localtime; UTC (logged) when neither is readable.
+    pub fn system() -> LocalZone {
+        match tz::TimeZone::local() {
+            Ok(z) => LocalZone(Some(z)),
+            Err(e) => {
+                log::warn!("rules: cannot read the local time zone ({e}); quiet_hours use UTC");
+                LocalZone(None)
+            }
+        }
+    }
+
+    /// A fixed offset east of UTC (tests, and boards without zone files).
+    pub fn fixed(offset_secs: i32) -> LocalZone {
+        LocalZone(tz::TimeZone::fixed(offset_secs).ok())
+    }
+
+    /// Minutes after local midnight at `t`.
+    pub fn minute_of_day(&self, t: SystemTime) -> u16 {
+        let secs = crate::clock::unix_micros(t) as i64 / 1_000_000;
+        let offset = self
+            .0
+            .as_ref()
+            .and_then(|z| z.find_local_time_type(secs).ok())
+            .map(|l| i64::from(l.ut_offset()))
+            .unwrap_or(0);
+        ((secs + offset).rem_euclid(86_400) / 60) as u16
+    }
+}
 
 /// One output to drive, from one rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,19 +71,33 @@ pub struct Decision {
     pub stale: u32,
     /// Rules that matched but were still cooling down.
     pub cooling_down: u32,
+    /// Outputs (indexes) a matching rule left silent because of its quiet hours.
+    pub quiet: Vec<usize>,
 }
 
 pub struct RuleEngine {
     rules: Vec<RuleConfig>,
     last_fired: Vec<Option<Instant>>,
+    zone: LocalZone,
 }
 
 impl RuleEngine {
+    /// Reads the local time zone when (and only when) some rule has quiet hours.
     pub fn new(rules: Vec<RuleConfig>) -> RuleEngine {
+        let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) {
+            LocalZone::system()
+        } else {
+            LocalZone(None)
+        };
+        RuleEngine::with_zone(rules, zone)
+    }
+
+    pub fn with_zone(rules: Vec<RuleConfig>, zone: LocalZone) -> RuleEngine {
         let n = rules.len();
         RuleEngine {
             rules,
             last_fired: vec![None; n],
+            zone,
         }
     }
 
@@ -71,6 +125,15 @@ impl RuleEngine {
             if !confident {
                 continue;
             }
+            if let Some(want) = &rule.rtstream_id {
+                if !alert
+                    .rtstream_id
+                    .as_deref()
+                    .is_some_and(|id| glob_match(want, id))
+                {
+                    continue;
+                }
+            }
             if age > rule.max_age {
                 d.stale += 1;
                 continue;
@@ -81,14 +144,27 @@ impl RuleEngine {
                     continue;
                 }
             }
-            self.last_fired[i] = Some(now);
-            for &output in &rule.outputs {
+            let quiet = !rule.quiet_hours.is_empty() && {
+                let m = self.zone.minute_of_day(now_wall);
+                rule.quiet_hours.iter().any(|w| w.contains(m))
+            };
+            let mut fired = false;
+            for (j, &output) in rule.outputs.iter().enumerate() {
+                if quiet && rule.audible.get(j).copied().unwrap_or(true) {
+                    d.quiet.push(output);
+                    continue;
+                }
+                fired = true;
                 d.fires.push(Fire {
                     output,
                     rule: i,
                     pattern: rule.pattern.clone(),
                     priority: rule.priority,
                 });
+            }
+            // A rule that only muted buzzers did nothing a user noticed: no cooldown.
+            if fired {
+                self.last_fired[i] = Some(now);
             }
         }
         d
@@ -138,6 +214,9 @@ mod tests {
             priority: 1,
             cooldown: Duration::from_millis(cooldown_ms),
             max_age: Duration::from_secs(max_age_s),
+            rtstream_id: None,
+            quiet_hours: Vec::new(),
+            audible: vec![false],
         }
     }
 
@@ -225,5 +304,61 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn rtstream_filter_only_fires_for_its_stream() {
+        let now = SystemTime::now();
+        let mut r = rule(&["x"], 0.0, 0, 30);
+        r.rtstream_id = Some("rts-gate*".into());
+        let mut e = RuleEngine::new(vec![r]);
+        let mut a = alert("x", Confidence::Valid(1.0), None);
+        assert!(e.decide(&a, now, now, Instant::now()).fires.is_empty());
+        a.rtstream_id = Some("rts-lobby".into());
+        assert!(e.decide(&a, now, now, Instant::now()).fires.is_empty());
+        a.rtstream_id = Some("rts-gate-2".into());
+        assert_eq!(e.decide(&a, now, now, Instant::now()).fires.len(), 1);
+    }
+
+    #[test]
+    fn quiet_hours_mute_buzzers_but_not_lights_in_local_time() {
+        use crate::config::QuietWindow;
+        // 2025-01-01T21:30:00Z is 23:30 at UTC+2: inside 22:00-07:00 there, outside in UTC.
+        let t = crate::clock::parse_rfc3339("2025-01-01T21:30:00Z").expect("ts");
+        let mut r = rule(&["x"], 0.0, 0, 30);
+        r.outputs = vec![0, 1];
+        r.audible = vec![false, true];
+        r.quiet_hours = vec![QuietWindow {
+            start_min: 22 * 60,
+            end_min: 7 * 60,
+        }];
+        let a = alert("x", Confidence::Valid(1.0), Some(t));
+        let mut plus2 = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(7200));
+        let d = plus2.decide(&a, t, t, Instant::now());
+        assert_eq!(
+            d.fires.iter().map(|f| f.output).collect::<Vec<_>>(),
+            vec![0]
+        );
+        assert_eq!(d.quiet, vec![1]);
+        let mut utc = RuleEngine::with_zone(vec![r], LocalZone::fixed(0));
+        let d = utc.decide(&a, t, t, Instant::now());
+        assert_eq!(d.fires.len(), 2);
+        assert!(d.quiet.is_empty());
+    }
+
+    #[test]
+    fn quiet_windows_wrap_midnight() {
+        use crate::config::QuietWindow;
+        let w = QuietWindow {
+            start_min: 22 * 60,
+            end_min: 7 * 60,
+        };
+        assert!(w.contains(23 * 60) && w.contains(0) && w.contains(6 * 60 + 59));
+        assert!(!w.contains(7 * 60) && !w.contains(12 * 60) && !w.contains(21 * 60 + 59));
+        let day = QuietWindow {
+            start_min: 12 * 60,
+            end_min: 13 * 60,
+        };
+        assert!(day.contains(12 * 60 + 30) && !day.contains(13 * 60));
     }
 }

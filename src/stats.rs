@@ -4,7 +4,7 @@
 //! Owns: the counters and the rate limiter for log lines about bad input. Never does: I/O.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -21,6 +21,8 @@ macro_rules! counters {
             broker_connected: AtomicU64,
             log_limiter: Mutex<LogLimiter>,
             source_status: Mutex<SourceStatus>,
+            /// Per-output GPIO counters, set once by the GPIO engine (`gpio_outputs` in JSON).
+            gpio_outputs: OnceLock<Vec<OutputCounters>>,
         }
 
         /// Every counter's name and doc, in declaration order (HELP lines of `/metrics`).
@@ -82,6 +84,8 @@ counters! {
     channel_published: "Non-alert channel messages handed to MQTT best-effort (QoS 0).",
     channel_dropped: "Best-effort channel messages dropped because MQTT was not keeping up.",
     transcripts_interim_dropped: "Interim transcripts (is_final = false) not relayed.",
+    gpio_skipped_quiet: "Buzzer fires skipped because their rule was in quiet hours.",
+    gpio_silenced: "Silence commands (MQTT or the acknowledge button).",
 }
 
 /// What the source is doing now, for `{prefix}/stats`.
@@ -91,6 +95,47 @@ struct SourceStatus {
     connection_id: Option<String>,
     since_us: u64,
     last_error: Option<String>,
+}
+
+/// What one GPIO output did since start (`gpio_outputs.{name}` in the snapshot).
+#[derive(Default)]
+pub struct OutputCounters {
+    pub name: String,
+    /// Level changes driven on this output.
+    pub edges: AtomicU64,
+    /// Patterns started (fresh, not extensions).
+    pub patterns_started: AtomicU64,
+    /// Re-triggers of the running rule that extended its pattern.
+    pub extended: AtomicU64,
+    /// Patterns replaced by one of equal or higher priority before they ended.
+    pub preempted: AtomicU64,
+    /// Fires ignored because a higher-priority pattern was running.
+    pub ignored_lower_priority: AtomicU64,
+    /// Patterns stopped by a silence command.
+    pub silenced: AtomicU64,
+    /// Patterns cut short by the output's `max_on`.
+    pub max_on_cuts: AtomicU64,
+    /// Fires skipped because the rule was in quiet hours (buzzers only).
+    pub quiet_skipped: AtomicU64,
+    /// Backend errors on this output.
+    pub errors: AtomicU64,
+}
+
+impl OutputCounters {
+    fn json(&self) -> Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "edges": g(&self.edges),
+            "patterns_started": g(&self.patterns_started),
+            "extended": g(&self.extended),
+            "preempted": g(&self.preempted),
+            "ignored_lower_priority": g(&self.ignored_lower_priority),
+            "silenced": g(&self.silenced),
+            "max_on_cuts": g(&self.max_on_cuts),
+            "quiet_skipped": g(&self.quiet_skipped),
+            "errors": g(&self.errors),
+        })
+    }
 }
 
 /// At most one line per category per interval; the rest are counted and summarised.
@@ -116,6 +161,24 @@ impl Stats {
         self.queue_fsyncs.fetch_add(1, Ordering::Relaxed);
         self.fsync_latency_us_total.fetch_add(us, Ordering::Relaxed);
         self.fsync_latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Creates the per-output counters (first call wins: outputs do not change at runtime).
+    pub fn register_outputs<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let _ = self.gpio_outputs.set(
+            names
+                .into_iter()
+                .map(|n| OutputCounters {
+                    name: n.to_string(),
+                    ..OutputCounters::default()
+                })
+                .collect(),
+        );
+    }
+
+    /// Output `i`'s counters, once registered.
+    pub fn output(&self, i: usize) -> Option<&OutputCounters> {
+        self.gpio_outputs.get().and_then(|v| v.get(i))
     }
 
     pub fn set_source_connected(&self, up: bool) {
@@ -213,6 +276,10 @@ impl Stats {
             json!(self.broker_connected.load(Ordering::Relaxed) == 1),
         );
         m.insert("source".into(), self.source_json());
+        if let Some(outs) = self.gpio_outputs.get() {
+            let o: Map<String, Value> = outs.iter().map(|c| (c.name.clone(), c.json())).collect();
+            m.insert("gpio_outputs".into(), Value::Object(o));
+        }
         if let Some(q) = queue {
             m.insert("queue".into(), q);
         }

@@ -3,15 +3,31 @@
 //!
 //! Owns: output state and timing. Never does: rule matching (that is `rules`) or any network
 //! I/O. Every output starts in its safe (inactive) state and is driven back to it on every exit
-//! path of [`run_engine`]: shutdown, channel close, and backend errors.
+//! path of [`run_engine`] (shutdown, channel close) and, through [`safe`], on a panic.
 //!
-//! Pre-emption: a fire with a priority at least that of the running pattern replaces it (the old
-//! pattern does not resume); a lower-priority fire while a pattern runs is ignored.
+//! Semantics, per output:
+//! - Pre-emption: a fire with a priority at least that of the running pattern replaces it (the
+//!   old pattern does not resume); a lower-priority fire while a pattern runs is ignored.
+//! - Re-trigger: the rule that started the running pattern firing again *extends* it
+//!   ([`pattern::PatternCursor::extend`]): the phase is kept, nothing restarts mid-edge.
+//! - `max_on` ends any pattern, extensions included, counted from the pattern's start.
+//! - Silence stops every pattern at once; outputs go inactive.
+//! - Tones need a backend that can make them (rppal); others drive the envelope (on for the
+//!   tone's duration), logged once per output.
+//!
+//! Every edge, start, extension, pre-emption, silence and `max_on` cut is counted per output
+//! ([`crate::stats::OutputCounters`]).
 
 mod backend;
+mod cdev;
 pub mod pattern;
+mod rppal;
+pub mod safe;
+mod tools;
 
-pub use backend::{open_backend, Backend, GpioError};
+pub use backend::{open_backend, Backend, GpioError, OnPress, SimBackend};
+pub use cdev::{resolve as resolve_cdev_line, ChipDesc, LineAddr};
+pub use tools::{describe, test_output, TestOutputError};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::OutputConfig;
+use crate::config::{OutputConfig, Pattern};
 use crate::rules::Fire;
 use crate::stats::Stats;
 use pattern::PatternCursor;
@@ -36,88 +52,244 @@ pub enum GpioCommand {
     /// Stop every active pattern now (MQTT `cmd/silence`, an acknowledge button).
     Silence,
     /// Run `pattern` on output `output` now, pre-empting anything (installer test).
-    Test {
-        output: usize,
-        pattern: crate::config::Pattern,
-    },
+    Test { output: usize, pattern: Pattern },
 }
 
+/// The rule index of installer tests: never equal to a real rule, so never "extends".
+const TEST_RULE: usize = usize::MAX;
+
 struct Active {
+    rule: usize,
     priority: i32,
     started: Instant,
     cursor: PatternCursor,
-    /// When the next edge is due, and its level.
-    next: Option<(Instant, bool)>,
+    tone: Option<(u32, f64)>,
+}
+
+/// What an output is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Level {
+    Off,
+    On,
+    Tone(u32, f64),
+}
+
+struct Engine {
+    outputs: Vec<OutputConfig>,
+    backend: Box<dyn Backend>,
+    stats: Arc<Stats>,
+    active: Vec<Option<Active>>,
+    level: Vec<Level>,
+    /// Outputs whose "this backend cannot make tones" line was logged.
+    tone_warned: Vec<bool>,
 }
 
 /// Runs until `shutdown` turns true or every sender is dropped; then all outputs go safe.
 pub async fn run_engine(
     outputs: Vec<OutputConfig>,
-    mut backend: Box<dyn Backend>,
+    backend: Box<dyn Backend>,
     mut commands: mpsc::Receiver<GpioCommand>,
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
     activity: watch::Sender<Vec<bool>>,
 ) {
-    let mut active: Vec<Option<Active>> = outputs.iter().map(|_| None).collect();
-    let mut level = vec![false; outputs.len()];
-    for i in 0..outputs.len() {
-        set(&mut *backend, &outputs, &mut level, i, false, &stats, true);
+    stats.register_outputs(outputs.iter().map(|o| o.name.as_str()));
+    let n = outputs.len();
+    let mut e = Engine {
+        outputs,
+        backend,
+        stats,
+        active: (0..n).map(|_| None).collect(),
+        level: vec![Level::Off; n],
+        tone_warned: vec![false; n],
+    };
+    for i in 0..n {
+        e.drive(i, Level::Off, true);
     }
     loop {
-        let due = active
-            .iter()
-            .filter_map(|a| a.as_ref().and_then(|a| a.next.map(|(t, _)| t)))
-            .min();
+        let due = e.next_due();
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
             }
             cmd = commands.recv() => {
-                let fire = match cmd {
+                match cmd {
                     None => break,
-                    Some(GpioCommand::Fire(f)) => f,
-                    Some(GpioCommand::Test { output, pattern }) => Fire { output, rule: usize::MAX, pattern, priority: i32::MAX },
-                    Some(GpioCommand::Silence) => {
-                        for i in 0..active.len() {
-                            if active[i].take().is_some() {
-                                log::info!("gpio: {} silenced", outputs[i].name);
-                            }
-                            set(&mut *backend, &outputs, &mut level, i, false, &stats, false);
-                        }
-                        publish_activity(&activity, &active);
-                        continue;
-                    }
-                };
-                let Some(cfg) = outputs.get(fire.output) else { continue };
-                if let Some(a) = &active[fire.output] {
-                    if fire.priority < a.priority {
-                        log::debug!("gpio: {} keeps its higher-priority pattern", cfg.name);
-                        continue;
-                    }
+                    Some(GpioCommand::Fire(f)) => e.fire(f, false),
+                    Some(GpioCommand::Test { output, pattern }) => e.fire(
+                        Fire { output, rule: TEST_RULE, pattern, priority: i32::MAX },
+                        true,
+                    ),
+                    Some(GpioCommand::Silence) => e.silence(),
                 }
-                let now = Instant::now();
-                let mut cursor = PatternCursor::new(fire.pattern, cfg.max_on);
-                let next = cursor.next_edge().map(|(off, l)| (now + off, l));
-                active[fire.output] = Some(Active { priority: fire.priority, started: now, cursor, next });
-                advance(&mut *backend, &outputs, &mut level, &mut active, fire.output, &stats);
-                publish_activity(&activity, &active);
+                publish_activity(&activity, &e.active);
             }
             _ = sleep_until_opt(due), if due.is_some() => {
-                for i in 0..active.len() {
-                    advance(&mut *backend, &outputs, &mut level, &mut active, i, &stats);
+                for i in 0..n {
+                    e.advance(i);
                 }
-                publish_activity(&activity, &active);
+                publish_activity(&activity, &e.active);
             }
         }
     }
-    for (i, a) in active.iter_mut().enumerate() {
-        *a = None;
-        set(&mut *backend, &outputs, &mut level, i, false, &stats, true);
+    for i in 0..n {
+        e.active[i] = None;
+        e.drive(i, Level::Off, true);
     }
-    publish_activity(&activity, &active);
+    publish_activity(&activity, &e.active);
     log::info!("gpio: all outputs in their safe state");
+}
+
+impl Engine {
+    fn next_due(&self) -> Option<Instant> {
+        self.active
+            .iter()
+            .flatten()
+            .filter_map(|a| a.cursor.peek().map(|e| a.started + e.at))
+            .min()
+    }
+
+    fn fire(&mut self, f: Fire, restart: bool) {
+        let i = f.output;
+        let Some(name) = self.outputs.get(i).map(|o| o.name.clone()) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(a) = &mut self.active[i] {
+            if !restart && a.rule == f.rule {
+                a.cursor.extend(now - a.started);
+                self.count(i, |c| &c.extended);
+                log::debug!("gpio: {name} pattern extended by rule {}", f.rule);
+                self.advance(i);
+                return;
+            }
+            if f.priority < a.priority {
+                self.count(i, |c| &c.ignored_lower_priority);
+                log::debug!("gpio: {name} keeps its higher-priority pattern");
+                return;
+            }
+            self.count(i, |c| &c.preempted);
+            log::debug!("gpio: {name} pattern pre-empted (priority {})", f.priority);
+        }
+        self.count(i, |c| &c.patterns_started);
+        let tone = match f.pattern {
+            Pattern::Tone {
+                frequency, duty, ..
+            } => Some((frequency, duty)),
+            _ => None,
+        };
+        let max_on = self.outputs[i].max_on;
+        self.active[i] = Some(Active {
+            rule: f.rule,
+            priority: f.priority,
+            started: now,
+            cursor: PatternCursor::new(f.pattern, max_on),
+            tone,
+        });
+        self.advance(i);
+    }
+
+    fn silence(&mut self) {
+        self.stats.inc(&self.stats.gpio_silenced);
+        for i in 0..self.active.len() {
+            if self.active[i].take().is_some() {
+                self.count(i, |c| &c.silenced);
+                log::info!("gpio: {} silenced", self.outputs[i].name);
+            }
+            self.drive(i, Level::Off, false);
+        }
+    }
+
+    /// Applies every edge of output `i` that is due now; ends the pattern after its last.
+    fn advance(&mut self, i: usize) {
+        let now = Instant::now();
+        while let Some(a) = &mut self.active[i] {
+            let Some(edge) = a.cursor.peek() else {
+                // Pattern over: make sure it ends inactive, whatever its last edge was.
+                self.active[i] = None;
+                self.drive(i, Level::Off, false);
+                break;
+            };
+            if a.started + edge.at > now {
+                break;
+            }
+            a.cursor.advance();
+            let level = match (edge.on, a.tone) {
+                (false, _) => Level::Off,
+                (true, None) => Level::On,
+                (true, Some((f, d))) => Level::Tone(f, d),
+            };
+            if edge.capped {
+                self.count(i, |c| &c.max_on_cuts);
+                log::warn!(
+                    "gpio: {} reached max_on ({:?}); pattern cut",
+                    self.outputs[i].name,
+                    self.outputs[i].max_on
+                );
+            }
+            self.drive(i, level, false);
+        }
+    }
+
+    fn count(
+        &self,
+        i: usize,
+        which: impl Fn(&crate::stats::OutputCounters) -> &std::sync::atomic::AtomicU64,
+    ) {
+        if let Some(c) = self.stats.output(i) {
+            self.stats.inc(which(c));
+        }
+    }
+
+    /// Drives output `i` to `level` (unless it is there already and `force` is false).
+    fn drive(&mut self, i: usize, level: Level, force: bool) {
+        if self.level[i] == level && !force {
+            return;
+        }
+        let result = match level {
+            Level::Off => self.backend.set(i, false),
+            Level::On => self.backend.set(i, true),
+            Level::Tone(f, d) => match self.backend.tone(i, f, d) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    if !self.tone_warned[i] {
+                        self.tone_warned[i] = true;
+                        log::warn!(
+                            "gpio: backend {} cannot make tones; {} sounds its tone patterns as plain on/off",
+                            self.backend.name(),
+                            self.outputs[i].name
+                        );
+                    }
+                    self.backend.set(i, true)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(()) => {
+                let was_on = self.level[i] != Level::Off;
+                let is_on = level != Level::Off;
+                if was_on != is_on {
+                    self.stats.inc(&self.stats.gpio_edges);
+                    self.count(i, |c| &c.edges);
+                }
+                self.level[i] = level;
+            }
+            Err(e) => {
+                self.stats.inc(&self.stats.gpio_errors);
+                self.count(i, |c| &c.errors);
+                self.stats.warn_limited(
+                    "gpio",
+                    format_args!(
+                        "gpio: cannot set {} {}: {e}",
+                        self.outputs[i].name,
+                        if level == Level::Off { "off" } else { "on" }
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Tells watchers (MQTT `{prefix}/outputs/{name}`) which outputs run a pattern; only changes
@@ -134,77 +306,112 @@ fn publish_activity(activity: &watch::Sender<Vec<bool>>, active: &[Option<Active
     });
 }
 
+/// Sleeps until `t`, precisely. tokio's timer fires up to ~2 ms late (1 ms wheel ticks, and
+/// epoll's timeout is rounded up to whole milliseconds), so on Linux a one-shot timerfd races
+/// it: the kernel's high-resolution timer wakes the reactor on time, without spinning, and a
+/// sleeping thread gets the scheduler's wake-up preference under load. With tokio's clock
+/// paused (tests) the tokio sleep wins at once; where no timerfd can be made, it is the only
+/// timer.
 async fn sleep_until_opt(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await
+    let Some(t) = t else { return };
+    tokio::select! {
+        _ = tokio::time::sleep_until(t) => {}
+        true = precise::sleep(t.saturating_duration_since(Instant::now())) => {}
     }
 }
 
-/// Applies every edge of output `i` that is due now.
-fn advance(
-    backend: &mut dyn Backend,
-    outputs: &[OutputConfig],
-    level: &mut [bool],
-    active: &mut [Option<Active>],
-    i: usize,
-    stats: &Stats,
-) {
-    let now = Instant::now();
-    while let Some(a) = active[i].as_mut() {
-        match a.next {
-            Some((t, l)) if t <= now => {
-                set(backend, outputs, level, i, l, stats, false);
-                a.next = a.cursor.next_edge().map(|(off, l)| (a.started + off, l));
-            }
-            Some(_) => break,
-            None => {
-                // Pattern over: make sure it ends inactive, whatever its last edge was.
-                set(backend, outputs, level, i, false, stats, false);
-                active[i] = None;
-            }
+#[cfg(target_os = "linux")]
+mod precise {
+    use std::time::Duration;
+
+    use rustix::time::{
+        timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags,
+        TimerfdTimerFlags, Timespec,
+    };
+    use tokio::io::unix::AsyncFd;
+
+    /// Resolves `true` after `d` on the monotonic clock; never resolves if no timer can be
+    /// made (the tokio sleep it races then decides).
+    pub async fn sleep(d: Duration) -> bool {
+        if d.is_zero() {
+            return true;
+        }
+        let arm = || -> std::io::Result<AsyncFd<std::os::fd::OwnedFd>> {
+            let fd = timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+            )?;
+            let spec = Itimerspec {
+                it_interval: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                },
+                it_value: Timespec {
+                    tv_sec: d.as_secs() as _,
+                    tv_nsec: d.subsec_nanos() as _,
+                },
+            };
+            timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
+            // tokio deprecated the safe constructor because an arbitrary `AsRawFd` type may
+            // close or swap its descriptor; an `OwnedFd` moved in here cannot (nothing else can
+            // reach it), which is exactly the contract `AsyncFd::register` asks callers to
+            // uphold, so this stays sound without `unsafe` (forbidden crate-wide).
+            #[allow(deprecated)]
+            AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        let armed = arm().ok();
+        match armed {
+            Some(fd) => fd.readable().await.is_ok(),
+            None => std::future::pending().await,
         }
     }
 }
 
-fn set(
-    backend: &mut dyn Backend,
-    outputs: &[OutputConfig],
-    level: &mut [bool],
-    i: usize,
-    on: bool,
-    stats: &Stats,
-    force: bool,
-) {
-    if level[i] == on && !force {
-        return;
-    }
-    match backend.set(i, on) {
-        Ok(()) => {
-            if level[i] != on {
-                stats.inc(&stats.gpio_edges);
-            }
-            level[i] = on;
-        }
-        Err(e) => {
-            stats.inc(&stats.gpio_errors);
-            stats.warn_limited(
-                "gpio",
-                format_args!(
-                    "gpio: cannot set {} {}: {e}",
-                    outputs[i].name,
-                    if on { "on" } else { "off" }
-                ),
-            );
-        }
+#[cfg(not(target_os = "linux"))]
+mod precise {
+    pub async fn sleep(_: std::time::Duration) -> bool {
+        std::future::pending().await
     }
 }
 
-/// A pattern's total length, for logs and tests.
-pub fn pattern_length(p: &crate::config::Pattern, max_on: Duration) -> Duration {
+/// A pattern's total length on an output with this `max_on`, for logs and tools.
+pub fn pattern_length(p: &Pattern, max_on: Duration) -> Duration {
     let mut c = PatternCursor::new(p.clone(), max_on);
     let mut last = Duration::ZERO;
     while let Some((t, _)) = c.next_edge() {
         last = t;
     }
     last
+}
+
+/// Connects the acknowledge button (if configured) to the engine: each press sends
+/// [`GpioCommand::Silence`]. A backend that cannot read buttons is an error.
+pub fn watch_ack_button(
+    cfg: &crate::config::GpioConfig,
+    backend: &mut dyn Backend,
+    commands: &mpsc::Sender<GpioCommand>,
+) -> Result<(), GpioError> {
+    let Some(button) = &cfg.ack_button else {
+        return Ok(());
+    };
+    if matches!(
+        cfg.backend,
+        crate::config::GpioBackendKind::Sim | crate::config::GpioBackendKind::None
+    ) {
+        log::warn!(
+            "gpio: ack_button is ignored with backend {:?} (no input pins); use the MQTT silence command",
+            backend.name()
+        );
+        return Ok(());
+    }
+    let tx = commands.clone();
+    backend.watch_ack(
+        button,
+        Box::new(move || {
+            log::info!("gpio: acknowledge button pressed");
+            // Full channel: a silence is already queued or the engine is busy; either way a
+            // second press will get through.
+            let _ = tx.try_send(GpioCommand::Silence);
+        }),
+    )
 }
