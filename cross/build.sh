@@ -13,6 +13,9 @@
 #   arm-unknown-linux-musleabihf   ARMv6: Pi Zero / Zero W / 1, static. rustup has no std for
 #                                  it here, so it is built with nightly + rust-src + -Zbuild-std
 #                                  and linked by zig (musl libc and crt from zig, ARMv6 code).
+#   arm-unknown-linux-gnueabihf    ARMv6, dynamic against the device's glibc (>= 2.31), same
+#                                  recipe. Only the static build can be run under
+#                                  `qemu-arm -cpu arm1176` here (see cross/README.md).
 #
 # The ARMv6 recipe (SPEC §6) needs: `rustup toolchain install nightly`, `rustup component add
 # rust-src --toolchain nightly`, cargo-zigbuild and zig. Why -C link-self-contained=no: without a
@@ -89,7 +92,7 @@ case $target in
         note "building $target (static) with Debian's aarch64 cross gcc as linker"
         cargo build --release --target "$target" "$@"
         ;;
-    arm-unknown-linux-musleabihf)
+    arm-unknown-linux-musleabihf | arm-unknown-linux-gnueabihf)
         nightly=${ALERT_RELAY_NIGHTLY:-nightly}
         rustc "+$nightly" --version >/dev/null 2>&1 ||
             die "toolchain '$nightly' missing: rustup toolchain install $nightly --profile minimal"
@@ -97,9 +100,14 @@ case $target in
         [ -d "$sysroot/lib/rustlib/src/rust/library" ] ||
             die "rust-src missing: rustup component add rust-src --toolchain $nightly"
         have_zig || die "$target needs cargo-zigbuild and zig (cargo install --locked cargo-zigbuild; pip install ziglang)"
-        note "building $target (ARMv6, static) with $(rustc "+$nightly" --version), -Zbuild-std and zig"
-        RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C link-self-contained=no" \
-            cargo "+$nightly" zigbuild -Zbuild-std=std,panic_abort --release --target "$target" "$@"
+        if [ "$target" = arm-unknown-linux-musleabihf ]; then
+            note "building $target (ARMv6, static) with $(rustc "+$nightly" --version), -Zbuild-std and zig"
+            RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C link-self-contained=no" \
+                cargo "+$nightly" zigbuild -Zbuild-std=std,panic_abort --release --target "$target" "$@"
+        else
+            note "building $target (ARMv6, glibc $glibc) with $(rustc "+$nightly" --version), -Zbuild-std and zig"
+            cargo "+$nightly" zigbuild -Zbuild-std=std,panic_abort --release --target "$target.$glibc" "$@"
+        fi
         ;;
     *)
         die "unsupported target '$target' (see the list at the top of cross/build.sh)"

@@ -237,7 +237,12 @@ fn test_output(path: &std::path::Path, output: &str, pattern: Option<&str>) -> E
             return ExitCode::FAILURE;
         }
     };
-    let run = alert_relay::gpio::test_output(&cfg.gpio, output, pattern, shutdown_signal());
+    // Handlers are installed inside the runtime (they need its reactor) before the test runs.
+    let shutdown = {
+        let _in_runtime = rt.enter();
+        shutdown_signal()
+    };
+    let run = alert_relay::gpio::test_output(&cfg.gpio, output, pattern, shutdown);
     match rt.block_on(run) {
         Ok(r) => {
             println!(
