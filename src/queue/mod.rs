@@ -340,6 +340,9 @@ impl Queue {
             }
         };
         for &(start, end) in &scan.holes {
+            let lost = self.unacked_in(start.max(self.acked_upto), end);
+            self.counters.corrupt_regions += 1;
+            self.counters.corrupt_records += lost;
             log::error!(
                 "queue: records seq {start}..{end} in {} fail their checksum; skipped (intact records after them are kept); the segment will be quarantined",
                 path.display()
@@ -756,7 +759,10 @@ impl Queue {
                         None
                     });
                     let (to_off, to_seq) = found.unwrap_or((end, limit));
-                    self.lose(idx, pos.seq, to_seq, &path);
+                    // Counted once: when it was first found (at recovery or an earlier read).
+                    if !self.in_hole(pos.seq) {
+                        self.lose(idx, pos.seq, to_seq, &path);
+                    }
                     self.read = Some(ReadPos {
                         offset: to_off,
                         seq: to_seq,
@@ -808,6 +814,13 @@ impl Queue {
             seg.corrupt = true;
         }
         self.add_hole(start, end);
+    }
+
+    fn in_hole(&self, seq: u64) -> bool {
+        self.holes
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &e)| e > seq)
     }
 
     fn add_hole(&mut self, start: u64, end: u64) {
@@ -928,8 +941,11 @@ impl Queue {
         {
             self.acked_ahead = self.acked_ahead.split_off(&self.acked_upto);
         }
+        // Holes are kept while their segment exists, so a reader walking over one again (after
+        // a rewind) recognises it instead of counting it twice.
+        let oldest = self.segments.front().map_or(self.acked_upto, |s| s.first_seq);
         while let Some((&s, &e)) = self.holes.first_key_value() {
-            if e > self.acked_upto {
+            if e > oldest {
                 break;
             }
             self.holes.remove(&s);
