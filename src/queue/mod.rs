@@ -443,10 +443,16 @@ impl Queue {
                 return Err(QueueError::Full { what });
             }
         }
-        if need_roll {
-            self.roll()?;
+        let ready = if need_roll {
+            self.roll()
         } else if self.active.is_none() {
-            self.open_active()?;
+            self.open_active()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = ready {
+            self.counters.dropped_io_error += 1;
+            return Err(e);
         }
         let seq = self.next_seq;
         if self.pending.is_empty() {
