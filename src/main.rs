@@ -120,7 +120,10 @@ fn main() -> ExitCode {
 fn queue_offline(dir: &std::path::Path, dump: bool) -> ExitCode {
     use std::io::Write;
     if !dir.is_dir() {
-        eprintln!("alert-relay: queue directory {} does not exist", dir.display());
+        eprintln!(
+            "alert-relay: queue directory {} does not exist",
+            dir.display()
+        );
         return ExitCode::from(2);
     }
     let stdout = std::io::stdout();

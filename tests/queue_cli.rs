@@ -46,7 +46,10 @@ fn queue_dump_prints_every_record_as_a_json_line_and_stats_summarises() {
     let (mut q, _) = Queue::open(&cfg).expect("open");
     for i in 0..40u64 {
         let seq = q
-            .append_durable(&queued(&format!("ev-{i}"), "intrusion"), 1_700_000_000_000_000 + i)
+            .append_durable(
+                &queued(&format!("ev-{i}"), "intrusion"),
+                1_700_000_000_000_000 + i,
+            )
             .expect("append");
         assert_eq!(seq, i + 1);
     }
@@ -61,14 +64,17 @@ fn queue_dump_prints_every_record_as_a_json_line_and_stats_summarises() {
         .arg(dir.path())
         .output()
         .expect("run dump");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     // Acked records may still be on disk until their segment goes; every unacked one is there.
-    let unacked: Vec<&serde_json::Value> =
-        lines.iter().filter(|l| l["acked"] == false).collect();
+    let unacked: Vec<&serde_json::Value> = lines.iter().filter(|l| l["acked"] == false).collect();
     assert_eq!(unacked.len(), 30);
     assert_eq!(unacked[0]["seq"], 11);
     assert_eq!(unacked[0]["topic"], "alerts/intrusion");
@@ -81,13 +87,19 @@ fn queue_dump_prints_every_record_as_a_json_line_and_stats_summarises() {
         .arg(dir.path())
         .output()
         .expect("run stats");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(stats["unacked_records"], 30);
     assert_eq!(stats["ack_position"], 11);
     assert_eq!(stats["last_seq"], 40);
     assert_eq!(stats["corrupt_records"], 0);
-    assert!(stats["oldest_unacked_age_s"].as_f64().is_some_and(|a| a > 0.0));
+    assert!(stats["oldest_unacked_age_s"]
+        .as_f64()
+        .is_some_and(|a| a > 0.0));
 
     let out = relay()
         .args(["queue", "stats", "--dir", "/nonexistent/queue"])

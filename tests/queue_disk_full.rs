@@ -21,7 +21,9 @@ impl SmallFs {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs (needs root); disk-full behaviour untested here");
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs (needs root); disk-full behaviour untested here"
+            );
             return None;
         }
         Some(SmallFs { dir })
@@ -173,7 +175,9 @@ fn read_only_filesystem_refuses_new_records_and_the_queue_still_opens_and_reads(
     assert!(q.persist_ack().is_ok() || q.ack_dirty());
     fs.remount("rw");
     // Writable again: the next append succeeds (in a fresh segment), nothing was lost.
-    let seq = q.append_durable(&payload(51), 51).expect("append after remount");
+    let seq = q
+        .append_durable(&payload(51), 51)
+        .expect("append after remount");
     assert_eq!(seq, 51);
     drop(q);
     let (mut q, _) = Queue::open(&c).expect("reopen");

@@ -88,7 +88,8 @@ pub fn inspect_dir(
             }
             visit(&DumpedRecord { record, acked });
         };
-        let scan = scan_segment(&path, first, Some(&mut on_record)).map_err(super::io_err(&path))?;
+        let scan =
+            scan_segment(&path, first, Some(&mut on_record)).map_err(super::io_err(&path))?;
         sum.segment_bytes += scan.file_bytes;
         sum.torn_tail_bytes += scan.file_bytes - scan.valid_bytes;
         for (start, end) in scan.holes {

@@ -396,7 +396,11 @@ impl Queue {
     }
 
     fn quarantine_or_delete(&mut self, first_seq: u64, corrupt: bool) {
-        if self.reader.as_ref().is_some_and(|r| r.first_seq == first_seq) {
+        if self
+            .reader
+            .as_ref()
+            .is_some_and(|r| r.first_seq == first_seq)
+        {
             self.reader = None;
         }
         if corrupt {
@@ -516,7 +520,10 @@ impl Queue {
             self.acked_upto = seg.next_seq;
         }
         self.skip_ack_gaps();
-        if self.read.is_some_and(|p| p.segment_first_seq == seg.first_seq) {
+        if self
+            .read
+            .is_some_and(|p| p.segment_first_seq == seg.first_seq)
+        {
             self.read = None;
         }
         self.read_seq = self.read_seq.max(self.acked_upto);
@@ -842,7 +849,11 @@ impl Queue {
     }
 
     fn reader_for(&mut self, first_seq: u64) -> io::Result<&mut SegReader> {
-        if self.reader.as_ref().is_none_or(|r| r.first_seq != first_seq) {
+        if self
+            .reader
+            .as_ref()
+            .is_none_or(|r| r.first_seq != first_seq)
+        {
             self.reader = Some(SegReader::open(&self.path_of(first_seq), first_seq)?);
         }
         self.reader
@@ -949,7 +960,10 @@ impl Queue {
         }
         // Holes are kept while their segment exists, so a reader walking over one again (after
         // a rewind) recognises it instead of counting it twice.
-        let oldest = self.segments.front().map_or(self.acked_upto, |s| s.first_seq);
+        let oldest = self
+            .segments
+            .front()
+            .map_or(self.acked_upto, |s| s.first_seq);
         while let Some((&s, &e)) = self.holes.first_key_value() {
             if e > oldest {
                 break;
@@ -1359,6 +1373,6 @@ fn read_ack_file(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod model;
+#[cfg(test)]
+mod tests;

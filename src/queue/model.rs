@@ -56,7 +56,11 @@ fn setup() -> impl Strategy<Value = Setup> {
         prop::sample::select(vec![OnFull::DropOldest, OnFull::DropNewest]),
         // Mostly `never`: a crash here is a process crash (the page cache survives), so the
         // policy does not change what must survive, and it keeps the test fast.
-        prop::sample::select(vec![FsyncPolicy::Never, FsyncPolicy::Never, FsyncPolicy::Batch]),
+        prop::sample::select(vec![
+            FsyncPolicy::Never,
+            FsyncPolicy::Never,
+            FsyncPolicy::Batch,
+        ]),
     )
         .prop_map(
             |(segment_bytes, max_bytes, max_records, on_full, fsync)| Setup {
@@ -126,7 +130,10 @@ fn check_reopen(q: &mut Queue, m: &mut Model, clean: bool) -> Result<(), TestCas
     let depth = q.gauges().depth_records;
     let got = read_everything(q);
     let seqs: Vec<u64> = got.iter().map(|r| r.seq).collect();
-    prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {seqs:?}");
+    prop_assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {seqs:?}"
+    );
     prop_assert_eq!(depth, got.len() as u64, "depth gauge after reopen");
     let min_present = m.present.keys().next().copied().unwrap_or(u64::MAX);
     let mut now_present = BTreeMap::new();
@@ -143,12 +150,18 @@ fn check_reopen(q: &mut Queue, m: &mut Model, clean: bool) -> Result<(), TestCas
         now_present.insert(r.seq, r.payload);
     }
     for seq in m.present.keys() {
-        prop_assert!(now_present.contains_key(seq), "durable unacked seq {seq} lost");
+        prop_assert!(
+            now_present.contains_key(seq),
+            "durable unacked seq {seq} lost"
+        );
     }
     // Acked records above the oldest unacked one are still on disk and above the persisted
     // ack position: they come back. Below it, only after a crash (ack persisted late).
     for seq in m.acked.keys().filter(|&&s| s > min_present) {
-        prop_assert!(now_present.contains_key(seq), "acked seq {seq} expected as replay");
+        prop_assert!(
+            now_present.contains_key(seq),
+            "acked seq {seq} expected as replay"
+        );
     }
     if clean {
         for seq in now_present.keys() {
@@ -209,7 +222,10 @@ fn run(s: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     q.mark_durable(&job);
                 }
                 for (seq, p) in added {
-                    prop_assert!(m.present.keys().all(|&k| k < seq), "seq {seq} not increasing");
+                    prop_assert!(
+                        m.present.keys().all(|&k| k < seq),
+                        "seq {seq} not increasing"
+                    );
                     m.present.insert(seq, p);
                 }
             }
@@ -279,7 +295,11 @@ fn run(s: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         let g = q.gauges();
         prop_assert_eq!(g.depth_records, m.present.len() as u64, "depth gauge");
-        prop_assert!(g.depth_bytes <= s.max_bytes, "over max_bytes: {}", g.depth_bytes);
+        prop_assert!(
+            g.depth_bytes <= s.max_bytes,
+            "over max_bytes: {}",
+            g.depth_bytes
+        );
     }
     Ok(())
 }

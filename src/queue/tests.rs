@@ -171,7 +171,11 @@ fn corrupt_record_in_older_segment_loses_only_that_record_and_quarantines_the_se
     let got = read_all(&mut q);
     assert_eq!(q.counters().corrupt_regions, 1);
     assert_eq!(q.counters().corrupt_records, 1);
-    assert_eq!(got.len(), 199, "only the record holding the flipped bit is lost");
+    assert_eq!(
+        got.len(),
+        199,
+        "only the record holding the flipped bit is lost"
+    );
     assert_eq!(got.last().map(|r| r.seq), Some(200));
     assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
     assert_eq!(q.gauges().depth_records, 199);
@@ -291,7 +295,12 @@ fn assert_delivers(c: &QueueConfig, expect: &[u64], what: &str) -> QueueCounters
     let seqs: Vec<u64> = got.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, expect, "{what}");
     for r in &got {
-        assert_eq!(r.payload, payload(r.seq - 1), "{what}: payload of seq {}", r.seq);
+        assert_eq!(
+            r.payload,
+            payload(r.seq - 1),
+            "{what}: payload of seq {}",
+            r.seq
+        );
     }
     q.counters().clone()
 }
@@ -303,12 +312,26 @@ fn bit_flip_in_any_header_or_payload_field_loses_only_that_record() {
     let (c, snap) = build_snapshot(dir.path(), n);
     let layout = record_layout(dir.path());
     assert_eq!(layout.len() as u64, n);
-    assert!(segment_files(dir.path()).len() >= 3, "spans several segments");
+    assert!(
+        segment_files(dir.path()).len() >= 3,
+        "spans several segments"
+    );
     let newest = segment_files(dir.path()).pop().expect("segments");
     // Every record; in each: the length, CRC, sequence number, timestamp and payload (first,
     // middle, last byte).
     for (seg, seq, off, len) in &layout {
-        for field in [0, 3, 4, 8, 15, 16, 23, HEADER_LEN, (HEADER_LEN + len) / 2, len - 1] {
+        for field in [
+            0,
+            3,
+            4,
+            8,
+            15,
+            16,
+            23,
+            HEADER_LEN,
+            (HEADER_LEN + len) / 2,
+            len - 1,
+        ] {
             if field >= *len {
                 continue;
             }
@@ -387,7 +410,10 @@ fn zero_filled_region_power_cut_signature_loses_only_the_zeroed_records() {
         let expect: Vec<u64> = (1..=n).filter(|s| !lost.contains(s)).collect();
         let k = assert_delivers(&c, &expect, label);
         if label == "newest segment tail" {
-                assert!(k.torn_tail_bytes >= (end - start) as u64, "{label}: truncated");
+            assert!(
+                k.torn_tail_bytes >= (end - start) as u64,
+                "{label}: truncated"
+            );
         } else {
             assert_eq!(k.corrupt_records, lost.len() as u64, "{label}: counted");
         }
@@ -421,7 +447,10 @@ fn corrupt_record_in_newest_segment_middle_keeps_the_records_after_it() {
     for s in got.iter().copied().chain([21]) {
         q.ack(s).expect("ack");
     }
-    assert!(dir.path().join(format!("{}.corrupt", Segment::file_name(1))).exists());
+    assert!(dir
+        .path()
+        .join(format!("{}.corrupt", Segment::file_name(1)))
+        .exists());
 }
 
 #[test]
@@ -436,7 +465,11 @@ fn max_records_bound_drops_oldest_and_counts() {
     }
     let left = read_all(&mut q);
     assert_eq!(q.counters().dropped_oldest + left.len() as u64, 1000);
-    assert!(left.len() >= 80, "drops a segment (an eighth) at a time: {}", left.len());
+    assert!(
+        left.len() >= 80,
+        "drops a segment (an eighth) at a time: {}",
+        left.len()
+    );
     assert_eq!(left.last().map(|r| r.seq), Some(1000));
 }
 
@@ -449,7 +482,8 @@ fn records_older_than_max_age_are_dropped_and_counted_not_published() {
     let t0 = 1_000_000_000_000u64;
     for i in 0..100 {
         // One record a second.
-        q.append_durable(&payload(i), t0 + i * 1_000_000).expect("append");
+        q.append_durable(&payload(i), t0 + i * 1_000_000)
+            .expect("append");
     }
     // At t0 + 100 s the first 40 (accepted before t0 + 40 s) are older than 60 s.
     let now = t0 + 100 * 1_000_000;
@@ -457,7 +491,11 @@ fn records_older_than_max_age_are_dropped_and_counted_not_published() {
     assert_eq!(got.first().map(|r| r.seq), Some(41));
     assert_eq!(got.len(), 60);
     assert_eq!(q.counters().dropped_max_age, 40);
-    assert_eq!(q.gauges().depth_records, 60, "expired records leave the queue");
+    assert_eq!(
+        q.gauges().depth_records,
+        60,
+        "expired records leave the queue"
+    );
 }
 
 #[test]
