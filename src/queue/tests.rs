@@ -366,8 +366,7 @@ fn torn_older_segment_at_every_offset_of_its_last_record_keeps_the_rest() {
     let first_seg = segment_files(dir.path()).remove(0);
     let (_, last_seq, last_off, last_len) = layout
         .iter()
-        .filter(|r| r.0 == first_seg)
-        .last()
+        .rfind(|r| r.0 == first_seg)
         .cloned()
         .expect("records in the first segment");
     for cut in last_off..last_off + last_len {
