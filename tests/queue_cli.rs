@@ -108,3 +108,43 @@ fn queue_dump_prints_every_record_as_a_json_line_and_stats_summarises() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/queue"));
 }
+
+#[test]
+fn bad_queue_bounds_are_rejected_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (line, key) in [
+        ("max_records = 3", "queue.max_records"),
+        ("max_age = \"10ms\"", "queue.max_age"),
+        ("max_age = \"soon\"", "queue.max_age"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!("[source]\nurl = \"ws://127.0.0.1:9/\"\n[queue]\n{line}\n"),
+        )
+        .expect("write");
+        let out = relay()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{line}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{line}: expected {key:?} in {err:?}");
+    }
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        "[source]\nurl = \"ws://127.0.0.1:9/\"\n[queue]\nmax_records = 5000\nmax_age = \"2h\"\n",
+    )
+    .expect("write");
+    let out = relay()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_records = 5000"), "{text}");
+    assert!(text.contains("max_age = \"7200s\""), "{text}");
+}

@@ -788,7 +788,9 @@ impl Queue {
                     // unreadable. Skip it rather than stall the publisher on it forever.
                     log::error!("queue: reading {} failed: {e}", path.display());
                     self.reader = None;
-                    self.lose(idx, pos.seq, limit, &path);
+                    if !self.in_hole(pos.seq) {
+                        self.lose(idx, pos.seq, limit, &path);
+                    }
                     self.read = Some(ReadPos {
                         offset: end,
                         seq: limit,
