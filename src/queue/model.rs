@@ -305,7 +305,8 @@ fn run(s: Setup, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    // 256 cases by default; PROPTEST_CASES=5000 for a longer hunt.
+    #![proptest_config(ProptestConfig::default())]
     #[test]
     fn queue_behaves_like_the_model(s in setup(), ops in prop::collection::vec(op(), 1..80)) {
         run(s, ops)?;

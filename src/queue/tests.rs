@@ -557,3 +557,35 @@ fn inspection_reads_everything_and_changes_nothing() {
     assert_eq!(before, after, "inspection must not touch the files");
     drop(snap);
 }
+
+#[test]
+fn stats_json_exposes_depth_age_drops_and_write_amplification() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(dir.path(), 64 << 10, 8 << 10, OnFull::DropOldest);
+    let (mut q, _) = Queue::open(&c).expect("open");
+    let now = crate::clock::unix_micros(std::time::SystemTime::now());
+    for i in 0..3000 {
+        q.append_durable(&payload(i), now - 5_000_000)
+            .expect("append");
+    }
+    let v = crate::stats::queue_json(&q);
+    assert_eq!(v["depth_records"], q.gauges().depth_records);
+    assert!(v["depth_bytes"].as_u64().is_some_and(|b| b <= 64 << 10));
+    assert!(v["oldest_unacked_age_s"]
+        .as_f64()
+        .is_some_and(|a| (5.0..60.0).contains(&a)));
+    assert!(v["dropped_oldest"].as_u64().is_some_and(|d| d > 0));
+    for key in [
+        "dropped_newest",
+        "dropped_max_age",
+        "dropped_io_error",
+        "corrupt_records",
+        "fsync_latency_us_avg",
+        "fsync_latency_us_max",
+    ] {
+        assert!(v[key].is_u64(), "{key} in {v}");
+    }
+    assert!(v["write_amplification"]
+        .as_f64()
+        .is_some_and(|a| a > 1.0 && a < 2.0));
+}
