@@ -183,3 +183,48 @@ fn read_only_filesystem_refuses_new_records_and_the_queue_still_opens_and_reads(
     let (mut q, _) = Queue::open(&c).expect("reopen");
     assert_eq!(read_all(&mut q), (1..=51).collect::<Vec<_>>());
 }
+
+/// The daemon's path: the writer thread answers a full disk with an error per record, counts
+/// it, and keeps taking records; once publishing frees space, appends succeed again.
+#[tokio::test]
+async fn writer_thread_reports_disk_full_and_keeps_taking_records() {
+    let Some(fs) = SmallFs::mount("256k") else {
+        return;
+    };
+    let c = cfg(fs.path());
+    let (q, _) = Queue::open(&c).expect("open");
+    let stats = std::sync::Arc::new(alert_relay::stats::Stats::default());
+    let (handle, writer) = alert_relay::queue::spawn_writer(q, stats.clone()).expect("writer");
+    let mut ok = 0u64;
+    let mut refused = 0u64;
+    for i in 0..1500u64 {
+        match handle.append_durable(payload(i), i).await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(is_errno(&e, ENOSPC), "expected ENOSPC, got {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0 && ok > 0, "{ok} stored, {refused} refused");
+    let s = &stats;
+    assert_eq!(
+        alert_relay::stats::Stats::get(&s.queue_append_failed),
+        refused
+    );
+    assert_eq!(alert_relay::stats::Stats::get(&s.queue_appended), ok);
+    // Publish (read + ack) half: whole segments go, space returns.
+    {
+        let mut q = handle.lock();
+        for r in q.read_batch(ok as usize / 2, 64 << 20).expect("read") {
+            q.ack(r.seq).expect("ack");
+        }
+    }
+    let seq = handle
+        .append_durable(payload(9999), 1)
+        .await
+        .expect("append once space is back");
+    assert_eq!(seq, ok + 1, "the sequence continues without a gap");
+    drop(handle);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+}
