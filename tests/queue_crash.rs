@@ -277,7 +277,8 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
     // Phase 2: a burst (queued upstream while the relay is down) builds a backlog; kill while
     // it drains.
     for _ in 0..3 {
-        for _ in 0..1500 {
+        // Under mosquitto's max_queued_messages (1000), so the subscriber is never cut off.
+        for _ in 0..800 {
             let n = next.fetch_add(1, Ordering::SeqCst);
             ws.send_text(alert_frame(&format!("ev-{n}"), "crash_test", 0.9));
         }
@@ -485,19 +486,38 @@ async fn broker_outage_grows_the_queue_on_disk_not_in_memory_and_drains_in_order
         "RSS grew {rss_growth_kib} KiB while the backlog grew {disk_growth_kib} KiB"
     );
 
+    let seen_stats = sub.on("alert-relay/stats").len();
     proxy.set_up(true);
     let total = next - 1;
+    // The relay's own view: every alert appended, the queue empty (every record PUBACKed).
     wait_until("backlog drained to the broker", T, || {
-        check_order(&published(&sub)).len() as u64 >= total
+        sub.on("alert-relay/stats")
+            .iter()
+            .skip(seen_stats)
+            .any(|m| {
+                let v = m.json();
+                v["queue_appended"] == total && v["queue"]["depth_records"] == 0
+            })
     })
     .await;
-    let first = check_order(&published(&sub));
-    let events: Vec<u64> = first.values().copied().collect();
-    assert_eq!(
-        events,
-        (1..=total).collect::<Vec<_>>(),
-        "every alert, in order"
-    );
+    if Broker::kind_from_env() == "embedded" {
+        wait_until("subscriber got every alert", T, || {
+            check_order(&published(&sub)).len() as u64 >= total
+        })
+        .await;
+        let first = check_order(&published(&sub));
+        let events: Vec<u64> = first.values().copied().collect();
+        assert_eq!(
+            events,
+            (1..=total).collect::<Vec<_>>(),
+            "every alert, in order"
+        );
+    } else {
+        // mosquitto drops QoS 1 messages for a subscriber that falls more than
+        // max_queued_messages (1000) behind, so the subscriber may see a subset: in order.
+        let first = check_order(&published(&sub));
+        eprintln!("subscriber saw {} of {total} alerts, in order", first.len());
+    }
     sigterm(child);
 }
 
