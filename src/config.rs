@@ -197,6 +197,10 @@ pub struct QueueConfig {
     pub fsync: FsyncPolicy,
     /// Size at which a segment file is closed and a new one started.
     pub segment_bytes: u64,
+    /// Most unpublished records held (None = bounded by `max_bytes` only).
+    pub max_records: Option<u64>,
+    /// Unpublished records older than this are dropped (and counted) instead of published.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,6 +474,8 @@ struct RawQueue {
     on_full: Option<String>,
     fsync: Option<String>,
     segment_bytes: Option<ByteSize>,
+    max_records: Option<u64>,
+    max_age: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -798,6 +804,12 @@ impl Config {
             }
         );
         let _ = writeln!(out, "segment_bytes = {}", q.segment_bytes);
+        if let Some(n) = q.max_records {
+            let _ = writeln!(out, "max_records = {n}");
+        }
+        if let Some(d) = q.max_age {
+            let _ = writeln!(out, "max_age = \"{}\"", fmt_duration(d));
+        }
         let _ = writeln!(out, "\n[mqtt]\nhost = {:?}\nport = {}", m.host, m.port);
         let _ = writeln!(
             out,
@@ -1557,7 +1569,18 @@ fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
             "must be at least 4 KiB and at most half of queue.max_bytes",
         ));
     }
+    // drop_oldest frees whole segments, and segments are capped at max_records / 8 records, so
+    // a bound below 16 would leave segments of one or two records (an fsync'd file each).
+    if q.max_records.is_some_and(|n| n < 16) {
+        return Err(invalid("queue.max_records", "must be at least 16"));
+    }
+    let max_age = q.max_age.map(|d| d.0);
+    if max_age.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(invalid("queue.max_age", "must be at least 1s"));
+    }
     Ok(QueueConfig {
+        max_records: q.max_records,
+        max_age,
         dir: q.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_QUEUE_DIR)),
         max_bytes,
         on_full,

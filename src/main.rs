@@ -17,6 +17,8 @@ Usage:
                                            then leave every output off; P is a TOML inline table,
                                            e.g. '{ kind = \"blink\", on = \"200ms\", off = \"200ms\", count = 3 }'
   alert-relay gpio list --config FILE      configured outputs, backend, and what the board reports
+  alert-relay queue stats --dir DIR        summarise a queue directory as JSON (read-only)
+  alert-relay queue dump --dir DIR         print its records as JSON lines (read-only)
   alert-relay --version
 
 VideoDB alerts and events (VideoDB mode config; --rtstream/--index default to [[source.alerts]]):
@@ -38,6 +40,8 @@ enum Command {
         pattern: Option<String>,
     },
     GpioList(PathBuf),
+    QueueStats(PathBuf),
+    QueueDump(PathBuf),
     Version,
     Help,
     Admin(PathBuf, AdminCommand),
@@ -50,6 +54,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         None | Some("-h") | Some("--help") | Some("help") => return Ok(Command::Help),
         Some("-V") | Some("--version") => return Ok(Command::Version),
         Some("alerts") | Some("events") => return parse_admin(args),
+        Some("queue") => return parse_queue_args(&args[1..]),
         _ => {}
     }
     let mut config = None;
@@ -156,6 +161,26 @@ fn parse_admin(args: &[String]) -> Result<Command, String> {
     Ok(Command::Admin(config, cmd))
 }
 
+/// `queue stats|dump --dir DIR`.
+fn parse_queue_args(args: &[String]) -> Result<Command, String> {
+    let mut it = args.iter();
+    let sub = it.next().map(String::as_str);
+    let mut dir = None;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a DIR")?)),
+            s if s.starts_with("--dir=") => dir = Some(PathBuf::from(&s["--dir=".len()..])),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let dir = dir.ok_or("--dir DIR is required")?;
+    match sub {
+        Some("stats") => Ok(Command::QueueStats(dir)),
+        Some("dump") => Ok(Command::QueueDump(dir)),
+        other => Err(format!("queue needs `stats` or `dump`, not {other:?}")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cmd = match parse_args(&args) {
@@ -202,6 +227,8 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&path, e),
         },
+        Command::QueueStats(dir) => queue_offline(&dir, false),
+        Command::QueueDump(dir) => queue_offline(&dir, true),
         Command::Run(path) => {
             init_logging();
             let cfg = match Config::load(&path) {
@@ -264,6 +291,71 @@ fn test_output(path: &std::path::Path, output: &str, pattern: Option<&str>) -> E
             ExitCode::FAILURE
         }
     }
+}
+
+/// `queue stats` / `queue dump`: a read-only scan of DIR (safe next to a running relay).
+fn queue_offline(dir: &std::path::Path, dump: bool) -> ExitCode {
+    use std::io::Write;
+    if !dir.is_dir() {
+        eprintln!(
+            "alert-relay: queue directory {} does not exist",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_failed = false;
+    let summary = alert_relay::queue::inspect_dir(dir, |r| {
+        if !dump || write_failed {
+            return;
+        }
+        let mut line = serde_json::json!({
+            "seq": r.record.seq,
+            "accepted_at": alert_relay::clock::rfc3339_micros(r.record.accepted_us),
+            "acked": r.acked,
+        });
+        match alert_relay::alert::QueuedMessage::decode(&r.record.payload) {
+            Ok(m) => {
+                line["topic"] = m.topic_suffix.into();
+                line["via"] = m.via.as_str().into();
+                line["body"] = serde_json::from_slice(&m.body)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&m.body).into());
+            }
+            Err(e) => {
+                line["error"] = e.to_string().into();
+                line["payload_bytes"] = r.record.payload.len().into();
+            }
+        }
+        write_failed = writeln!(out, "{line}").is_err();
+    });
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("alert-relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if dump {
+        eprintln!(
+            "alert-relay: {} records ({} unacknowledged) in {}",
+            summary.records,
+            summary.unacked_records,
+            dir.display()
+        );
+    } else {
+        let mut v = serde_json::to_value(&summary).unwrap_or_default();
+        let now = alert_relay::clock::unix_micros(std::time::SystemTime::now());
+        v["oldest_unacked_age_s"] = summary
+            .oldest_unacked_us
+            .map(|us| now.saturating_sub(us) as f64 / 1e6)
+            .into();
+        write_failed = writeln!(out, "{v:#}").is_err();
+    }
+    if write_failed || out.flush().is_err() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn config_error(path: &std::path::Path, e: ConfigError) -> ExitCode {

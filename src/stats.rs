@@ -300,14 +300,22 @@ pub fn queue_json(q: &crate::queue::Queue) -> Value {
         "depth_records": g.depth_records,
         "depth_bytes": g.depth_bytes,
         "segments": g.segments,
+        "oldest_unacked_age_s": g.oldest_unacked_us.map(|us| {
+            let now = crate::clock::unix_micros(std::time::SystemTime::now());
+            now.saturating_sub(us) as f64 / 1e6
+        }),
         "appended": c.appended,
         "dropped_oldest": c.dropped_oldest,
         "dropped_newest": c.dropped_newest,
+        "dropped_max_age": c.dropped_max_age,
         "dropped_io_error": c.dropped_io_error,
         "corrupt_regions": c.corrupt_regions,
+        "corrupt_records": c.corrupt_records,
         "torn_tail_bytes": c.torn_tail_bytes,
         "quarantined_segments": c.quarantined_segments,
         "fsyncs": c.fsyncs,
+        "fsync_latency_us_avg": c.fsync_us_total.checked_div(c.fsyncs).unwrap_or(0),
+        "fsync_latency_us_max": c.fsync_us_max,
         "bytes_written": c.bytes_written,
         "payload_bytes": c.payload_bytes,
         "write_amplification": (amplification * 1000.0).round() / 1000.0,
