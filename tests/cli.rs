@@ -1,9 +1,12 @@
 //! The binary's contract (SPEC §3): subcommands, exit codes, messages that name the key.
 
+#[path = "../examples/support/mod.rs"]
+mod support;
+
 use std::process::Command;
 
 fn relay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+    support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
 }
 
 fn write_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {

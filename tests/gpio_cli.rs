@@ -14,7 +14,7 @@ use alert_relay::config::Config;
 use alert_relay::gpio::{open_backend, run_engine, GpioCommand};
 
 fn relay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+    support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
 }
 
 fn sim_config(dir: &Path) -> (PathBuf, PathBuf) {
@@ -219,7 +219,7 @@ fn panic_mid_pattern_leaves_every_output_off() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, trace) = sim_config(dir.path());
-    let out = Command::new(std::env::current_exe().expect("test binary"))
+    let out = support::command_for(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
             "panic_mid_pattern_leaves_every_output_off",

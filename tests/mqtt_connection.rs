@@ -150,7 +150,7 @@ async fn last_will_says_offline_when_the_relay_is_sigkilled() {
         relay_config(&ws.url(), broker.port(), &dir.path().join("q"), ""),
     )
     .expect("write config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+    let mut child = support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
         .args(["run", "--config"])
         .arg(&config)
         .stdout(std::process::Stdio::null())
@@ -202,7 +202,7 @@ async fn the_mqtt_password_never_appears_in_logs_or_check_config() {
     )
     .expect("write config");
     let bin = env!("CARGO_BIN_EXE_alert-relay");
-    let check = std::process::Command::new(bin)
+    let check = support::command_for(bin)
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
@@ -214,7 +214,7 @@ async fn the_mqtt_password_never_appears_in_logs_or_check_config() {
     assert!(!shown.contains(PW));
 
     let log = dir.path().join("stderr.log");
-    let mut child = std::process::Command::new(bin)
+    let mut child = support::command_for(bin)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "trace")

@@ -18,17 +18,8 @@ use support::*;
 const T: Duration = Duration::from_secs(120);
 
 /// The relay binary, under `ALERT_RELAY_TEST_RUNNER` (qemu-user) when CI sets it.
-fn relay_cmd() -> Command {
-    let bin = env!("CARGO_BIN_EXE_alert-relay");
-    match std::env::var("ALERT_RELAY_TEST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
-            let mut parts = runner.split_whitespace();
-            let mut c = Command::new(parts.next().unwrap_or("env"));
-            c.args(parts).arg(bin);
-            c
-        }
-        _ => Command::new(bin),
-    }
+fn relay() -> Command {
+    support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
 }
 
 fn write_config(dir: &Path, ws_url: &str, mqtt_port: u16, queue: &str) -> PathBuf {

@@ -29,7 +29,7 @@ const ONE_BINDING: &str =
 
 /// Runs the binary; returns (exit code, stdout, stderr).
 async fn cli(args: &[&str], config: &Path, key: &str) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+    let out = support::tokio_command_for(env!("CARGO_BIN_EXE_alert-relay"))
         .args(args)
         .arg("--config")
         .arg(config)
@@ -170,7 +170,7 @@ async fn check_config_names_the_key_source_but_never_prints_the_key() {
     assert!(out.contains("event_id = \"event-1\""), "{out}");
     assert!(!out.contains(KEY) && !err.contains(KEY));
     // Without the key, VideoDB mode is a config error that names the key to set.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+    let out = support::tokio_command_for(env!("CARGO_BIN_EXE_alert-relay"))
         .args(["check-config", "--config"])
         .arg(&cfg)
         .env_remove("VIDEO_DB_API_KEY")

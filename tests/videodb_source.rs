@@ -164,7 +164,7 @@ async fn alerts_are_rebound_to_every_new_connection_and_old_ones_disabled() {
 }
 
 fn spawn_relay(config: &Path, env_key: Option<&str>) -> tokio::process::Child {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_alert-relay"));
+    let mut c = support::tokio_command_for(env!("CARGO_BIN_EXE_alert-relay"));
     c.args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")

@@ -22,7 +22,7 @@ struct RelayProcess(Child);
 impl RelayProcess {
     fn start(config: &Path, log: &Path) -> RelayProcess {
         let log = std::fs::File::create(log).expect("relay log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+        let child = support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
             .arg("run")
             .arg("--config")
             .arg(config)

@@ -648,3 +648,23 @@ impl Drop for Relay {
 pub fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
+
+/// A command running `bin`, prefixed with `ALERT_RELAY_TEST_RUNNER` when set: CI runs the
+/// aarch64 test suite under qemu-user (`qemu-aarch64 -L /usr/aarch64-linux-gnu`), which does
+/// not follow `execve` into another aarch64 binary, so tests start the relay through this.
+pub fn command_for(bin: impl AsRef<std::ffi::OsStr>) -> Command {
+    match std::env::var("ALERT_RELAY_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("env"));
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
+/// [`command_for`] as a tokio command.
+pub fn tokio_command_for(bin: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    tokio::process::Command::from(command_for(bin))
+}
