@@ -18,7 +18,7 @@ use support::*;
 const T: Duration = Duration::from_secs(120);
 
 /// The relay binary, under `ALERT_RELAY_TEST_RUNNER` (qemu-user) when CI sets it.
-fn relay() -> Command {
+fn relay_cmd() -> Command {
     support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
 }
 
