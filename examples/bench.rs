@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -31,6 +31,8 @@ struct Args {
     rate_seconds: usize,
     idle_seconds: u64,
     policies: Vec<String>,
+    /// Alerts to pile up on disk with the broker away (0 = skip that phase).
+    backlog: usize,
 }
 
 fn parse_args() -> Args {
@@ -40,6 +42,7 @@ fn parse_args() -> Args {
         rate_seconds: 10,
         idle_seconds: 10,
         policies: vec!["batch".into(), "always".into()],
+        backlog: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -51,8 +54,9 @@ fn parse_args() -> Args {
             "--rate-seconds" => a.rate_seconds = v.parse().unwrap_or(a.rate_seconds),
             "--idle-seconds" => a.idle_seconds = v.parse().unwrap_or(a.idle_seconds),
             "--fsync" => a.policies = v.split(',').map(str::to_owned).collect(),
+            "--backlog" => a.backlog = v.parse().unwrap_or(a.backlog),
             other => {
-                eprintln!("unknown argument {other}\nusage: bench [--count N] [--rate N] [--rate-seconds N] [--idle-seconds N] [--fsync batch,always,never]");
+                eprintln!("unknown argument {other}\nusage: bench [--count N] [--rate N] [--rate-seconds N] [--idle-seconds N] [--fsync batch,always,never] [--backlog N]");
                 std::process::exit(2);
             }
         }
@@ -405,8 +409,84 @@ async fn main() {
         );
         rows.push(policy.clone());
     }
-    let counted = AtomicU64::new(rows.len() as u64);
-    println!("# {} policies measured", counted.load(Ordering::Relaxed));
+    if args.backlog > 0 {
+        backlog_phase(&bin, &args, &seen).await;
+    }
+    println!("# {} policies measured", rows.len());
+}
+
+/// The broker is away while `args.backlog` alerts arrive: the backlog must live on disk, so the
+/// relay's RSS stays flat; then the broker comes up and the backlog drains.
+async fn backlog_phase(bin: &Path, args: &Args, seen: &Arc<Mutex<Seen>>) {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = WsServer::start().await;
+    let (mut child, proc_) = start_relay(bin, &ws.url(), port, dir.path(), "batch");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ws.connections.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut samples = Vec::new();
+    let step = (args.backlog / 10).max(1);
+    let t0 = Instant::now();
+    for i in 0..args.backlog {
+        ws.send_text(alert(10_000_000 + i));
+        if (i + 1) % step == 0 {
+            // Let the relay catch up before sampling, so RSS reflects a durable backlog.
+            let queued = dir_bytes(&dir.path().join("queue"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            samples.push((i + 1, queued, proc_.status_kib("VmRSS:")));
+        }
+        if i % 2000 == 1999 {
+            // Keep the in-process WebSocket buffer small: pace at the relay's speed.
+            tokio::task::yield_now().await;
+            while dir_bytes(&dir.path().join("queue")) < ((i + 1).saturating_sub(4000) * 400) as u64
+                && Instant::now() - t0 < Duration::from_secs(3600)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    for (n, bytes, rss) in &samples {
+        println!(
+            "backlog  {n:>9} alerts, {:>7.1} MiB on disk: relay RSS {:.1} MiB",
+            *bytes as f64 / 1048576.0,
+            *rss as f64 / 1024.0
+        );
+    }
+    *seen.lock().expect("lock") = Seen::default();
+    let _broker = Broker::start(port);
+    subscriber(port, seen.clone()).await;
+    let t1 = Instant::now();
+    let drained = wait_for(seen, args.backlog, Duration::from_secs(1800)).await;
+    let got = seen.lock().expect("lock").counts.len();
+    println!(
+        "backlog  drained {got} of {} in {:.1}s ({:.0} alerts/s){}; peak RSS {:.1} MiB",
+        args.backlog,
+        t1.elapsed().as_secs_f64(),
+        got as f64 / t1.elapsed().as_secs_f64(),
+        if drained {
+            ""
+        } else {
+            " (subscriber missed some: mosquitto drops for slow subscribers)"
+        },
+        proc_.status_kib("VmHWM:") as f64 / 1024.0
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &proc_.pid.to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn uname() -> String {
