@@ -65,6 +65,17 @@ pub async fn run_with_stats(
     shutdown: impl Future<Output = ()>,
     stats: Arc<Stats>,
 ) -> Result<(), RunError> {
+    run_with(config, shutdown, stats, || {}).await
+}
+
+/// [`run_with_stats`], calling `on_ready` once the queue is recovered and every stage is
+/// running (the binary tells systemd `READY=1` there).
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    stats: Arc<Stats>,
+    on_ready: impl FnOnce(),
+) -> Result<(), RunError> {
     let (queue, report) = queue::Queue::open(&config.queue)?;
     log::info!(
         "queue: {} segments, {} unacknowledged records in {}{}",
@@ -155,6 +166,7 @@ pub async fn run_with_stats(
     ));
     drop(queue);
 
+    on_ready();
     shutdown.await;
     log::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -387,12 +387,44 @@ fn run(cfg: Config) -> ExitCode {
         let _in_runtime = rt.enter();
         shutdown_signal()
     };
-    match rt.block_on(alert_relay::run(cfg, shutdown)) {
+    let stats = std::sync::Arc::new(alert_relay::stats::Stats::default());
+    let result = rt.block_on(async {
+        let relay = alert_relay::run_with(cfg, shutdown, stats, systemd_ready);
+        tokio::pin!(relay);
+        // Under systemd (Type=notify, WatchdogSec) the runtime proves it is alive by pinging
+        // at half the watchdog interval; a wedged event loop stops pinging and gets restarted.
+        match sd_notify::watchdog_enabled() {
+            Some(interval) => {
+                let mut tick = tokio::time::interval(interval / 2);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        r = &mut relay => break r,
+                        _ = tick.tick() => {
+                            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                        }
+                    }
+                }
+            }
+            None => relay.await,
+        }
+    });
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Tells systemd (when it started us with NOTIFY_SOCKET) that the relay is up: the queue is
+/// recovered and every stage runs. Outside systemd this does nothing.
+fn systemd_ready() {
+    match sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        Ok(()) => log::debug!("systemd: READY=1 sent (if NOTIFY_SOCKET is set)"),
+        Err(e) => log::warn!("systemd: cannot send READY=1: {e}"),
     }
 }
 

@@ -141,3 +141,62 @@ fn sigterm_stops_the_daemon_cleanly() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("SIGTERM received"));
 }
+
+#[test]
+fn under_systemd_it_reports_ready_pings_the_watchdog_and_says_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let cfg = format!(
+        "[source]\nurl = \"ws://127.0.0.1:9/\"\n[queue]\ndir = \"{}\"\n[mqtt]\nport = 9\n",
+        dir.path().join("q").display()
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, cfg).expect("write");
+    let child = relay()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    // READY=1 first, then WATCHDOG=1 every ~100 ms.
+    while seen
+        .iter()
+        .filter(|m: &&String| m.as_str() == "WATCHDOG=1")
+        .count()
+        < 3
+    {
+        let n = sock.recv(&mut buf).expect("a notification within 20s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("READY=1"),
+        "{seen:?}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING=1 within 20s");
+        if String::from_utf8_lossy(&buf[..n]).trim() == "STOPPING=1" {
+            break;
+        }
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
