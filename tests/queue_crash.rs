@@ -441,7 +441,10 @@ async fn broker_outage_grows_the_queue_on_disk_not_in_memory_and_drains_in_order
 
     proxy.set_up(false);
     let mut next = 2001;
-    let step = 8_000;
+    // Under CI's qemu-user pass everything runs ~10x slower: a smaller backlog proves the
+    // same (disk grows, RSS does not) within the deadlines.
+    let emulated = std::env::var("ALERT_RELAY_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
+    let step = if emulated { 2_000 } else { 8_000 };
     let mut samples = Vec::new(); // (queue bytes on disk, RSS KiB)
     for _ in 0..7 {
         send(next, next + step);
@@ -467,8 +470,9 @@ async fn broker_outage_grows_the_queue_on_disk_not_in_memory_and_drains_in_order
     let (disk1, rss1) = samples[samples.len() - 1];
     eprintln!("outage: queue on disk / relay RSS: {samples:?} (bytes, KiB)");
     let disk_growth_kib = (disk1 - disk0) / 1024;
+    // Five steps of ~500-byte records: at least 200 bytes each on disk.
     assert!(
-        disk_growth_kib > 8 * 1024,
+        disk_growth_kib > step * 5 * 200 / 1024,
         "backlog grew on disk: {disk_growth_kib} KiB"
     );
     let rss_growth_kib = rss1.saturating_sub(rss0);

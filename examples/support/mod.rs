@@ -190,6 +190,13 @@ dynamic_filters = true
     }
 }
 
+/// A mosquitto started by a test never outlives it.
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn spawn_mosquitto(conf: &std::path::Path) -> Child {
     Command::new("mosquitto")
         .arg("-c")
