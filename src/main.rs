@@ -254,15 +254,9 @@ fn test_output(path: &std::path::Path, output: &str, pattern: Option<&str>) -> E
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("alert-relay: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // Handlers are installed inside the runtime (they need its reactor) before the test runs.
     let shutdown = {
@@ -370,15 +364,9 @@ fn init_logging() {
 }
 
 fn run(cfg: Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            log::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     log::info!("alert-relay {} starting", env!("CARGO_PKG_VERSION"));
     // Handlers go in before the queue directory exists: a SIGTERM right after start must
@@ -428,16 +416,21 @@ fn systemd_ready() {
     }
 }
 
-fn admin(cfg: Config, cmd: AdminCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// The single-threaded runtime every subcommand runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("alert-relay: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+fn admin(cfg: Config, cmd: AdminCommand) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     match rt.block_on(alert_relay::source::admin::run(&cfg.source, cmd)) {
         Ok(out) => {

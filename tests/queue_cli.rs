@@ -1,5 +1,8 @@
 //! `alert-relay queue stats|dump --dir DIR`: offline, read-only views of a queue directory.
 
+#[path = "../examples/support/mod.rs"]
+mod support;
+
 use std::process::Command;
 
 use alert_relay::alert::{parse_frame, Alert, Frame, QueuedMessage, Via};
@@ -8,16 +11,7 @@ use alert_relay::queue::Queue;
 
 /// The relay binary, under `ALERT_RELAY_TEST_RUNNER` (qemu-user) when CI sets it.
 fn relay() -> Command {
-    let bin = env!("CARGO_BIN_EXE_alert-relay");
-    match std::env::var("ALERT_RELAY_TEST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
-            let mut parts = runner.split_whitespace();
-            let mut c = Command::new(parts.next().unwrap_or("env"));
-            c.args(parts).arg(bin);
-            c
-        }
-        _ => Command::new(bin),
-    }
+    support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
 }
 
 fn queued(event_id: &str, label: &str) -> Vec<u8> {
