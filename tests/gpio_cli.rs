@@ -44,10 +44,12 @@ kind = "buzzer"
     (path, trace)
 }
 
-/// (output, on) for every line of the trace.
+/// (output, on) for every complete line of the trace. The relay may be writing while this
+/// reads, so a last line without its newline is not there yet.
 fn trace_edges(trace: &Path) -> Vec<(String, bool)> {
-    std::fs::read_to_string(trace)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("trace line is JSON");

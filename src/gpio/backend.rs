@@ -164,7 +164,10 @@ impl SimShared {
                 "output": name,
                 "on": on,
             });
-            writeln!(f, "{line}").map_err(|source| GpioError::Trace {
+            // One write per line: readers of the trace (tests, tools tailing it) never see
+            // half a line, which `writeln!` on an unbuffered file would emit in pieces.
+            let line = format!("{line}\n");
+            f.write_all(line.as_bytes()).map_err(|source| GpioError::Trace {
                 path: path.clone(),
                 source,
             })?;
