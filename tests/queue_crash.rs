@@ -476,10 +476,17 @@ async fn broker_outage_grows_the_queue_on_disk_not_in_memory_and_drains_in_order
         "backlog grew on disk: {disk_growth_kib} KiB"
     );
     let rss_growth_kib = rss1.saturating_sub(rss0);
-    assert!(
-        rss_growth_kib * 4 < disk_growth_kib,
-        "RSS grew {rss_growth_kib} KiB while the backlog grew {disk_growth_kib} KiB"
-    );
+    if emulated {
+        // Under qemu-user the pid is the emulator's: its RSS holds its translation cache, which
+        // grows by a MiB or so whenever a new code path runs (CI saw +1.1 MiB against a 3.3 MiB
+        // backlog). The native pass of this test makes the claim about the relay's memory.
+        eprintln!("outage: RSS growth {rss_growth_kib} KiB not checked under emulation");
+    } else {
+        assert!(
+            rss_growth_kib * 4 < disk_growth_kib,
+            "RSS grew {rss_growth_kib} KiB while the backlog grew {disk_growth_kib} KiB"
+        );
+    }
 
     let seen_stats = sub.on("alert-relay/stats").len();
     proxy.set_up(true);
