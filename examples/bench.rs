@@ -224,7 +224,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The relay under test: `$ALERT_RELAY_BENCH_BIN` when set (an installed binary, or a build
+/// with symbols for `perf`), else this checkout's release build (built first).
 fn relay_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ALERT_RELAY_BENCH_BIN") {
+        return PathBuf::from(bin);
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--bin", "alert-relay"])

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::alert::{Alert, Confidence, QueuedMessage, Via};
 use crate::dedup::{self, Admit, KeyHasher, State, Window};
 use crate::gpio::GpioCommand;
-use crate::queue::{QueueError, QueueHandle, WriteOutcome};
+use crate::queue::{OnOutcome, QueueError, QueueHandle, Then, WriteOutcome};
 use crate::rules::RuleEngine;
 use crate::stats::Stats;
 
@@ -68,12 +68,19 @@ impl Dedup {
     }
 }
 
+/// The writer thread settles the window as soon as an append is answered.
+impl OnOutcome for Dedup {
+    fn on_outcome(&self, key: u64, seq: Option<u64>) {
+        self.settle(Some(key), seq);
+    }
+}
+
 /// What [`Ingest::submit`] did with one copy.
 enum Submitted {
     Duplicate(dedup::Key),
-    /// Handed to the writer; the task resolves with the append's outcome (after settling the
-    /// dedup window).
-    Queued(tokio::task::JoinHandle<WriteOutcome>),
+    /// Handed to the writer, which settles the dedup window when the append is answered; with
+    /// a receipt, the receiver then gets the outcome.
+    Queued(Option<tokio::sync::oneshot::Receiver<WriteOutcome>>),
     Failed(IngestError),
 }
 
@@ -110,7 +117,7 @@ impl Ingest {
     /// the alert (not after its fsync), so the socket keeps being read.
     pub async fn accept(&self, alert: Alert, via: Via) {
         // The outcome is counted by the writer and settles the dedup window on its own.
-        let _ = self.submit(&alert, via).await;
+        let _ = self.submit(&alert, via, false).await;
     }
 
     /// Like [`Ingest::accept`], but returns only once the alert (or the copy of it seen first)
@@ -119,10 +126,11 @@ impl Ingest {
         let deadline = tokio::time::Instant::now() + DURABLE_TIMEOUT;
         // A duplicate whose first copy failed is submitted again, once.
         for _ in 0..2 {
-            let key = match self.submit(&alert, via).await {
+            let key = match self.submit(&alert, via, true).await {
                 Submitted::Failed(e) => return Err(e),
-                Submitted::Queued(task) => {
-                    return match tokio::time::timeout_at(deadline, task).await {
+                Submitted::Queued(None) => return Err(IngestError::Closed),
+                Submitted::Queued(Some(rx)) => {
+                    return match tokio::time::timeout_at(deadline, rx).await {
                         Ok(Ok(Ok(seq))) => Ok(Accepted::Durable(seq)),
                         Ok(Ok(Err(e))) => Err(IngestError::Refused(e)),
                         Ok(Err(_)) => Err(IngestError::Closed),
@@ -158,7 +166,7 @@ impl Ingest {
         }
     }
 
-    async fn submit(&self, alert: &Alert, via: Via) -> Submitted {
+    async fn submit(&self, alert: &Alert, via: Via, receipt: bool) -> Submitted {
         let s = &self.stats;
         s.inc(&s.alerts_received);
         if alert.confidence == Confidence::Invalid {
@@ -194,13 +202,15 @@ impl Ingest {
         self.fire_gpio(alert, now);
         let payload = QueuedMessage::from_alert(alert, via).encode();
         let us = crate::clock::unix_micros(now);
-        let receipt = tokio::time::timeout(
+        let dedup: Arc<dyn OnOutcome> = self.dedup.clone();
+        let then = key.map(|k| Then::new(dedup, k));
+        let sent = tokio::time::timeout(
             QUEUE_SEND_TIMEOUT,
-            self.queue.append_with_receipt(payload, us),
+            self.queue.append_then(payload, us, then, receipt),
         )
         .await;
-        let rx = match receipt {
-            Ok(Ok(rx)) => rx,
+        match sent {
+            Ok(Ok(rx)) => Submitted::Queued(rx),
             failed => {
                 let e = match failed {
                     Ok(Err(_)) => IngestError::Closed,
@@ -211,22 +221,11 @@ impl Ingest {
                     "queue_stalled",
                     format_args!("alert {:?} dropped: {e}", alert.label),
                 );
-                // A later copy (a webhook retry) may then be admitted and try again.
-                self.dedup.settle(key, None);
-                return Submitted::Failed(e);
+                // A later copy (a webhook retry) may then be admitted and try again: the
+                // request's `Then`, dropped unsent, has settled the key as failed.
+                Submitted::Failed(e)
             }
-        };
-        let dedup = self.dedup.clone();
-        Submitted::Queued(tokio::spawn(async move {
-            let outcome = rx.await.unwrap_or_else(|_| {
-                Err(Arc::new(QueueError::Io {
-                    path: "queue writer".into(),
-                    source: std::io::Error::other("queue writer has stopped"),
-                }))
-            });
-            dedup.settle(key, outcome.as_ref().ok().copied());
-            outcome
-        }))
+        }
     }
 
     /// Makes a non-alert channel message durable (`source.durable_channels`): same queue, same

@@ -47,7 +47,7 @@ mod inspect;
 mod writer;
 
 pub use inspect::{inspect_dir, DirSummary, DumpedRecord};
-pub use writer::{spawn_writer, QueueHandle, WriteOutcome};
+pub use writer::{spawn_writer, OnOutcome, QueueHandle, Then, WriteOutcome};
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
