@@ -167,10 +167,11 @@ impl SimShared {
             // One write per line: readers of the trace (tests, tools tailing it) never see
             // half a line, which `writeln!` on an unbuffered file would emit in pieces.
             let line = format!("{line}\n");
-            f.write_all(line.as_bytes()).map_err(|source| GpioError::Trace {
-                path: path.clone(),
-                source,
-            })?;
+            f.write_all(line.as_bytes())
+                .map_err(|source| GpioError::Trace {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }

@@ -55,6 +55,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::{FsyncPolicy, OnFull, QueueConfig};
@@ -161,7 +162,7 @@ impl Segment {
 /// What the caller must fsync (outside any lock) before calling [`Queue::mark_durable`].
 #[derive(Debug)]
 pub struct SyncJob {
-    pub file: Option<File>,
+    pub file: Option<Arc<File>>,
     pub upto_seq: u64,
     segment_first_seq: u64,
     segment_bytes: u64,
@@ -186,7 +187,7 @@ pub struct Queue {
     fsync: FsyncPolicy,
     segments: VecDeque<Segment>,
     /// Append handle of the newest segment (None until the first append after start/roll).
-    active: Option<File>,
+    active: Option<Arc<File>>,
     /// Bytes appended but not yet written to `active`.
     pending: Vec<u8>,
     pending_first_seq: u64,
@@ -552,7 +553,7 @@ impl Queue {
                 .append(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            self.active = Some(f);
+            self.active = Some(Arc::new(f));
         }
         Ok(())
     }
@@ -603,7 +604,7 @@ impl Queue {
             durable_bytes: MAGIC_LEN,
             corrupt: false,
         });
-        self.active = Some(f);
+        self.active = Some(Arc::new(f));
         Ok(())
     }
 
@@ -620,11 +621,11 @@ impl Queue {
         if self.pending.is_empty() {
             return Ok(None);
         }
-        let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_mut()) else {
+        let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_ref()) else {
             return Ok(None);
         };
         let path = self.dir.join(Segment::file_name(seg.first_seq));
-        if let Err(source) = file.write_all(&self.pending) {
+        if let Err(source) = (&**file).write_all(&self.pending) {
             let _ = file.set_len(seg.bytes);
             let n = self.next_seq - self.pending_first_seq;
             self.counters.dropped_io_error += n;
@@ -640,9 +641,10 @@ impl Queue {
         seg.next_seq = self.next_seq;
         self.counters.bytes_written += self.pending.len() as u64;
         self.pending.clear();
+        // The writer fsyncs through a second reference to the same open file: no dup(2).
         let file = match self.fsync {
             FsyncPolicy::Never => None,
-            _ => Some(file.try_clone().map_err(io_err(&path))?),
+            _ => Some(file.clone()),
         };
         Ok(Some(SyncJob {
             file,
@@ -1168,7 +1170,10 @@ impl Header {
 struct SegReader {
     first_seq: u64,
     file: File,
+    /// Only grows (zero-filled once), so refills do not clear it again.
     buf: Vec<u8>,
+    /// Bytes of `buf` read from the file.
+    filled: usize,
     /// File offset of `buf[0]`.
     at: u64,
 }
@@ -1179,6 +1184,7 @@ impl SegReader {
             first_seq,
             file: File::open(path)?,
             buf: Vec::new(),
+            filled: 0,
             at: 0,
         })
     }
@@ -1188,20 +1194,28 @@ impl SegReader {
         if off + len as u64 > end {
             return Ok(None);
         }
-        let have = off >= self.at && off + len as u64 <= self.at + self.buf.len() as u64;
+        let have = off >= self.at && off + len as u64 <= self.at + self.filled as u64;
         if !have {
             let want = ((end - off) as usize).min(READ_CHUNK.max(len));
-            self.buf.resize(want, 0);
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
             let mut got = 0;
             while got < want {
-                match self.file.read_at(&mut self.buf[got..], off + got as u64) {
+                match self
+                    .file
+                    .read_at(&mut self.buf[got..want], off + got as u64)
+                {
                     Ok(0) => break,
                     Ok(n) => got += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        self.filled = 0;
+                        return Err(e);
+                    }
                 }
             }
-            self.buf.truncate(got);
+            self.filled = got;
             self.at = off;
             if got < len {
                 return Ok(None);
