@@ -24,8 +24,13 @@ use crate::alert::Alert;
 
 /// Keys remembered. At VideoDB's alert rates (a few per minute per stream, bursts of tens) this
 /// covers hours, far longer than webhook retries and socket/webhook skew (seconds to minutes);
-/// it costs about 150 KiB. A power of two, as `FnvIndexMap` requires.
+/// it costs about 250 KiB.
 pub const WINDOW: usize = 4096;
+/// Slots of the hash table holding the window: twice the keys, so the open-addressing table is
+/// at most half full. (A full table made every lookup and eviction probe thousands of slots: a
+/// sixth of the relay's CPU in a burst, measured with `perf` on `examples/bench.rs`.) A power
+/// of two, as `FnvIndexMap` requires.
+const TABLE: usize = 2 * WINDOW;
 
 /// The 64-bit identity of one alert occurrence.
 pub type Key = u64;
@@ -85,7 +90,7 @@ impl KeyHasher {
 
 /// The window of recent keys, in fixed memory.
 pub struct Window {
-    states: FnvIndexMap<Key, u64, WINDOW>,
+    states: FnvIndexMap<Key, u64, TABLE>,
     /// Admission order, for eviction. Holds each key in `states` exactly once.
     order: Deque<Key, WINDOW>,
 }

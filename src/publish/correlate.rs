@@ -22,6 +22,9 @@ pub struct Correlator {
     awaiting: HashMap<u16, VecDeque<u64>>,
     /// Records that are acknowledged as soon as they are written (QoS 0).
     at_most_once: bool,
+    /// Records (not own messages) in `unassigned` and `awaiting`: asked once per loop turn,
+    /// so kept rather than counted.
+    in_flight: usize,
 }
 
 /// What an event meant for the queue.
@@ -43,13 +46,17 @@ impl Correlator {
 
     /// A publish was handed to the client: `Some(seq)` for a record, `None` for our own.
     pub fn sent(&mut self, seq: Option<u64>) {
+        self.in_flight += usize::from(seq.is_some());
         self.unassigned.push_back(seq);
     }
 
     /// rumqttc wrote the next publish with packet id `pkid` (0 at QoS 0).
     pub fn written(&mut self, pkid: u16) -> Outcome {
         match self.unassigned.pop_front() {
-            Some(Some(seq)) if self.at_most_once => Outcome::Done(seq),
+            Some(Some(seq)) if self.at_most_once => {
+                self.in_flight -= 1;
+                Outcome::Done(seq)
+            }
             Some(Some(seq)) => {
                 self.awaiting.entry(pkid).or_default().push_back(seq);
                 Outcome::None
@@ -67,13 +74,18 @@ impl Correlator {
         if seqs.is_empty() {
             self.awaiting.remove(&pkid);
         }
+        self.in_flight -= usize::from(seq.is_some());
         seq.map_or(Outcome::None, Outcome::Done)
     }
 
     /// Records handed to the client and not yet acknowledged: the in-flight window's use.
     pub fn records_in_flight(&self) -> usize {
-        self.unassigned.iter().filter(|s| s.is_some()).count()
-            + self.awaiting.values().map(VecDeque::len).sum::<usize>()
+        debug_assert_eq!(
+            self.in_flight,
+            self.unassigned.iter().filter(|s| s.is_some()).count()
+                + self.awaiting.values().map(VecDeque::len).sum::<usize>()
+        );
+        self.in_flight
     }
 
     /// The oldest record written to the wire and not yet acknowledged.
