@@ -211,6 +211,16 @@ impl Proc {
         }
         total
     }
+    /// Proportional set size (KiB): shared pages (libc) divided among the processes using them.
+    fn pss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
     fn write_bytes(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/io", self.pid))
             .unwrap_or_default()
@@ -388,6 +398,7 @@ async fn main() {
         let idle_rss = proc_.status_kib("VmRSS:");
         // RSS = anonymous memory + pages of the binary and libc mapped from the page cache.
         let idle_anon = proc_.status_kib("RssAnon:");
+        let idle_pss = proc_.pss_kib();
         let cs0 = proc_.ctx_switches();
         tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
         let idle_wakeups = proc_.ctx_switches() - cs0;
@@ -447,7 +458,7 @@ async fn main() {
             written as f64 / (bursts * payload_len) as f64,
         );
         println!(
-            "{policy:<6} {}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}; CPU {:.3} ms/alert; idle RSS {:.1} MiB ({:.1} MiB anonymous), {} wake-ups in {}s idle",
+            "{policy:<6} {}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}; CPU {:.3} ms/alert; idle RSS {:.1} MiB (PSS {:.1} MiB, anonymous {:.1} MiB), {} wake-ups in {}s idle",
             args.rate,
             percentile(&lat, 0.50) as f64 / 1000.0,
             percentile(&lat, 0.99) as f64 / 1000.0,
@@ -455,6 +466,7 @@ async fn main() {
             if rate_complete { "" } else { " (INCOMPLETE)" },
             1000.0 * rate_cpu / n as f64,
             idle_rss as f64 / 1024.0,
+            idle_pss as f64 / 1024.0,
             idle_anon as f64 / 1024.0,
             idle_wakeups,
             args.idle_seconds,
