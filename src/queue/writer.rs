@@ -22,10 +22,11 @@ use crate::stats::Stats;
 pub const WRITE_CHANNEL_CAPACITY: usize = 512;
 /// Most records one group commit takes, so one fsync never waits on an unbounded batch.
 const MAX_BATCH: usize = 4096;
-/// Under load (the last group commit took at least [`BUSY_BATCH`] records), the writer waits
-/// this long for more before committing, like PostgreSQL's `commit_delay`: fewer, larger
-/// fsyncs. Each fsync rewrites the segment's partly filled last page and the inode, so small
-/// batches cost the SD card several KiB each. An alert arriving alone never waits.
+/// Under load (the last group commit took at least [`BUSY_BATCH`] records and more were waiting
+/// when it finished), the writer waits this long for more before committing, like PostgreSQL's
+/// `commit_delay`: fewer, larger fsyncs. Each fsync rewrites the segment's partly filled last
+/// page and the inode, so small batches cost the SD card several KiB each. An alert arriving
+/// when the writer has caught up never waits.
 const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 const BUSY_BATCH: usize = 4;
 
@@ -210,7 +211,22 @@ fn writer_loop(
     let mut batch: Vec<WriteRequest> = Vec::new();
     let mut results: Vec<Result<u64, Arc<QueueError>>> = Vec::new();
     let mut busy = false;
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let waiting = match busy {
+            true => rx.try_recv().ok(),
+            false => None,
+        };
+        let first = match waiting {
+            Some(r) => r,
+            None => {
+                // Caught up: the next alert is a lone one and is committed at once.
+                busy = false;
+                match rx.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                }
+            }
+        };
         batch.push(first);
         if busy && policy == FsyncPolicy::Batch {
             std::thread::sleep(COMMIT_DELAY);
