@@ -198,15 +198,22 @@ impl Rng {
     }
 }
 
-/// Sends numbered alerts (`ev-1`, `ev-2`, ...) every `every` until `stop`.
-fn feed(ws: Arc<WsServer>, next: Arc<AtomicU64>, stop: Arc<AtomicBool>, every: Duration) {
+/// Sends numbered alerts (`ev-1`, `ev-2`, ...) every `every` until `stop`. Await the handle
+/// before numbering more alerts elsewhere: a send in flight when `stop` is set would otherwise
+/// race them and go out of order (a failed run saw event 1100 sent before 1099).
+fn feed(
+    ws: Arc<WsServer>,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::SeqCst) {
             let n = next.fetch_add(1, Ordering::SeqCst);
             ws.send_text(alert_frame(&format!("ev-{n}"), "crash_test", 0.9));
             tokio::time::sleep(every).await;
         }
-    });
+    })
 }
 
 /// What can be proven, and how:
@@ -242,7 +249,7 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
     let mut kills = 0;
 
     // Phase 1: alerts flow steadily; kill at random moments.
-    feed(
+    let feeder = feed(
         ws.clone(),
         next.clone(),
         stop.clone(),
@@ -264,6 +271,7 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
         }
     }
     stop.store(true, Ordering::SeqCst);
+    feeder.await.expect("feeder");
 
     // Phase 2: a burst (queued upstream while the relay is down) builds a backlog; kill while
     // it drains.

@@ -188,7 +188,7 @@ pub async fn run(
 
 async fn persist_ack(queue: &QueueHandle) {
     let q = queue.clone();
-    let r = tokio::task::spawn_blocking(move || q.lock().persist_ack()).await;
+    let r = tokio::task::spawn_blocking(move || q.flush_acks()).await;
     if let Ok(Err(e)) = r {
         log::error!("queue: cannot persist the ack position: {e}");
     }

@@ -15,9 +15,12 @@
 //!   data loss on power cut is zero for readable records; with `never`, whatever the kernel had
 //!   not written back.
 //! - **Cheap acknowledgement.** The ack position lives in memory and is persisted to `ack`
-//!   (write + fsync + rename) at most about once a second, when a segment is deleted, and on
-//!   close — never once per PUBACK. After a crash, records acked since the last persist are
-//!   published again (duplicates, identified by `relay.seq`), never lost.
+//!   (write + fsync + rename) at most about once a second and on close — never once per
+//!   PUBACK. Fully acknowledged segments are deleted with that persist, after it. The
+//!   publisher's persist ([`QueueHandle::flush_acks`]) does its I/O without holding the queue,
+//!   on a blocking thread, so an SD card's slow fsync never stalls the event loop (GPIO
+//!   timing, socket reads). After a crash, records acked since the last persist are published
+//!   again (duplicates, identified by `relay.seq`), never lost.
 //! - **Recovery is fast and never refuses to start.** Only the newest segment is scanned
 //!   (CRC-checked record by record) at start: its torn tail is truncated at the first bad record
 //!   after which no intact record follows. Older segments are trusted by size at start (a segment
@@ -199,6 +202,11 @@ pub struct Queue {
     /// Unreadable sequence ranges inside segments, start -> end (exclusive). Rare and small.
     holes: BTreeMap<u64, u64>,
     persisted_ack: u64,
+    /// Fully acknowledged segments, out of `segments`, whose files are deleted when the ack
+    /// position is next persisted ([`Queue::persist_ack`] or [`QueueHandle::flush_acks`]), off
+    /// the publisher's thread. A crash before then only replays them (duplicates). Their bytes
+    /// still count against `max_bytes` (the files are on disk until then): (first seq, bytes).
+    retired: Vec<(u64, u64)>,
     read: Option<ReadPos>,
     read_seq: u64,
     reader: Option<SegReader>,
@@ -244,6 +252,7 @@ impl Queue {
             acked_ahead: BTreeSet::new(),
             holes: BTreeMap::new(),
             persisted_ack: 1,
+            retired: Vec::new(),
             read: None,
             read_seq: 1,
             reader: None,
@@ -435,10 +444,21 @@ impl Queue {
                         .is_some_and(|cap| self.next_seq - s.first_seq >= cap)
             }
         };
+        if need_roll && !self.retired.is_empty() {
+            // Acknowledged segments go at the latest when a new one is made (on this, the
+            // writer's thread): the disk never holds more than one segment's worth of them
+            // for long, and a full disk gets its room back before the new segment is created.
+            self.persist_ack_or_log();
+        }
         // A new segment costs its magic too. Dropping old segments never touches the newest,
         // so `need_roll` stays true while making room.
         let need = size + if need_roll { MAGIC_LEN } else { 0 };
         while let Some(what) = self.over_bound(need) {
+            if !self.retired.is_empty() {
+                // Acknowledged segments awaiting deletion come first: delete them now.
+                self.persist_ack_or_log();
+                continue;
+            }
             let dropped = match self.on_full {
                 OnFull::DropNewest => false,
                 OnFull::DropOldest => self.drop_oldest_segment(),
@@ -481,7 +501,8 @@ impl Queue {
 
     /// Which bound one more record of `size` bytes would break, if any.
     fn over_bound(&self, size: u64) -> Option<String> {
-        if self.total_bytes() + self.pending.len() as u64 + size > self.max_bytes {
+        let retired: u64 = self.retired.iter().map(|&(_, b)| b).sum();
+        if self.total_bytes() + retired + self.pending.len() as u64 + size > self.max_bytes {
             return Some(format!("max_bytes = {}", self.max_bytes));
         }
         match self.max_records {
@@ -979,15 +1000,23 @@ impl Queue {
     fn delete_acked_segments(&mut self) {
         let mut deleted = false;
         while self.segments.len() > 1 {
-            let (first, next, corrupt) = match self.segments.front() {
-                Some(s) => (s.first_seq, s.next_seq, s.corrupt),
+            let (first, next, corrupt, bytes) = match self.segments.front() {
+                Some(s) => (s.first_seq, s.next_seq, s.corrupt, s.bytes),
                 None => break,
             };
             if next > self.acked_upto {
                 break;
             }
             self.segments.pop_front();
-            self.quarantine_or_delete(first, corrupt);
+            if corrupt {
+                // Rare; a rename, no fsync: quarantined at once.
+                self.quarantine_or_delete(first, true);
+            } else {
+                if self.reader.as_ref().is_some_and(|r| r.first_seq == first) {
+                    self.reader = None;
+                }
+                self.retired.push((first, bytes));
+            }
             if self.read.is_some_and(|p| p.segment_first_seq == first) {
                 self.read = None;
             }
@@ -996,8 +1025,41 @@ impl Queue {
         if deleted {
             self.skip_ack_gaps();
             self.read_seq = self.read_seq.max(self.acked_upto);
-            // The ack position must not point into a deleted segment after a crash.
-            self.persist_ack_or_log();
+        }
+    }
+
+    fn delete_retired(&mut self) {
+        for (first, _) in std::mem::take(&mut self.retired) {
+            self.quarantine_or_delete(first, false);
+        }
+    }
+
+    /// Under the lock: what [`QueueHandle::flush_acks`] must write and delete, or `None` when
+    /// nothing is due. Retired segments are handed over; their files are the flush's to delete.
+    fn begin_flush(&mut self) -> Option<AckFlush> {
+        if !self.ack_dirty() {
+            return None;
+        }
+        Some(AckFlush {
+            dir: self.dir.clone(),
+            position: self.acked_upto,
+            write: self.acked_upto != self.persisted_ack,
+            fsync: self.fsync,
+            delete: std::mem::take(&mut self.retired)
+                .into_iter()
+                .map(|(first, _)| self.path_of(first))
+                .collect(),
+        })
+    }
+
+    /// Under the lock again: records what the flush achieved (`written`: the ack file was).
+    fn end_flush(&mut self, flush: &AckFlush, fsync_us: Option<u64>, written: bool) {
+        if written {
+            self.counters.bytes_written += ACK_FILE_LEN as u64;
+            self.persisted_ack = self.persisted_ack.max(flush.position);
+        }
+        if let Some(us) = fsync_us {
+            self.count_fsync(1, us);
         }
     }
 
@@ -1009,34 +1071,35 @@ impl Queue {
         }
     }
 
-    /// True when the in-memory ack position is ahead of the persisted one.
+    /// True when the in-memory ack position is ahead of the persisted one, or acknowledged
+    /// segments wait to be deleted.
     pub fn ack_dirty(&self) -> bool {
-        self.acked_upto != self.persisted_ack
+        self.acked_upto != self.persisted_ack || !self.retired.is_empty()
     }
 
-    /// Persists the ack position (write, fsync, rename). Callers do this about once a second
-    /// and on close; it is also done whenever a segment is deleted.
+    /// Persists the ack position (write, fsync, rename) and deletes fully acknowledged
+    /// segments, holding the queue. The daemon's publisher uses [`QueueHandle::flush_acks`]
+    /// instead, about once a second, which does the I/O without the lock; this is for close,
+    /// for `drop_oldest` on the writer thread, and for tools and tests.
     pub fn persist_ack(&mut self) -> Result<(), QueueError> {
-        if self.acked_upto == self.persisted_ack {
-            return Ok(());
+        let mut result = Ok(());
+        if self.acked_upto != self.persisted_ack {
+            match write_ack_file(&self.dir, "ack.tmp", self.acked_upto, self.fsync) {
+                Ok(took) => {
+                    if let Some(us) = took {
+                        self.count_fsync(1, us);
+                    }
+                    self.counters.bytes_written += ACK_FILE_LEN as u64;
+                    self.persisted_ack = self.acked_upto;
+                }
+                Err(e) => result = Err(e),
+            }
         }
-        let tmp = self.dir.join("ack.tmp");
-        let mut buf = [0u8; 12];
-        buf[..8].copy_from_slice(&self.acked_upto.to_le_bytes());
-        let crc = crc32c::crc32c(&buf[..8]);
-        buf[8..].copy_from_slice(&crc.to_le_bytes());
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&buf).map_err(io_err(&tmp))?;
-        if self.fsync != FsyncPolicy::Never {
-            let t0 = Instant::now();
-            f.sync_all().map_err(io_err(&tmp))?;
-            self.count_fsync(1, t0.elapsed().as_micros() as u64);
-        }
-        let dest = self.dir.join("ack");
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        self.counters.bytes_written += buf.len() as u64;
-        self.persisted_ack = self.acked_upto;
-        Ok(())
+        // After the position, and even when it could not be written (a full disk needs the
+        // room): they are fully acknowledged, and recovery skips an ack position below the
+        // oldest segment. A crash before this line only replays them.
+        self.delete_retired();
+        result
     }
 
     /// Writes and syncs anything buffered and persists the ack position.
@@ -1363,6 +1426,70 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     }
     firsts.sort_unstable();
     Ok(firsts)
+}
+
+/// Bytes of the `ack` file: the position and its CRC32C.
+const ACK_FILE_LEN: usize = 12;
+
+/// Writes `position` to `dir/ack` atomically: `tmp`, fsync (unless `never`), rename. Returns
+/// how long the fsync took.
+fn write_ack_file(
+    dir: &Path,
+    tmp: &str,
+    position: u64,
+    fsync: FsyncPolicy,
+) -> Result<Option<u64>, QueueError> {
+    let tmp = dir.join(tmp);
+    let mut buf = [0u8; ACK_FILE_LEN];
+    buf[..8].copy_from_slice(&position.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[..8]);
+    buf[8..].copy_from_slice(&crc.to_le_bytes());
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&buf).map_err(io_err(&tmp))?;
+    let mut took = None;
+    if fsync != FsyncPolicy::Never {
+        let t0 = Instant::now();
+        f.sync_all().map_err(io_err(&tmp))?;
+        took = Some(t0.elapsed().as_micros() as u64);
+    }
+    let dest = dir.join("ack");
+    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+    Ok(took)
+}
+
+/// An ack persist and segment deletions to do without holding the queue
+/// ([`QueueHandle::flush_acks`]).
+struct AckFlush {
+    dir: PathBuf,
+    position: u64,
+    /// The position moved since the last persist.
+    write: bool,
+    fsync: FsyncPolicy,
+    delete: Vec<PathBuf>,
+}
+
+impl AckFlush {
+    /// The I/O, lock-free. Its own temp file, so it never shares one with a persist made under
+    /// the lock (`drop_oldest`): the worst interleaving leaves the older of two positions on
+    /// disk, which only means more duplicates after a crash, never a skipped record.
+    fn run(&self) -> (Option<u64>, Result<(), QueueError>) {
+        let mut took = None;
+        let mut result = Ok(());
+        if self.write {
+            match write_ack_file(&self.dir, "ack.flush.tmp", self.position, self.fsync) {
+                Ok(t) => took = t,
+                Err(e) => result = Err(e),
+            }
+        }
+        // Deleted even when the write failed: they are fully acknowledged, and recovery skips
+        // an ack position that points below the oldest segment.
+        for path in &self.delete {
+            if let Err(e) = fs::remove_file(path) {
+                log::warn!("queue: cannot delete {}: {e}", path.display());
+            }
+        }
+        (took, result)
+    }
 }
 
 fn read_ack_file(path: &Path) -> Option<u64> {

@@ -80,7 +80,12 @@ fn acked_segments_are_deleted_and_rewind_resends_unacked() {
     for r in all.iter().take(290) {
         q.ack(r.seq).expect("ack");
     }
+    // Deleted with the next ack persist (the daemon's is at most ~1 s later), not inline.
+    assert_eq!(segment_files(dir.path()).len(), many);
+    assert!(q.ack_dirty());
+    q.persist_ack().expect("persist");
     assert!(segment_files(dir.path()).len() < many);
+    assert!(!q.ack_dirty());
     q.rewind();
     let again = read_all(&mut q);
     assert_eq!(

@@ -166,6 +166,20 @@ impl QueueHandle {
         self.readable.notified().await
     }
 
+    /// Persists the ack position and deletes fully acknowledged segments, holding the queue
+    /// only to look and to record: the write, fsync, rename and unlinks run without it, so the
+    /// publisher and the writer never wait on an SD card's fsync here. Blocking: call it from
+    /// `spawn_blocking`.
+    pub fn flush_acks(&self) -> Result<(), QueueError> {
+        let Some(flush) = self.lock().begin_flush() else {
+            return Ok(());
+        };
+        let (took, result) = flush.run();
+        self.lock()
+            .end_flush(&flush, took, flush.write && result.is_ok());
+        result
+    }
+
     pub fn read_batch(
         &self,
         max_records: usize,
@@ -344,6 +358,59 @@ mod tests {
             .expect("receipt");
         let seq = rx.await.expect("answered").expect("durable");
         assert_eq!(*log.0.lock().expect("lock"), vec![(99, Some(seq))]);
+        drop(handle);
+        join.join().expect("writer thread");
+    }
+
+    fn segment_count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn flush_acks_persists_the_position_and_deletes_acknowledged_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::config::QueueConfig {
+            dir: dir.path().to_owned(),
+            max_bytes: 1 << 20,
+            on_full: crate::config::OnFull::DropOldest,
+            fsync: FsyncPolicy::Batch,
+            segment_bytes: 4 << 10,
+            max_records: None,
+            max_age: None,
+        };
+        let (queue, _) = Queue::open(&cfg).expect("open");
+        let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
+        for i in 0..200 {
+            handle
+                .append_durable(format!("{{\"n\":{i:0>100}}}").into_bytes(), i)
+                .await
+                .expect("append");
+        }
+        let before = segment_count(dir.path());
+        assert!(before > 4, "{before} segments");
+        let records = handle.read_batch(200, 1 << 20).expect("read");
+        assert_eq!(records.len(), 200);
+        {
+            let mut q = handle.lock();
+            for r in &records[..150] {
+                q.ack(r.seq).expect("ack");
+            }
+            assert!(q.ack_dirty());
+        }
+        // Acknowledged segments stay until the flush: acks never touch the disk.
+        assert_eq!(segment_count(dir.path()), before);
+        handle.flush_acks().expect("flush");
+        assert!(!handle.lock().ack_dirty());
+        let after = segment_count(dir.path());
+        assert!(after < before, "{after} of {before} segments left");
+        // On disk: every seq below 151 is acknowledged (what a crash now would recover from).
+        let ack = std::fs::read(dir.path().join("ack")).expect("ack file");
+        let position = u64::from_le_bytes(ack[..8].try_into().expect("8 bytes"));
+        assert_eq!(position, records[150].seq);
         drop(handle);
         join.join().expect("writer thread");
     }
