@@ -210,15 +210,47 @@ const RECORD_V1: u8 = 1;
 #[error("queued record payload is malformed: {0}")]
 pub struct DecodeError(&'static str);
 
+/// `data` with `rtstream_id` added, serialised as one object in the map's own key order,
+/// without copying the map (a deep clone cost a dozen allocations per alert).
+struct WithStreamId<'a> {
+    data: &'a Map<String, Value>,
+    /// Set only when `data` has no `rtstream_id` of its own.
+    stream_id: Option<&'a str>,
+}
+
+impl serde::Serialize for WithStreamId<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        const KEY: &str = "rtstream_id";
+        let extra = usize::from(self.stream_id.is_some());
+        let mut map = ser.serialize_map(Some(self.data.len() + extra))?;
+        let mut pending = self.stream_id;
+        for (k, v) in self.data {
+            if let Some(id) = pending.filter(|_| k.as_str() > KEY) {
+                map.serialize_entry(KEY, id)?;
+                pending = None;
+            }
+            map.serialize_entry(k, v)?;
+        }
+        if let Some(id) = pending {
+            map.serialize_entry(KEY, id)?;
+        }
+        map.end()
+    }
+}
+
 impl QueuedMessage {
     /// Builds the queued form of an alert: topic `alerts/{sanitised label}`, body = `data`
     /// verbatim plus `rtstream_id` when known.
     pub fn from_alert(alert: &Alert, via: Via) -> QueuedMessage {
-        let mut body = alert.data.clone();
-        if let Some(id) = &alert.rtstream_id {
-            body.entry("rtstream_id")
-                .or_insert_with(|| Value::String(id.clone()));
-        }
+        let stream_id = alert
+            .rtstream_id
+            .as_deref()
+            .filter(|_| !alert.data.contains_key("rtstream_id"));
+        let body = WithStreamId {
+            data: &alert.data,
+            stream_id,
+        };
         // Serialising a Map<String, Value> cannot fail.
         let body = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         QueuedMessage {
@@ -296,6 +328,45 @@ impl QueuedMessage {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn stream_id_is_added_in_key_order_exactly_as_a_map_insert_would() {
+        let cases = [
+            json!({"label": "a", "zeta": 1, "alpha": [1, 2], "s": "x\"y"}),
+            json!({"label": "a"}),
+            json!({"z": {"nested": true}}),
+            json!({"label": "a", "rtstream_id": "own"}),
+            json!({}),
+        ];
+        for data in cases {
+            let Value::Object(data) = data else {
+                panic!("object")
+            };
+            for stream in [None, Some("rts-1")] {
+                let alert = Alert {
+                    label: "a".into(),
+                    confidence: Confidence::Missing,
+                    event_id: None,
+                    timestamp: None,
+                    rtstream_id: stream.map(str::to_owned),
+                    data: data.clone(),
+                };
+                let mut expected = data.clone();
+                if let Some(id) = stream {
+                    expected
+                        .entry("rtstream_id")
+                        .or_insert_with(|| Value::String(id.into()));
+                }
+                let expected = serde_json::to_vec(&expected).expect("json");
+                assert_eq!(
+                    String::from_utf8_lossy(
+                        &QueuedMessage::from_alert(&alert, Via::Websocket).body
+                    ),
+                    String::from_utf8_lossy(&expected)
+                );
+            }
+        }
+    }
 
     fn envelope(v: Value) -> Envelope {
         match parse_frame(&v.to_string()) {
