@@ -405,7 +405,8 @@ impl Queue {
         }
     }
 
-    fn quarantine_or_delete(&mut self, first_seq: u64, corrupt: bool) {
+    /// Closes the cached reader if it reads segment `first_seq`.
+    fn drop_reader_of(&mut self, first_seq: u64) {
         if self
             .reader
             .as_ref()
@@ -413,6 +414,10 @@ impl Queue {
         {
             self.reader = None;
         }
+    }
+
+    fn quarantine_or_delete(&mut self, first_seq: u64, corrupt: bool) {
+        self.drop_reader_of(first_seq);
         if corrupt {
             self.quarantine(first_seq);
         } else {
@@ -1012,9 +1017,7 @@ impl Queue {
                 // Rare; a rename, no fsync: quarantined at once.
                 self.quarantine_or_delete(first, true);
             } else {
-                if self.reader.as_ref().is_some_and(|r| r.first_seq == first) {
-                    self.reader = None;
-                }
+                self.drop_reader_of(first);
                 self.retired.push((first, bytes));
             }
             if self.read.is_some_and(|p| p.segment_first_seq == first) {

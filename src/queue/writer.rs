@@ -328,6 +328,19 @@ mod tests {
         }
     }
 
+    fn open(dir: &std::path::Path, segment_bytes: u64) -> Queue {
+        let cfg = crate::config::QueueConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            on_full: crate::config::OnFull::DropOldest,
+            fsync: FsyncPolicy::Batch,
+            segment_bytes,
+            max_records: None,
+            max_age: None,
+        };
+        Queue::open(&cfg).expect("open").0
+    }
+
     #[test]
     fn then_is_told_the_seq_once_or_none_when_dropped_unsent() {
         let log = Arc::new(Log::default());
@@ -339,16 +352,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_settles_then_before_answering_the_receipt() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = crate::config::QueueConfig {
-            dir: dir.path().to_owned(),
-            max_bytes: 1 << 20,
-            on_full: crate::config::OnFull::DropOldest,
-            fsync: FsyncPolicy::Batch,
-            segment_bytes: 1 << 16,
-            max_records: None,
-            max_age: None,
-        };
-        let (queue, _) = Queue::open(&cfg).expect("open");
+        let queue = open(dir.path(), 1 << 16);
         let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
         let log = Arc::new(Log::default());
         let rx = handle
@@ -373,16 +377,7 @@ mod tests {
     #[tokio::test]
     async fn flush_acks_persists_the_position_and_deletes_acknowledged_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = crate::config::QueueConfig {
-            dir: dir.path().to_owned(),
-            max_bytes: 1 << 20,
-            on_full: crate::config::OnFull::DropOldest,
-            fsync: FsyncPolicy::Batch,
-            segment_bytes: 4 << 10,
-            max_records: None,
-            max_age: None,
-        };
-        let (queue, _) = Queue::open(&cfg).expect("open");
+        let queue = open(dir.path(), 4 << 10);
         let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
         for i in 0..200 {
             handle
