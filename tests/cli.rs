@@ -148,8 +148,6 @@ fn under_systemd_it_reports_ready_pings_the_watchdog_and_says_stopping() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .expect("timeout");
     let cfg = format!(
         "[source]\nurl = \"ws://127.0.0.1:9/\"\n[queue]\ndir = \"{}\"\n[mqtt]\nport = 9\n",
         dir.path().join("q").display()
@@ -174,7 +172,7 @@ fn under_systemd_it_reports_ready_pings_the_watchdog_and_says_stopping() {
         .count()
         < 3
     {
-        let n = sock.recv(&mut buf).expect("a notification within 20s");
+        let n = recv_within(&sock, &mut buf, 20).expect("a notification within 20s");
         seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
     }
     assert_eq!(
@@ -188,7 +186,7 @@ fn under_systemd_it_reports_ready_pings_the_watchdog_and_says_stopping() {
         .expect("kill");
     assert!(status.success());
     loop {
-        let n = sock.recv(&mut buf).expect("STOPPING=1 within 20s");
+        let n = recv_within(&sock, &mut buf, 20).expect("STOPPING=1 within 20s");
         if String::from_utf8_lossy(&buf[..n]).trim() == "STOPPING=1" {
             break;
         }
@@ -199,4 +197,26 @@ fn under_systemd_it_reports_ready_pings_the_watchdog_and_says_stopping() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One datagram within `secs`. A receive with `SO_RCVTIMEO` fails with
+/// `EINTR` when the process is stopped and continued, even without a signal
+/// handler (signal(7)); that is retried against the same deadline.
+fn recv_within(
+    sock: &std::os::unix::net::UnixDatagram,
+    buf: &mut [u8],
+    secs: u64,
+) -> std::io::Result<usize> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        sock.set_read_timeout(Some(left))?;
+        match sock.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
