@@ -112,12 +112,15 @@ dynamic_filters = true
         Broker::Embedded { port }
     }
 
+    /// `max_queued_messages 0`: by default mosquitto drops QoS 1 messages for a subscriber
+    /// more than 1000 behind, which a test's subscriber can be when the machine stalls it
+    /// (CI stops and continues processes); that loss would not be the relay's.
     fn start_mosquitto(port: u16) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest stderr\nlog_type error\n"),
         )
         .expect("write mosquitto.conf");
         let child = Command::new("mosquitto")
