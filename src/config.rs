@@ -220,6 +220,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// Publishes sent but not yet acknowledged by the broker, at most.
     pub max_inflight: u16,
+    /// Queue records published per second, at most (`None`: as fast as the broker acks).
+    pub max_publish_rate: Option<u32>,
     pub stats_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -488,6 +490,7 @@ struct RawMqtt {
     qos: Option<u8>,
     keep_alive: Option<DurationStr>,
     max_inflight: Option<u16>,
+    max_publish_rate: Option<u32>,
     stats_interval: Option<DurationStr>,
     backoff_initial: Option<DurationStr>,
     backoff_max: Option<DurationStr>,
@@ -819,6 +822,9 @@ impl Config {
         let _ = writeln!(out, "qos = {}", m.qos as u8);
         let _ = writeln!(out, "keep_alive = \"{}\"", fmt_duration(m.keep_alive));
         let _ = writeln!(out, "max_inflight = {}", m.max_inflight);
+        if let Some(r) = m.max_publish_rate {
+            let _ = writeln!(out, "max_publish_rate = {r}");
+        }
         let _ = writeln!(
             out,
             "stats_interval = \"{}\"",
@@ -1619,6 +1625,12 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     if max_inflight == 0 {
         return Err(invalid("mqtt.max_inflight", "must be at least 1"));
     }
+    if m.max_publish_rate == Some(0) {
+        return Err(invalid(
+            "mqtt.max_publish_rate",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
     let keep_alive = m.keep_alive.map(|d| d.0).unwrap_or(Duration::from_secs(30));
     if keep_alive < Duration::from_secs(1) {
         return Err(invalid("mqtt.keep_alive", "must be at least 1s"));
@@ -1737,6 +1749,7 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
         qos,
         keep_alive,
         max_inflight,
+        max_publish_rate: m.max_publish_rate,
         stats_interval,
         backoff_initial,
         backoff_max,
@@ -2310,6 +2323,7 @@ mod tests {
             ("[mqtt]\nprotocol = \"6\"\n", "mqtt.protocol"),
             ("[mqtt]\nmessage_expiry = \"0s\"\n", "mqtt.message_expiry"),
             ("[mqtt]\nmax_message_bytes = 10\n", "mqtt.max_message_bytes"),
+            ("[mqtt]\nmax_publish_rate = 0\n", "mqtt.max_publish_rate"),
             ("[mqtt]\nha_prefix = \"home/#\"\n", "mqtt.ha_prefix"),
             ("[mqtt]\nha_event_types = [\"\"]\n", "mqtt.ha_event_types"),
         ];

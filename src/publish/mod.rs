@@ -42,6 +42,7 @@ pub mod client;
 pub mod commands;
 pub mod correlate;
 pub mod ha;
+pub mod pace;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ use crate::queue::{QueueHandle, Record};
 use crate::stats::{queue_json, Stats};
 use client::{Client, Ev, EventLoop, Props};
 use correlate::{Correlator, Outcome, PoisonWatch};
+use pace::Pacer;
 
 /// How long after the first unpersisted ack the ack position is written to disk: the window of
 /// re-published duplicates after a crash, traded against SD card wear.
@@ -269,6 +271,8 @@ struct Session<'a> {
     /// Records in flight at most on this connection: `mqtt.max_inflight`, or 1 while a
     /// suspected poison record is probed.
     window: usize,
+    /// `mqtt.max_publish_rate`, when set.
+    pacer: Option<Pacer>,
 }
 
 impl<'a> Session<'a> {
@@ -295,6 +299,9 @@ impl<'a> Session<'a> {
             ack_flush_at: None,
             broken: None,
             window,
+            pacer: cfg
+                .max_publish_rate
+                .map(|rate| Pacer::new(rate, Instant::now())),
         }
     }
 
@@ -347,6 +354,7 @@ impl<'a> Session<'a> {
             }
             let room = self.corr.records_in_flight() < self.window;
             let flush_at = self.ack_flush_at;
+            let paced_until = self.pacer.as_ref().and_then(Pacer::next_at);
             let watching = self.links.activity.is_some();
             tokio::select! {
                 ev = el.poll() => match ev {
@@ -358,6 +366,7 @@ impl<'a> Session<'a> {
                     Err(e) => return self.lost(e, true),
                 },
                 _ = self.queue.readable(), if room => {}
+                _ = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 _ = stats_tick.tick() => self.publish_stats(),
                 Some((suffix, payload)) = live.recv() => {
                     // Best-effort channels: QoS 0, no queue record, no ack to track.
@@ -422,11 +431,17 @@ impl<'a> Session<'a> {
             // The probed record went through: back to the full window.
             self.window = self.cfg.max_inflight as usize;
         }
-        let room = self.window.saturating_sub(self.corr.records_in_flight());
+        let mut room = self.window.saturating_sub(self.corr.records_in_flight());
+        if let Some(p) = &mut self.pacer {
+            room = room.min(p.allowance(Instant::now()));
+        }
         if room == 0 {
             return Ok(());
         }
         let records = self.queue.read_batch(room, READ_BATCH_BYTES)?;
+        if let Some(p) = &mut self.pacer {
+            p.spend(records.len());
+        }
         for rec in records {
             if self.broken.is_some() {
                 break;
