@@ -1,6 +1,7 @@
 //! Delivery against a real mosquitto: exactly the acknowledged records leave the queue, a broker
 //! restarted over and over loses nothing, and a record the broker will not take is set aside
-//! instead of wedging the queue. Mosquitto-only (restarts, size limits, ACLs): these tests
+//! instead of wedging the queue, and `max_publish_rate` keeps a burst within a slow consumer's
+//! reach. Mosquitto-only (restarts, size limits, ACLs): these tests
 //! return early unless ALERT_RELAY_TEST_BROKER=mosquitto.
 
 #[path = "../examples/support/mod.rs"]
@@ -324,4 +325,58 @@ async fn qos2_records_leave_the_queue_on_pubcomp() {
     wait_until("50 delivered", T, || event_ids(&sub.snapshot()).len() == 50).await;
     assert_eq!(seqs(&sub.snapshot()), (1..=50).collect::<Vec<_>>());
     relay.stop().await;
+}
+
+/// A consumer slower than a burst or a backlog drain: mosquitto queues at most
+/// `max_queued_messages` for it (1000 by default, 200 here to keep the test short) and drops
+/// the rest, after it has acknowledged them to the relay. Unpaced, the slow consumer misses
+/// alerts; with `max_publish_rate` below its pace it gets every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_drain_reaches_a_slow_consumer_that_an_unpaced_one_overruns() {
+    if !Mosquitto::available("a_paced_drain_reaches_a_slow_consumer_that_an_unpaced_one_overruns") {
+        return;
+    }
+    const N: usize = 600;
+    let unpaced = burst_to_slow_consumer(N, "").await;
+    assert!(
+        unpaced < N,
+        "unpaced, the slow consumer should miss some: got {unpaced} of {N}"
+    );
+    let paced = burst_to_slow_consumer(N, "max_publish_rate = 200").await;
+    eprintln!("slow consumer got {unpaced} of {N} alerts unpaced, {paced} of {N} paced");
+    assert_eq!(paced, N, "paced, the slow consumer gets every alert");
+}
+
+/// Sends `n` alerts at once through a relay to a consumer taking 1 ms a message (under 1000/s)
+/// behind a mosquitto with `max_queued_messages 200`; returns how many distinct alerts it got.
+async fn burst_to_slow_consumer(n: usize, extra: &str) -> usize {
+    let port = free_port();
+    let _broker = Mosquitto::new().conf("max_queued_messages 200").start(port);
+    let sub = Subscriber::start_slow(port, "alert-relay/alerts/#", Duration::from_millis(1)).await;
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&relay_config(&ws.url(), port, dir.path(), extra));
+    wait_until("relay connected", T, || {
+        support::count(&relay.stats.mqtt_connects) >= 1
+    })
+    .await;
+    for i in 0..n {
+        ws.send_text(alert_frame(&format!("ev-{i}"), "intrusion", 0.9));
+    }
+    wait_until("every alert acked by the broker", T, || {
+        support::count(&relay.stats.mqtt_acked) == n as u64
+    })
+    .await;
+    // The broker has them all; wait until the consumer has read what the broker kept for it.
+    let mut last = (0, std::time::Instant::now());
+    wait_until("the consumer caught up", T, || {
+        let got = sub.snapshot().len();
+        if got != last.0 {
+            last = (got, std::time::Instant::now());
+        }
+        got >= n || last.1.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    relay.stop().await;
+    event_ids(&sub.snapshot()).len()
 }

@@ -517,6 +517,20 @@ impl Subscriber {
         filter: &str,
         configure: impl FnOnce(&mut MqttOptions),
     ) -> Subscriber {
+        Self::start_inner(port, filter, configure, Duration::ZERO).await
+    }
+
+    /// A slow consumer: takes `per_message` over each message before reading the next.
+    pub async fn start_slow(port: u16, filter: &str, per_message: Duration) -> Subscriber {
+        Self::start_inner(port, filter, |_| {}, per_message).await
+    }
+
+    async fn start_inner(
+        port: u16,
+        filter: &str,
+        configure: impl FnOnce(&mut MqttOptions),
+        per_message: Duration,
+    ) -> Subscriber {
         let id = format!("test-sub-{}", free_port());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
@@ -546,6 +560,9 @@ impl Subscriber {
                             retain: p.retain,
                             at: Instant::now(),
                         });
+                        if !per_message.is_zero() {
+                            tokio::time::sleep(per_message).await;
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
