@@ -15,6 +15,15 @@ async fn one_alert_arrives(sub: &Subscriber, ws: &WsServer) {
     wait_until("the alert", T, || !sub.on("alert-relay/alerts/").is_empty()).await;
 }
 
+/// Waits for `n` refused connection attempts and checks that none got through.
+async fn refused(relay: &Relay, what: &str, n: u64) {
+    wait_until(what, T, || {
+        support::count(&relay.stats.mqtt_connect_failures) >= n
+    })
+    .await;
+    assert_eq!(support::count(&relay.stats.mqtt_connects), 0);
+}
+
 #[tokio::test]
 async fn relay_logs_in_with_a_password_from_a_file() {
     if !Mosquitto::available("relay_logs_in_with_a_password_from_a_file") {
@@ -61,11 +70,7 @@ async fn a_wrong_password_is_refused_and_retried() {
         dir.path(),
         &format!("username = \"relay\"\npassword_env = \"{var}\""),
     ));
-    wait_until("three refused logins", T, || {
-        support::count(&relay.stats.mqtt_connect_failures) >= 3
-    })
-    .await;
-    assert_eq!(support::count(&relay.stats.mqtt_connects), 0);
+    refused(&relay, "three refused logins", 3).await;
     relay.stop().await;
 }
 
@@ -110,11 +115,7 @@ async fn tls_without_the_required_client_certificate_is_refused() {
         dir.path(),
         &format!("tls = true\nca_file = \"{}/ca.crt\"", pki.display()),
     ));
-    wait_until("refused handshakes", T, || {
-        support::count(&relay.stats.mqtt_connect_failures) >= 2
-    })
-    .await;
-    assert_eq!(support::count(&relay.stats.mqtt_connects), 0);
+    refused(&relay, "refused handshakes", 2).await;
     relay.stop().await;
 }
 
@@ -129,11 +130,7 @@ async fn tls_to_a_broker_with_an_unknown_ca_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     // No ca_file: the built-in web PKI roots, which do not know the test CA.
     let relay = Relay::start(&relay_config(&ws.url(), tls_port, dir.path(), "tls = true"));
-    wait_until("refused handshakes", T, || {
-        support::count(&relay.stats.mqtt_connect_failures) >= 2
-    })
-    .await;
-    assert_eq!(support::count(&relay.stats.mqtt_connects), 0);
+    refused(&relay, "refused handshakes", 2).await;
     drop(broker);
     relay.stop().await;
 }

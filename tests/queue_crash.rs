@@ -262,13 +262,7 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
         tokio::time::sleep(Duration::from_millis(100 + rng.below(900))).await;
         sigkill(&mut child);
         kills += 1;
-        for (seq, ev, _) in dump(&queue_dir) {
-            assert_eq!(
-                *on_disk.entry(seq).or_insert(ev),
-                ev,
-                "seq {seq} changed event"
-            );
-        }
+        note_on_disk(&mut on_disk, &dump(&queue_dir));
     }
     stop.store(true, Ordering::SeqCst);
     feeder.await.expect("feeder");
@@ -291,13 +285,7 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
         tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
         sigkill(&mut child);
         kills += 1;
-        for (seq, ev, _) in dump(&queue_dir) {
-            assert_eq!(
-                *on_disk.entry(seq).or_insert(ev),
-                ev,
-                "seq {seq} changed event"
-            );
-        }
+        note_on_disk(&mut on_disk, &dump(&queue_dir));
     }
 
     // Phase 3: a last run drains everything; then a clean stop.
@@ -312,9 +300,7 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
     sigterm(child);
     let last = dump(&queue_dir);
     assert!(last.iter().all(|&(_, _, acked)| acked), "drained and acked");
-    for &(seq, ev, _) in &last {
-        assert_eq!(*on_disk.entry(seq).or_insert(ev), ev);
-    }
+    note_on_disk(&mut on_disk, &last);
     // Everything is acked now: the ack position is one past the last durable record (the
     // newest segment may be an empty one a killed run had just created).
     let last_seq = queue_stats(&queue_dir)["ack_position"]
@@ -523,6 +509,18 @@ async fn broker_outage_grows_the_queue_on_disk_not_in_memory_and_drains_in_order
         "every alert, in order"
     );
     sigterm(child);
+}
+
+/// Adds the (seq, event) pairs of a queue dump to `on_disk`, checking that no seq ever names
+/// another event than it did before (records are never rewritten).
+fn note_on_disk(on_disk: &mut BTreeMap<u64, u64>, dump: &[(u64, u64, bool)]) {
+    for &(seq, ev, _) in dump {
+        assert_eq!(
+            *on_disk.entry(seq).or_insert(ev),
+            ev,
+            "seq {seq} changed event"
+        );
+    }
 }
 
 /// `alert-relay queue stats --dir DIR`.
