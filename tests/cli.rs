@@ -28,19 +28,11 @@ fn version_prints_the_crate_version() {
 
 #[test]
 fn check_config_accepts_the_example_and_prints_it_resolved() {
-    let out = relay()
-        .args([
-            "check-config",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"),
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::run_ok(relay().args([
+        "check-config",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"),
+    ]));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         printed.contains("topic_prefix = \"alert-relay\""),

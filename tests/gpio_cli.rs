@@ -74,19 +74,14 @@ fn last_level(edges: &[(String, bool)], output: &str) -> Option<bool> {
 fn test_output_blinks_the_named_output_and_leaves_everything_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, trace) = sim_config(dir.path());
-    let out = relay()
-        .args(["test-output", "red", "--config"])
-        .arg(&cfg)
-        .args([
-            "--pattern",
-            r#"{ kind = "blink", on = "30ms", off = "30ms", count = 3 }"#,
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = support::run_ok(
+        relay()
+            .args(["test-output", "red", "--config"])
+            .arg(&cfg)
+            .args([
+                "--pattern",
+                r#"{ kind = "blink", on = "30ms", off = "30ms", count = 3 }"#,
+            ]),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("6 edges"), "{stdout}");
@@ -130,16 +125,7 @@ fn test_output_names_unknown_outputs_and_bad_patterns() {
 fn gpio_list_shows_the_configured_outputs_and_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, _) = sim_config(dir.path());
-    let out = relay()
-        .args(["gpio", "list", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::run_ok(relay().args(["gpio", "list", "--config"]).arg(&cfg));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("backend: sim"), "{s}");
     assert!(

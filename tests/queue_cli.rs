@@ -53,16 +53,7 @@ fn queue_dump_prints_every_record_as_a_json_line_and_stats_summarises() {
     q.close().expect("close");
     drop(q);
 
-    let out = relay()
-        .args(["queue", "dump", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run dump");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::run_ok(relay().args(["queue", "dump", "--dir"]).arg(dir.path()));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -76,16 +67,7 @@ fn queue_dump_prints_every_record_as_a_json_line_and_stats_summarises() {
     assert_eq!(unacked[0]["accepted_at"], "2023-11-14T22:13:20.000010Z");
     assert_eq!(lines.last().expect("lines")["seq"], 40);
 
-    let out = relay()
-        .args(["queue", "stats", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run stats");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::run_ok(relay().args(["queue", "stats", "--dir"]).arg(dir.path()));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(stats["unacked_records"], 30);
     assert_eq!(stats["ack_position"], 11);

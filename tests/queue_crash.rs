@@ -84,16 +84,7 @@ fn sigterm(mut child: Child) {
 
 /// `alert-relay queue dump --dir DIR`: (seq, event number, acked) of every record on disk.
 fn dump(queue_dir: &Path) -> Vec<(u64, u64, bool)> {
-    let out = relay_cmd()
-        .args(["queue", "dump", "--dir"])
-        .arg(queue_dir)
-        .output()
-        .expect("queue dump");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(relay_cmd().args(["queue", "dump", "--dir"]).arg(queue_dir));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {

@@ -218,15 +218,6 @@ fn wait_listening(port: u16) {
     }
 }
 
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("run a helper command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Builds a mosquitto process for tests of mosquitto-only features (users, ACLs, size limits,
 /// TLS). Tests using it run only when `ALERT_RELAY_TEST_BROKER=mosquitto`.
 #[derive(Default)]
@@ -689,6 +680,17 @@ pub fn command_for(bin: impl AsRef<std::ffi::OsStr>) -> Command {
         }
         _ => Command::new(bin),
     }
+}
+
+/// Runs `cmd` to the end and checks that it succeeded (its stderr is the failure message).
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// [`command_for`] as a tokio command.
