@@ -444,28 +444,38 @@ fn admin(cfg: Config, cmd: AdminCommand) -> ExitCode {
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+/// Installs handlers now for every signal whose default action would end the process without
+/// driving the outputs to their safe state: SIGTERM, SIGINT, SIGHUP (a closed terminal or SSH
+/// session, which flaky Wi-Fi makes common while an installer tries the relay by hand) and
+/// SIGQUIT. The future resolves on the first of them; the caller then stops cleanly.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move { wait_for_signal(term, int).await }
-}
-
-async fn wait_for_signal(
-    term: std::io::Result<tokio::signal::unix::Signal>,
-    int: std::io::Result<tokio::signal::unix::Signal>,
-) {
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => log::info!("SIGTERM received"),
-                _ = int.recv() => log::info!("SIGINT received"),
+    let mut handled = Vec::new();
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::quit(), "SIGQUIT"),
+    ] {
+        match signal(kind) {
+            Ok(s) => handled.push((s, name)),
+            Err(e) => log::warn!("cannot handle {name} ({e}): it would stop the relay uncleanly"),
+        }
+    }
+    async move {
+        if handled.is_empty() {
+            log::warn!("no signal handlers; stop with SIGKILL");
+            return std::future::pending::<()>().await;
+        }
+        let name = std::future::poll_fn(|cx| {
+            for (s, name) in handled.iter_mut() {
+                if s.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*name);
+                }
             }
-        }
-        _ => {
-            log::warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await
-        }
+            std::task::Poll::Pending
+        })
+        .await;
+        log::info!("{name} received");
     }
 }

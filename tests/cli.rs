@@ -100,6 +100,15 @@ fn missing_config_file_and_bad_usage_exit_2() {
 
 #[test]
 fn sigterm_stops_the_daemon_cleanly() {
+    signal_stops_the_daemon_cleanly("TERM");
+}
+
+#[test]
+fn sighup_stops_the_daemon_cleanly() {
+    signal_stops_the_daemon_cleanly("HUP");
+}
+
+fn signal_stops_the_daemon_cleanly(signal: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = format!(
         "[source]\nurl = \"ws://127.0.0.1:9/\"\n[queue]\ndir = \"{}\"\n[mqtt]\nport = 9\n",
@@ -120,7 +129,7 @@ fn sigterm_stops_the_daemon_cleanly() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -131,7 +140,8 @@ fn sigterm_stops_the_daemon_cleanly() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGTERM received"));
+    let received = format!("SIG{signal} received");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&received));
 }
 
 #[test]

@@ -166,6 +166,21 @@ fn cdev_without_gpio_chips_says_what_to_check() {
 
 #[tokio::test]
 async fn sigterm_mid_pattern_turns_the_output_off() {
+    signal_mid_pattern_turns_the_output_off("TERM").await;
+}
+
+/// A closed terminal or SSH session (SIGHUP) must not leave a buzzer sounding.
+#[tokio::test]
+async fn sighup_mid_pattern_turns_the_output_off() {
+    signal_mid_pattern_turns_the_output_off("HUP").await;
+}
+
+#[tokio::test]
+async fn sigquit_mid_pattern_turns_the_output_off() {
+    signal_mid_pattern_turns_the_output_off("QUIT").await;
+}
+
+async fn signal_mid_pattern_turns_the_output_off(signal: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, trace) = sim_config(dir.path());
     let mut child = relay()
@@ -181,7 +196,7 @@ async fn sigterm_mid_pattern_turns_the_output_off() {
     })
     .await;
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
@@ -190,7 +205,7 @@ async fn sigterm_mid_pattern_turns_the_output_off() {
     })
     .await;
     let status = child.wait().expect("wait");
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "SIG{signal}: {status:?}");
     let edges = trace_edges(&trace);
     assert_eq!(last_level(&edges, "red"), Some(false), "{edges:?}");
     assert_eq!(last_level(&edges, "buzzer"), Some(false), "{edges:?}");
