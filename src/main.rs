@@ -266,7 +266,11 @@ fn test_output(path: &std::path::Path, output: &str, pattern: Option<&str>) -> E
     let run = alert_relay::gpio::test_output(&cfg.gpio, output, pattern, shutdown);
     match rt.block_on(run) {
         Ok(r) => {
-            println!(
+            // Not println!: after a SIGHUP from a closed SSH session stdout is gone, and a
+            // failed print must not turn a clean stop into a panic.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout(),
                 "test-output: {} on backend {}: {} edges{}{}; all outputs off",
                 r.output,
                 r.backend,

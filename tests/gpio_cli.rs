@@ -195,6 +195,9 @@ async fn signal_mid_pattern_turns_the_output_off(signal: &str) {
         last_level(&trace_edges(&trace), "red") == Some(true)
     })
     .await;
+    // Like a terminal that went away with the SSH session: the report cannot be printed,
+    // and the stop must still be clean.
+    drop(child.stdout.take());
     let killed = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
