@@ -1031,12 +1031,6 @@ impl Queue {
         }
     }
 
-    fn delete_retired(&mut self) {
-        for (first, _) in std::mem::take(&mut self.retired) {
-            self.quarantine_or_delete(first, false);
-        }
-    }
-
     /// Under the lock: what [`QueueHandle::flush_acks`] must write and delete, or `None` when
     /// nothing is due. Retired segments are handed over; their files are the flush's to delete.
     fn begin_flush(&mut self) -> Option<AckFlush> {
@@ -1085,23 +1079,11 @@ impl Queue {
     /// instead, about once a second, which does the I/O without the lock; this is for close,
     /// for `drop_oldest` on the writer thread, and for tools and tests.
     pub fn persist_ack(&mut self) -> Result<(), QueueError> {
-        let mut result = Ok(());
-        if self.acked_upto != self.persisted_ack {
-            match write_ack_file(&self.dir, "ack.tmp", self.acked_upto, self.fsync) {
-                Ok(took) => {
-                    if let Some(us) = took {
-                        self.count_fsync(1, us);
-                    }
-                    self.counters.bytes_written += ACK_FILE_LEN as u64;
-                    self.persisted_ack = self.acked_upto;
-                }
-                Err(e) => result = Err(e),
-            }
-        }
-        // After the position, and even when it could not be written (a full disk needs the
-        // room): they are fully acknowledged, and recovery skips an ack position below the
-        // oldest segment. A crash before this line only replays them.
-        self.delete_retired();
+        let Some(flush) = self.begin_flush() else {
+            return Ok(());
+        };
+        let (took, result) = flush.run(AckFlush::LOCKED_TMP);
+        self.end_flush(&flush, took, flush.write && result.is_ok());
         result
     }
 
@@ -1472,20 +1454,28 @@ struct AckFlush {
 }
 
 impl AckFlush {
-    /// The I/O, lock-free. Its own temp file, so it never shares one with a persist made under
-    /// the lock (`drop_oldest`): the worst interleaving leaves the older of two positions on
-    /// disk, which only means more duplicates after a crash, never a skipped record.
-    fn run(&self) -> (Option<u64>, Result<(), QueueError>) {
+    /// The temp file of [`Queue::persist_ack`], which runs the flush holding the queue.
+    const LOCKED_TMP: &'static str = "ack.tmp";
+    /// The temp file of [`QueueHandle::flush_acks`], which runs it without the lock: its own,
+    /// so it never shares one with a persist made under the lock (`drop_oldest`). The worst
+    /// interleaving leaves the older of two positions on disk, which only means more
+    /// duplicates after a crash, never a skipped record.
+    const UNLOCKED_TMP: &'static str = "ack.flush.tmp";
+
+    /// The I/O: the ack file through `tmp`, then the deletions. Their readers were closed
+    /// when the segments were retired.
+    fn run(&self, tmp: &str) -> (Option<u64>, Result<(), QueueError>) {
         let mut took = None;
         let mut result = Ok(());
         if self.write {
-            match write_ack_file(&self.dir, "ack.flush.tmp", self.position, self.fsync) {
+            match write_ack_file(&self.dir, tmp, self.position, self.fsync) {
                 Ok(t) => took = t,
                 Err(e) => result = Err(e),
             }
         }
-        // Deleted even when the write failed: they are fully acknowledged, and recovery skips
-        // an ack position that points below the oldest segment.
+        // Deleted even when the write failed (a full disk needs the room): they are fully
+        // acknowledged, and recovery skips an ack position below the oldest segment. A crash
+        // before this only replays them.
         for path in &self.delete {
             if let Err(e) = fs::remove_file(path) {
                 log::warn!("queue: cannot delete {}: {e}", path.display());

@@ -174,7 +174,7 @@ impl QueueHandle {
         let Some(flush) = self.lock().begin_flush() else {
             return Ok(());
         };
-        let (took, result) = flush.run();
+        let (took, result) = flush.run(super::AckFlush::UNLOCKED_TMP);
         self.lock()
             .end_flush(&flush, took, flush.write && result.is_ok());
         result
