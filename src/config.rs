@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod checks;
+
 /// A config error: which key, and why. `alert-relay` exits with status 2 on one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1266,6 +1268,9 @@ fn validate_source(s: RawSource, queue_dir: Option<&Path>) -> Result<SourceConfi
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(invalid("source.url", "must start with ws:// or wss://"));
             }
+            if let Some(why) = checks::url_host_problem(&url) {
+                return Err(invalid("source.url", why));
+            }
             let mut headers = Vec::new();
             for (name, value) in s.headers.unwrap_or_default() {
                 let ok_name = !name.is_empty()
@@ -1349,6 +1354,9 @@ fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbCo
             "must start with https:// or http://",
         ));
     }
+    if let Some(why) = checks::url_host_problem(&api_url) {
+        return Err(invalid("source.api_url", why));
+    }
     let api_url = api_url.trim_end_matches('/').to_string();
     let (api_key, api_key_from) = match (&s.api_key_env, &s.api_key_file) {
         (Some(_), Some(_)) => {
@@ -1403,6 +1411,9 @@ fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbCo
                     key("callback_url"),
                     "must start with https:// or http://",
                 ));
+            }
+            if let Some(why) = checks::url_host_problem(u) {
+                return Err(invalid(key("callback_url"), why));
             }
         }
         let b = AlertBinding {
@@ -1597,15 +1608,11 @@ fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
 
 fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     let topic_prefix = m.topic_prefix.unwrap_or_else(|| "alert-relay".into());
-    if topic_prefix.is_empty()
-        || topic_prefix.contains(['+', '#', '\0'])
-        || topic_prefix.starts_with('/')
-        || topic_prefix.ends_with('/')
-    {
-        return Err(invalid(
-            "mqtt.topic_prefix",
-            "must be non-empty, without + # or NUL, and not start or end with /",
-        ));
+    if let Some(why) = checks::topic_prefix_problem(&topic_prefix) {
+        return Err(invalid("mqtt.topic_prefix", why));
+    }
+    if m.port == Some(0) {
+        return Err(invalid("mqtt.port", "must be 1 to 65535"));
     }
     let qos = match m.qos.unwrap_or(1) {
         0 => Qos::AtMostOnce,
@@ -1917,6 +1924,13 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
                     .map_err(|e| invalid(format!("gpio.rules[{i}].quiet_hours[{j}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let max_age = r.max_age.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+        if max_age.is_zero() {
+            return Err(invalid(
+                key("max_age"),
+                "must be above zero (a zero max_age would drop every alert)",
+            ));
+        }
         let audible = idx
             .iter()
             .map(|&o| outputs[o].kind != OutputKind::Light)
@@ -1928,7 +1942,7 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
             pattern,
             priority: r.priority.unwrap_or(0),
             cooldown: r.cooldown.map(|d| d.0).unwrap_or(Duration::ZERO),
-            max_age: r.max_age.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+            max_age,
             rtstream_id: r.rtstream_id,
             quiet_hours,
             audible,
@@ -1938,6 +1952,9 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         .ack_button
         .map(|b| validate_ack_button(b, backend))
         .transpose()?;
+    if let Some((key, why)) = checks::duplicate_hardware(&outputs, ack_button.as_ref()) {
+        return Err(invalid(key, why));
+    }
     Ok(GpioConfig {
         backend,
         sim_trace: g.sim_trace,
@@ -2159,6 +2176,105 @@ mod tests {
         let e = err_of(&format!("{MINIMAL}[queue]\nmax_bytez = 5\n"));
         assert!(e.contains("max_bytez"), "{e}");
         assert!(e.contains("queue"), "{e}");
+    }
+
+    #[test]
+    fn configs_that_cannot_work_are_refused_naming_the_key() {
+        let gpio = |backend: &str, outputs: &str| {
+            format!("{MINIMAL}[gpio]\nbackend = \"{backend}\"\n{outputs}")
+        };
+        let out = |name: &str, hw: &str| format!("[[gpio.outputs]]\nname = \"{name}\"\n{hw}\n");
+        let cases: Vec<(String, &str, &[&str])> = vec![
+            (
+                gpio(
+                    "rppal",
+                    &(out("red", "pin = 17") + &out("horn", "pin = 17")),
+                ),
+                "gpio.outputs[1].pin",
+                &["\"red\"", "\"horn\"", "pin 17"],
+            ),
+            (
+                gpio(
+                    "sim",
+                    &(out("a", "pin = 4") + &out("b", "pin = 5") + &out("c", "pin = 4")),
+                ),
+                "gpio.outputs[2].pin",
+                &["\"a\"", "\"c\""],
+            ),
+            (
+                gpio(
+                    "cdev",
+                    &(out("a", "line = \"GPIO17\"") + &out("b", "line = \"GPIO17\"")),
+                ),
+                "gpio.outputs[1].line",
+                &["\"a\"", "\"b\"", "GPIO17"],
+            ),
+            (
+                gpio(
+                    "cdev",
+                    &(out("a", "chip = \"gpiochip0\"\noffset = 3")
+                        + &out("b", "chip = \"gpiochip0\"\noffset = 3")),
+                ),
+                "gpio.outputs[1].offset",
+                &["\"a\"", "\"b\""],
+            ),
+            (
+                gpio(
+                    "rppal",
+                    &(out("a", "pin = 5") + "[gpio.ack_button]\npin = 5\n"),
+                ),
+                "gpio.ack_button.pin",
+                &["\"a\"", "ack button"],
+            ),
+            (
+                format!("{MINIMAL}[mqtt]\ntopic_prefix = \"$SYS/x\"\n"),
+                "mqtt.topic_prefix",
+                &["$"],
+            ),
+            (
+                format!("{MINIMAL}[mqtt]\ntopic_prefix = \"a/+/b\"\n"),
+                "mqtt.topic_prefix",
+                &["wildcard"],
+            ),
+            (format!("{MINIMAL}[mqtt]\nport = 0\n"), "mqtt.port", &[]),
+            (
+                "[source]\nurl = \"ws://\"\n".to_string(),
+                "source.url",
+                &["no host"],
+            ),
+            (
+                "[source]\nurl = \"ws://:9000/x\"\n".to_string(),
+                "source.url",
+                &["no host"],
+            ),
+            (
+                "[source]\napi_url = \"https://\"\n".to_string(),
+                "source.api_url",
+                &["no host"],
+            ),
+            (
+                gpio(
+                    "sim",
+                    &(out("r", "")
+                        + "[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nmax_age = \"0s\"\n"),
+                ),
+                "gpio.rules[0].max_age",
+                &["zero"],
+            ),
+        ];
+        for (text, key, words) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(key), "{key} not named in {e:?} for\n{text}");
+            for w in words {
+                assert!(e.contains(w), "{w} missing in {e:?}");
+            }
+        }
+        // Distinct hardware is fine, and sim outputs without any pin are not duplicates.
+        let ok = gpio(
+            "sim",
+            &(out("a", "") + &out("b", "") + &out("c", "pin = 4")),
+        );
+        Config::parse(&ok).expect("distinct outputs");
     }
 
     #[test]
