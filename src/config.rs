@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod checks;
+mod identity;
 
 /// A config error: which key, and why. `alert-relay` exits with status 2 on one.
 #[derive(Debug, thiserror::Error)]
@@ -1050,20 +1051,6 @@ fn fmt_pattern(p: &Pattern) -> String {
     }
 }
 
-fn default_client_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "device".into());
-    let clean: String = host
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    format!("alert-relay-{clean}")
-}
-
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let source = validate_source(raw.source, raw.queue.dir.as_deref())?;
     let queue = validate_queue(raw.queue)?;
@@ -1624,7 +1611,13 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     if host.is_empty() {
         return Err(invalid("mqtt.host", "must not be empty"));
     }
-    let client_id = m.client_id.unwrap_or_else(default_client_id);
+    let client_id = m.client_id.unwrap_or_else(|| {
+        let (id, warning) = identity::default_client_id();
+        if let Some(w) = warning {
+            log::warn!("{w}");
+        }
+        id
+    });
     if client_id.is_empty() || client_id.len() > 128 {
         return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
     }
