@@ -153,27 +153,13 @@ impl Alert {
 }
 
 /// Longest label kept in a topic level; longer ones are cut (on a char boundary).
-pub const MAX_TOPIC_LABEL_BYTES: usize = 128;
+pub const MAX_TOPIC_LABEL_BYTES: usize = crate::topic::MAX_LEVEL_BYTES;
 
-/// Makes `label` safe as one MQTT topic level: `/`, `+`, `#`, NUL and other control characters
-/// become `_`; an empty result becomes `_`; overlong labels are cut.
+/// Makes `label` safe as one MQTT topic level: `/`, `+`, `#`, NUL, other control characters and
+/// Unicode non-characters become `_`; an empty result becomes `_`; overlong labels are cut
+/// ([`crate::topic::sanitize_level`]).
 pub fn sanitize_topic_level(label: &str) -> String {
-    let mut out = String::with_capacity(label.len().min(MAX_TOPIC_LABEL_BYTES));
-    for c in label.chars() {
-        let c = if matches!(c, '/' | '+' | '#') || c.is_control() {
-            '_'
-        } else {
-            c
-        };
-        if out.len() + c.len_utf8() > MAX_TOPIC_LABEL_BYTES {
-            break;
-        }
-        out.push(c);
-    }
-    if out.is_empty() {
-        out.push('_');
-    }
-    out
+    crate::topic::sanitize_level(label)
 }
 
 /// How an alert reached the relay.

@@ -453,6 +453,7 @@ impl<'a> Session<'a> {
                 Some((suffix, payload)) = live.recv() => {
                     // Best-effort channels: QoS 0, no queue record, no ack to track.
                     let topic = format!("{}/{suffix}", self.cfg.topic_prefix);
+                    let topic = crate::topic::safe_topic(&topic).into_owned();
                     let size = limit::packet_size(topic.len(), payload.len(), false, self.is_v5().then_some(0));
                     if self.own_limit().is_some_and(|max| size > max) {
                         self.stats.inc(&self.stats.channel_dropped);
@@ -551,6 +552,7 @@ impl<'a> Session<'a> {
             }
         };
         let topic = format!("{}/{}", self.cfg.topic_prefix, msg.topic_suffix);
+        let topic = crate::topic::safe_topic(&topic).into_owned();
         let payload = msg.render(rec.seq, rec.accepted_us);
         if let Some(limit) = self.cfg.max_message_bytes {
             if payload.len() > limit {
@@ -566,11 +568,18 @@ impl<'a> Session<'a> {
         let meta = (is_v5 || self.cfg.ha_discovery).then(|| record_meta(&msg));
         let props = meta.as_ref().filter(|_| is_v5).map(|m| {
             let mut user = Vec::new();
+            // UTF-8 strings on the wire: mosquitto refuses the packet for a non-character.
             if let Some(id) = &m.event_id {
-                user.push(("event_id".to_string(), id.clone()));
+                user.push((
+                    "event_id".to_string(),
+                    crate::topic::mqtt_string(id).into_owned(),
+                ));
             }
             if let Some(l) = &m.label {
-                user.push(("label".to_string(), l.clone()));
+                user.push((
+                    "label".to_string(),
+                    crate::topic::mqtt_string(l).into_owned(),
+                ));
             }
             Props {
                 json: true,
