@@ -279,3 +279,104 @@ async fn a_single_relay_with_a_stable_connection_never_blames_its_client_id() {
     let text = log.lock().expect("lock").clone();
     assert!(!text.contains("same client_id"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mqtt5_stats_fit_the_connack_maximum_packet_size_without_a_single_drop() {
+    let test = "with_mqtt5_stats_fit_the_connack_maximum_packet_size_without_a_single_drop";
+    if !mosquitto(test) {
+        return;
+    }
+    const LIMIT: usize = 700;
+    let broker = Mosquitto::new()
+        .conf(&format!("max_packet_size {LIMIT}"))
+        .start(free_port());
+    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&relay_config(
+        &ws.url(),
+        broker.port(),
+        dir.path(),
+        "protocol = \"5\"",
+    ));
+    for i in 0..5 {
+        ws.send_text(sized_alert(&format!("small-{i}"), 150));
+    }
+    wait_until("the small alerts and two stats", T, || {
+        event_ids(&sub.snapshot(), "small-").len() == 5 && sub.on("alert-relay/stats").len() >= 2
+    })
+    .await;
+    for s in sub.on("alert-relay/stats") {
+        assert!(s.payload.len() < LIMIT, "{} B", s.payload.len());
+        assert_eq!(s.json()["trimmed"], true);
+    }
+    assert_eq!(count(&relay.stats.mqtt_connect_failures), 0);
+    assert_eq!(count(&relay.stats.mqtt_set_aside), 0);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
+    let test = "max_message_bytes_bounds_stats_and_home_assistant_discovery_too";
+    if !mosquitto(test) {
+        return;
+    }
+    // The broker drops (3.1.1: silently, after a PUBACK) anything above 400 payload bytes;
+    // the relay is told so and must not send any of its own messages above it.
+    const LIMIT: usize = 400;
+    let broker = Mosquitto::new()
+        .conf(&format!("message_size_limit {LIMIT}"))
+        .start(free_port());
+    let sub = Subscriber::start(broker.port(), "#").await;
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = relay_config(
+        &ws.url(),
+        broker.port(),
+        dir.path(),
+        &format!("max_message_bytes = {LIMIT}\nha_discovery = true"),
+    );
+    // What discovery would send unbounded: some of it is above the limit.
+    let cfg = alert_relay::config::Config::parse(&text).expect("config");
+    let links = alert_relay::publish::Links::new(&cfg);
+    let discovery = alert_relay::publish::ha::discovery(&cfg.mqtt, &[], &links.event_types);
+    let (fit, too_big): (Vec<_>, Vec<_>) = discovery
+        .iter()
+        .map(|(t, p)| (t.clone(), p.to_string().len()))
+        .partition(|(_, n)| *n <= LIMIT);
+    assert!(
+        !too_big.is_empty(),
+        "no discovery message above {LIMIT} B: {discovery:?}"
+    );
+    let relay = Relay::start(&text);
+    ws.send_text(sized_alert("small-0", 100));
+    wait_until(
+        "the alert, two stats and the discovery that fits",
+        T,
+        || {
+            let got = sub.snapshot();
+            event_ids(&got, "small-").len() == 1
+                && sub.on("alert-relay/stats").len() >= 2
+                && fit.iter().all(|(t, _)| got.iter().any(|m| &m.topic == t))
+        },
+    )
+    .await;
+    let all = sub.snapshot();
+    for m in &all {
+        assert!(
+            m.payload.len() <= LIMIT,
+            "{}: {} B",
+            m.topic,
+            m.payload.len()
+        );
+    }
+    for (t, n) in &too_big {
+        assert!(!all.iter().any(|m| &m.topic == t), "{t} ({n} B) was sent");
+    }
+    eprintln!(
+        "{test}: {} discovery messages fit, {} above {LIMIT} B held back",
+        fit.len(),
+        too_big.len()
+    );
+    relay.stop().await;
+}
