@@ -386,7 +386,8 @@ impl<'a> Session<'a> {
             connected,
             head: self.corr.oldest_written(),
             acked_any: self.acked_any,
-            culprit: connected
+            // A session taken over by a twin says nothing about our packets.
+            culprit: (connected && !self.taken_over)
                 .then(|| {
                     self.wire
                         .culprit(self.sizes.accepted(), Instant::now().into_std())
