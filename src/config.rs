@@ -2193,6 +2193,10 @@ mod tests {
                 "gpio.rules[0].pattern.off",
             ),
             (
+                &format!("{MINIMAL}[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"r\"\n[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nmissing_confidence = \"maybe\"\n"),
+                "gpio.rules[0].missing_confidence",
+            ),
+            (
                 &format!("{MINIMAL}[gpio]\nbackend = \"rppal\"\n[[gpio.outputs]]\nname = \"r\"\n"),
                 "gpio.outputs[0].pin",
             ),

@@ -10,8 +10,14 @@
 //! The list endpoint returns `alert_id, event_id, label, callback_url, status`, but not the
 //! `ws_connection_id` an alert is bound to. Matching on `event_id` + `callback_url` would also
 //! catch alerts an installer created by hand (`alert-relay alerts create`) for webhook
-//! delivery, and disable them. So the relay disables only ids it wrote down itself: every id is
+//! delivery, and disable them. So the relay removes only ids it wrote down itself: every id is
 //! persisted (write, fsync, rename) right after its creation, before anything else happens.
+//! The same file remembers which kind each bound index is (v1 `/index/`, v2 `/indexes/`), as
+//! the service answered [`Api::index_kind`].
+//!
+//! Every request mirrors VideoDB's Python SDK 0.5.1 (PyPI `videodb`); the comments cite the
+//! SDK line each one follows. `.ci/videodb-sdk.sh` proves the stand-in the tests use against
+//! that SDK.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
