@@ -317,6 +317,10 @@ pub enum Pattern {
 pub struct RuleConfig {
     pub labels: Vec<String>,
     pub min_confidence: f64,
+    /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
+    /// alert shape, `{"event_label", "timestamp", "text"}`) passes `min_confidence`. Default
+    /// false ("skip"). A garbled confidence never passes.
+    pub fire_without_confidence: bool,
     /// Indexes into `GpioConfig::outputs`.
     pub outputs: Vec<usize>,
     pub pattern: Pattern,
@@ -554,6 +558,7 @@ struct RawOutput {
 struct RawRule {
     labels: Vec<String>,
     min_confidence: Option<f64>,
+    missing_confidence: Option<String>,
     output: Option<String>,
     outputs: Option<Vec<String>>,
     pattern: Option<RawPattern>,
@@ -881,6 +886,9 @@ impl Config {
                 .collect();
             let _ = writeln!(out, "\n[[gpio.rules]]\nlabels = {:?}", r.labels);
             let _ = writeln!(out, "min_confidence = {}", r.min_confidence);
+            if r.fire_without_confidence {
+                let _ = writeln!(out, "missing_confidence = \"fire\"");
+            }
             let _ = writeln!(out, "outputs = {names:?}");
             let _ = writeln!(out, "pattern = {}", fmt_pattern(&r.pattern));
             let _ = writeln!(out, "priority = {}", r.priority);
@@ -1494,11 +1502,7 @@ fn validate_channels(
     durable: Option<Vec<String>>,
 ) -> Result<(Vec<String>, Vec<String>), ConfigError> {
     let norm = |key: &str, c: &str| -> Result<String, ConfigError> {
-        let c = if c == "visual_index" {
-            "scene_index"
-        } else {
-            c
-        };
+        let c = crate::alert::normalize_channel(c);
         if c == "alert" || RELAYABLE_CHANNELS.contains(&c) {
             Ok(c.to_string())
         } else {
@@ -1866,6 +1870,16 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         if !(0.0..=1.0).contains(&min_confidence) {
             return Err(invalid(key("min_confidence"), "must be between 0 and 1"));
         }
+        let fire_without_confidence = match r.missing_confidence.as_deref() {
+            None | Some("skip") => false,
+            Some("fire") => true,
+            Some(_) => {
+                return Err(invalid(
+                    key("missing_confidence"),
+                    "must be \"skip\" or \"fire\"",
+                ))
+            }
+        };
         let wanted: Vec<String> = match (r.output, r.outputs) {
             (Some(o), None) => vec![o],
             (None, Some(os)) if !os.is_empty() => os,
@@ -1931,6 +1945,7 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         rules.push(RuleConfig {
             labels: r.labels,
             min_confidence,
+            fire_without_confidence,
             outputs: idx,
             pattern,
             priority: r.priority.unwrap_or(0),
@@ -2285,6 +2300,10 @@ mod tests {
             (
                 &format!("{MINIMAL}[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"r\"\n[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\npattern = {{ kind = \"blink\", on = \"1s\" }}\n"),
                 "gpio.rules[0].pattern.off",
+            ),
+            (
+                &format!("{MINIMAL}[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"r\"\n[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nmissing_confidence = \"maybe\"\n"),
+                "gpio.rules[0].missing_confidence",
             ),
             (
                 &format!("{MINIMAL}[gpio]\nbackend = \"rppal\"\n[[gpio.outputs]]\nname = \"r\"\n"),
