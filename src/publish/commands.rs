@@ -56,7 +56,9 @@ pub enum Command {
 /// One parsed command message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
-    /// The command's name in answers: the topic below the prefix.
+    /// The command's name in answers:
+    /// `silence`, `snooze`, `test/{output}` for `cmd/...` (as before), else the topic below
+    /// the prefix (`outputs/red/set`).
     pub name: String,
     /// Echoed in the answer.
     pub transaction: Option<Value>,
@@ -89,6 +91,10 @@ pub fn parse(prefix: &str, topic: &str, payload: &[u8], gpio: &GpioConfig) -> Op
         Kind::Rule(r)
     } else {
         return None;
+    };
+    let name = match kind {
+        Kind::Cmd(c) => c,
+        _ => name,
     };
     if payload.len() > MAX_COMMAND_BYTES {
         return Some(Parsed {
