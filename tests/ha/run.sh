@@ -3,14 +3,14 @@
 # + the relay with sim GPIO, driven through HA's REST API only by tests/ha/drive.py.
 #
 #   tests/ha/run.sh [path/to/alert-relay]     (default: target/debug/alert-relay)
+#   tests/ha/run.sh --install-only            (only make the cached install)
 #
 # HA_CACHE (default /var/cache/alert-relay-ci/ha) holds the venv; it is made on first use
 # (python 3.13 from pyenv, homeassistant==$HA_VERSION with its own package constraints).
 # Prints "N passed, N failed" last; exits non-zero on any failure.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-relay_bin=$(realpath "${1:-$repo/target/debug/alert-relay}")
 HA_CACHE=${HA_CACHE:-/var/cache/alert-relay-ci/ha}
 HA_VERSION=${HA_VERSION:-2025.4.4}
 PY=${HA_PYTHON:-/root/.pyenv/versions/3.13.0/bin/python}
@@ -35,6 +35,10 @@ PYEOF
     echo "$HA_VERSION" > "$HA_CACHE/version"
 }
 install_ha
+if [ "${1:-}" = "--install-only" ]; then
+    exit 0
+fi
+relay_bin=$(realpath "${1:-$repo/target/debug/alert-relay}")
 
 work=$(mktemp -d /tmp/alert-relay-ha.XXXXXX)
 pids=()
