@@ -84,8 +84,8 @@ fn last_state(sub: &Subscriber, output: &str) -> Option<String> {
     let topic = format!("alert-relay/outputs/{output}");
     sub.on(&topic)
         .into_iter()
-        .filter(|m| m.topic == topic)
-        .last()
+        .rev()
+        .find(|m| m.topic == topic)
         .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
 }
 
@@ -296,8 +296,8 @@ pattern = { kind = "solid", duration = "20s" }
 fn last_json(sub: &Subscriber, topic: &str) -> Option<Value> {
     sub.on(topic)
         .into_iter()
-        .filter(|m| m.topic == topic)
-        .last()
+        .rev()
+        .find(|m| m.topic == topic)
         .map(|m| m.json())
 }
 
@@ -383,7 +383,7 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     .await;
     ws.send_text(alert_frame("ev-disarmed", "person", 0.9));
     wait_until("the alert went through", T, || {
-        late.on("alert-relay/alerts/").len() >= 1
+        !late.on("alert-relay/alerts/").is_empty()
     })
     .await;
     let a = command(port, &late, "alert-relay/cmd/snooze", r#"{"for": 0}"#).await;

@@ -357,8 +357,8 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
         wait_until(&format!("state on {st}"), T, || {
             sub.on(st)
                 .iter()
-                .filter(|m| m.topic == st)
-                .last()
+                .rev()
+                .find(|m| m.topic == st)
                 .is_some_and(|m| m.payload == b"idle")
         })
         .await;
