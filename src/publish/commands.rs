@@ -478,10 +478,7 @@ output = "red"
     fn good_commands_become_gpio_commands() {
         assert_eq!(
             run("ar/cmd/silence", ""),
-            Some((
-                "cmd/silence".into(),
-                Ok(Command::Gpio(GpioCommand::Silence))
-            ))
+            Some(("silence".into(), Ok(Command::Gpio(GpioCommand::Silence))))
         );
         assert_eq!(
             ok("ar/cmd/silence", " {} "),
