@@ -178,6 +178,30 @@ async fn raw_server() -> (String, mpsc::UnboundedReceiver<Conn>) {
     (url, rx)
 }
 
+/// The same server over rustls (certificate for `localhost` from [`support::videodb::Pki`]).
+async fn raw_tls_server(pki: &support::videodb::Pki) -> (String, mpsc::UnboundedReceiver<Conn>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "wss://localhost:{}/alerts",
+        listener.local_addr().expect("addr").port()
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            n += 1;
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    serve(tls, n, tx).await;
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
 fn vm_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -382,4 +406,64 @@ async fn oversize_frames_of_any_size_are_skipped_on_the_same_connection_with_rss
     );
     assert!(!log.contains("Space limit exceeded"), "{log}");
     drop(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frames_over_tls_are_skipped_on_the_same_connection() {
+    let broker = Broker::start(free_port());
+    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
+    let pki = support::videodb::Pki::new("frames");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki.write_ca(dir.path(), "ca.pem");
+    let (url, mut conns) = raw_tls_server(&pki).await;
+    let cfg = support::relay_config(&url, broker.port(), &dir.path().join("q"), "").replace(
+        "max_frame_bytes = \"16KiB\"",
+        &format!(
+            "max_frame_bytes = \"16KiB\"\nca_file = \"{}\"",
+            ca.display()
+        ),
+    );
+    let relay = support::Relay::start(&cfg);
+    let long = Duration::from_secs(60);
+    let conn = tokio::time::timeout(long, conns.recv())
+        .await
+        .expect("the relay connects")
+        .expect("a connection");
+    let delivered = |id: &str| alert_ids(&sub).contains(&id.to_string());
+
+    conn.send(frame(true, OP_TEXT, &vec![b'x'; 2 << 20])).await;
+    conn.send(frame(true, OP_PING, b"t1")).await;
+    // 64 MiB declared and streamed through TLS records.
+    conn.out
+        .send(Out::Stream {
+            header: header(true, OP_TEXT, 64 << 20),
+            len: 64 << 20,
+        })
+        .await
+        .expect("writer");
+    conn.send(frame(false, OP_BINARY, &[b'a'; 12 * 1024])).await;
+    conn.send(frame(true, OP_PING, b"t2")).await;
+    conn.send(frame(true, OP_CONT, &[b'b'; 12 * 1024])).await;
+    conn.send(frame(
+        true,
+        OP_TEXT,
+        alert_frame("t-a1", "fire", 0.9).as_bytes(),
+    ))
+    .await;
+    wait_until(
+        "the alert after the oversize frames",
+        Duration::from_secs(120),
+        || delivered("t-a1"),
+    )
+    .await;
+    wait_until("pongs t1, t2", long, || {
+        let p = conn.received(OP_PONG);
+        p.contains(&b"t1".to_vec()) && p.contains(&b"t2".to_vec())
+    })
+    .await;
+    let s = &relay.stats;
+    assert_eq!(support::count(&s.frames_oversize), 3);
+    assert_eq!(support::count(&s.source_connects), 1);
+    assert_eq!(support::count(&s.source_reconnects), 0);
+    relay.stop().await;
 }
