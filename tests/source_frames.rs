@@ -55,10 +55,13 @@ enum Out {
     },
 }
 
+/// The client's frames so far: (opcode, unmasked payload).
+type ClientFrames = Arc<Mutex<Vec<(u8, Vec<u8>)>>>;
+
 /// One accepted connection: a channel to write with, and the client's frames as they come.
 struct Conn {
     out: mpsc::Sender<Out>,
-    frames: Arc<Mutex<Vec<(u8, Vec<u8>)>>>,
+    frames: ClientFrames,
     written: Arc<std::sync::atomic::AtomicU64>,
 }
 
