@@ -15,6 +15,7 @@
 //! - [`topic`]: what MQTT and mosquitto accept in topics and strings; pure.
 //! - [`dedup`]: the cross-path dedup window used by [`ingest`]; pure.
 //! - [`webhook`] and [`http`]: the optional HTTP listener (webhook, healthz, metrics).
+//! - [`logging`]: the process logger, library targets that print secrets capped.
 //!
 //! [`run`] wires the stages and runs until the shutdown future resolves.
 
@@ -26,6 +27,7 @@ pub mod dedup;
 pub mod gpio;
 pub mod http;
 pub mod ingest;
+pub mod logging;
 pub mod publish;
 pub mod queue;
 pub mod rules;

@@ -336,7 +336,14 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
     // What discovery would send unbounded: some of it is above the limit.
     let cfg = alert_relay::config::Config::parse(&text).expect("config");
     let links = alert_relay::publish::Links::new(&cfg);
-    let discovery = alert_relay::publish::ha::discovery(&cfg.mqtt, &[], &links.event_types);
+    let input = alert_relay::publish::ha::DiscoveryInput {
+        gpio: &cfg.gpio,
+        controls: false,
+        event_types: &links.event_types,
+        configuration_url: None,
+        snooze_for: alert_relay::publish::ha::SNOOZE_BUTTON_FOR,
+    };
+    let discovery = alert_relay::publish::ha::discovery(&cfg.mqtt, &input);
     let (fit, too_big): (Vec<_>, Vec<_>) = discovery
         .iter()
         .map(|(t, p)| (t.clone(), p.to_string().len()))
