@@ -156,6 +156,13 @@ fn is_root() -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "0"
 }
 
+/// Says a test was skipped past libtest's capture (as `support::skipped` does), so a skip is
+/// never a silent pass.
+fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+}
+
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).expect("metadata").mode() & 0o7777
 }
@@ -171,7 +178,10 @@ fn stderr(out: &Output) -> String {
 fn valid_config_is_installed_with_its_secrets_and_leaves_the_card() {
     let card = Card::new();
     if !is_root() {
-        println!("SKIPPED: valid_config_is_installed_with_its_secrets_and_leaves_the_card: not root, cannot chown (the fallback is tested below)");
+        skipped(
+            "valid_config_is_installed_with_its_secrets_and_leaves_the_card",
+            "not root, cannot chown (the fallback is tested below)",
+        );
         return;
     }
     let group = current_group();
@@ -256,11 +266,14 @@ fn valid_config_is_installed_with_its_secrets_and_leaves_the_card() {
 #[test]
 fn default_group_is_alert_relay() {
     let Some(gid) = gid_of("alert-relay") else {
-        println!("SKIPPED: default_group_is_alert_relay: no group alert-relay on this machine");
+        skipped(
+            "default_group_is_alert_relay",
+            "no group alert-relay on this machine",
+        );
         return;
     };
     if !is_root() {
-        println!("SKIPPED: default_group_is_alert_relay: not root");
+        skipped("default_group_is_alert_relay", "not root");
         return;
     }
     let card = Card::new();
