@@ -77,8 +77,7 @@ impl KeyHasher {
     /// deduplicated). A timestamp that parses is compared as an instant (so `Z` and `+00:00`
     /// agree); one that does not is compared as its raw JSON text.
     pub fn key(&self, alert: &Alert) -> Option<Key> {
-        let event_id = alert.event_id.as_deref()?;
-        let ts = alert.data.get("timestamp").filter(|v| !v.is_null())?;
+        let (event_id, ts) = identity(alert).ok()?;
         Some(match alert.timestamp {
             Some(t) => self
                 .0
@@ -86,6 +85,25 @@ impl KeyHasher {
             None => self.0.hash_one((event_id, 1u8, ts.to_string())),
         })
     }
+}
+
+/// The fields a key is made of, or the names of those `alert` lacks (what a webhook that
+/// must be deduplicated answers 400 with).
+fn identity(alert: &Alert) -> Result<(&str, &serde_json::Value), Vec<&'static str>> {
+    let ts = alert.data.get("timestamp").filter(|v| !v.is_null());
+    match (alert.event_id.as_deref(), ts) {
+        (Some(id), Some(ts)) => Ok((id, ts)),
+        (id, ts) => Err([("event_id", id.is_none()), ("timestamp", ts.is_none())]
+            .into_iter()
+            .filter_map(|(name, missing)| missing.then_some(name))
+            .collect()),
+    }
+}
+
+/// The fields `alert` lacks to have a dedup key ([`KeyHasher::key`] is `None` exactly when
+/// this is not empty).
+pub fn missing_key_fields(alert: &Alert) -> Vec<&'static str> {
+    identity(alert).err().unwrap_or_default()
 }
 
 /// The window of recent keys, in fixed memory.
@@ -218,6 +236,29 @@ mod tests {
             )),
             None
         );
+    }
+
+    #[test]
+    fn missing_fields_are_named_exactly_when_there_is_no_key() {
+        let h = KeyHasher::default();
+        let cases = [
+            (json!({"label": "x"}), vec!["event_id", "timestamp"]),
+            (json!({"label": "x", "event_id": "e"}), vec!["timestamp"]),
+            (json!({"label": "x", "timestamp": 5}), vec!["event_id"]),
+            (
+                json!({"label": "x", "event_id": 7, "timestamp": null}),
+                vec!["timestamp"],
+            ),
+            (
+                json!({"label": "x", "event_id": "e", "timestamp": "?"}),
+                vec![],
+            ),
+        ];
+        for (data, want) in cases {
+            let a = alert(data.clone());
+            assert_eq!(missing_key_fields(&a), want, "{data}");
+            assert_eq!(h.key(&a).is_none(), !want.is_empty(), "{data}");
+        }
     }
 
     #[test]

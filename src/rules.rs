@@ -43,7 +43,8 @@ impl LocalZone {
 
     /// Minutes after local midnight at `t`.
     pub fn minute_of_day(&self, t: SystemTime) -> u16 {
-        let secs = crate::clock::unix_micros(t) as i64 / 1_000_000;
+        // Below 2^64 µs, so the quotient fits an i64.
+        let secs = (crate::clock::unix_micros(t) / 1_000_000) as i64;
         let offset = self
             .0
             .as_ref()
