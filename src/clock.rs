@@ -228,10 +228,20 @@ fn naive_to_utc(local: i64, offset_at: &dyn Fn(i64) -> i64) -> i64 {
     local - offset_at(guess)
 }
 
-/// The device's zone, read once (`TZ`, else /etc/localtime; `None` = UTC).
+/// The system's zone: the `TZ` variable when set (a zone name such as `America/New_York`, or
+/// a POSIX TZ string), else /etc/localtime. (tz-rs's own `TimeZone::local` reads only
+/// /etc/localtime.)
+pub fn system_zone() -> Result<tz::TimeZone, tz::Error> {
+    match std::env::var("TZ") {
+        Ok(tz) if !tz.trim().is_empty() => tz::TimeZone::from_posix_tz(&tz),
+        _ => tz::TimeZone::local(),
+    }
+}
+
+/// The device's zone, read once (`None` = UTC).
 fn local_zone() -> Option<&'static tz::TimeZone> {
     static ZONE: OnceLock<Option<tz::TimeZone>> = OnceLock::new();
-    ZONE.get_or_init(|| match tz::TimeZone::local() {
+    ZONE.get_or_init(|| match system_zone() {
         Ok(z) => Some(z),
         Err(e) => {
             log::warn!(

@@ -27,7 +27,7 @@ pub struct LocalZone(Option<tz::TimeZone>);
 impl LocalZone {
     /// The system's zone: `TZ`, else /etc/localtime; UTC (logged) when neither is readable.
     pub fn system() -> LocalZone {
-        match tz::TimeZone::local() {
+        match crate::clock::system_zone() {
             Ok(z) => LocalZone(Some(z)),
             Err(e) => {
                 log::warn!("rules: cannot read the local time zone ({e}); quiet_hours use UTC");
