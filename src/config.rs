@@ -2124,14 +2124,17 @@ fn parse_quiet_window(s: &str) -> Result<QuietWindow, String> {
     Ok(QuietWindow { start_min, end_min })
 }
 
+/// Shortest "on" (and blink "off") a pattern may have. The engine applies every edge that is
+/// due at once, so a pattern of nanosecond steps (which `cmd/test` takes from the network)
+/// would keep it toggling flat out for the whole `max_on`; at 1 ms an output changes at most
+/// a thousand times a second, which the engine keeps up with (README, GPIO timing).
+pub const MIN_PATTERN_STEP: Duration = Duration::from_millis(1);
+
 fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, ConfigError> {
     let need = |v: Option<DurationStr>, field: &str| {
-        v.map(|d| d.0).filter(|d| !d.is_zero()).ok_or_else(|| {
-            invalid(
-                format!("{key}.{field}"),
-                "is required and must be above zero",
-            )
-        })
+        v.map(|d| d.0)
+            .filter(|d| *d >= MIN_PATTERN_STEP)
+            .ok_or_else(|| invalid(format!("{key}.{field}"), "is required and at least 1ms"))
     };
     let unexpected = |present: bool, field: &str| {
         if present {
@@ -2187,10 +2190,10 @@ fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, ConfigError> {
                 .into_iter()
                 .map(|(a, b)| (a.0, b.0))
                 .collect();
-            if steps.is_empty() || steps.iter().any(|(on, _)| on.is_zero()) {
+            if steps.is_empty() || steps.iter().any(|(on, _)| *on < MIN_PATTERN_STEP) {
                 return Err(invalid(
                     format!("{key}.steps"),
-                    "needs at least one [on, off] pair with on above zero",
+                    "needs at least one [on, off] pair, each on at least 1ms",
                 ));
             }
             Ok(Pattern::Sequence { steps })

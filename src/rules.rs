@@ -30,7 +30,7 @@ pub struct LocalZone(Option<tz::TimeZone>);
 impl LocalZone {
     /// The system's zone: `TZ`, else /etc/localtime; UTC (logged) when neither is readable.
     pub fn system() -> LocalZone {
-        match tz::TimeZone::local() {
+        match crate::clock::system_zone() {
             Ok(z) => LocalZone(Some(z)),
             Err(e) => {
                 log::warn!("rules: cannot read the local time zone ({e}); quiet_hours use UTC");
@@ -46,7 +46,8 @@ impl LocalZone {
 
     /// Minutes after local midnight at `t`.
     pub fn minute_of_day(&self, t: SystemTime) -> u16 {
-        let secs = crate::clock::unix_micros(t) as i64 / 1_000_000;
+        // Below 2^64 µs, so the quotient fits an i64.
+        let secs = (crate::clock::unix_micros(t) / 1_000_000) as i64;
         let offset = self
             .0
             .as_ref()

@@ -670,6 +670,38 @@ output = "red"
                 r#"{"pattern": {"kind": "tone", "frequency": 440, "duration": "1s"}}"#,
                 "passive_buzzer",
             ),
+            // Durations and counts come from the network: nanosecond steps would keep the
+            // engine toggling flat out; numbers past their type are refused, not wrapped.
+            (
+                "ar/cmd/test/red",
+                r#"{"pattern": {"kind": "blink", "on": "0.000001ms", "off": "1ms", "count": 4294967295}}"#,
+                "at least 1ms",
+            ),
+            (
+                "ar/cmd/test/red",
+                r#"{"pattern": {"kind": "sequence", "steps": [["0.5ms", "0ms"]]}}"#,
+                "at least 1ms",
+            ),
+            (
+                "ar/cmd/test/red",
+                r#"{"pattern": {"kind": "blink", "on": "1ms", "off": "1ms", "count": 4294967296}}"#,
+                "pattern.count",
+            ),
+            (
+                "ar/cmd/test/red",
+                r#"{"pattern": {"kind": "solid", "duration": "1e300s"}}"#,
+                "pattern.duration",
+            ),
+            (
+                "ar/cmd/test/beep",
+                r#"{"pattern": {"kind": "tone", "frequency": 1e300, "duration": "1s"}}"#,
+                "pattern.frequency",
+            ),
+            (
+                "ar/cmd/test/beep",
+                r#"{"pattern": {"kind": "tone", "frequency": 440, "duty": 1e308, "duration": "1s"}}"#,
+                "pattern.duty",
+            ),
             ("ar/cmd/reboot", "", "unknown command"),
             ("ar/cmd/test/", "", "no output named"),
             ("ar/outputs/red/set", "maybe", "not JSON"),
