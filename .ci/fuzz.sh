@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CARGO_FUZZ_VERSION=${CARGO_FUZZ_VERSION:-0.13.1}
-FUZZ_SECONDS=${FUZZ_SECONDS:-50}
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 FUZZ_BUILD_TIMEOUT=${FUZZ_BUILD_TIMEOUT:-900}
 FUZZ_TARGETS=${FUZZ_TARGETS:-frame webhook config queue_record mqtt_command}
 

@@ -38,6 +38,7 @@ name = "beep"
 pin = 19
 kind = "passive_buzzer"
 [[gpio.rules]]
+name = "porch"
 labels = ["*"]
 output = "red"
 max_age = "30s"
@@ -220,11 +221,29 @@ pub fn mqtt_command(data: &[u8]) {
         "alert-relay/cmd/test/beep",
         "alert-relay/cmd/test/",
         "alert-relay/cmd/result",
+        "alert-relay/cmd/snooze",
+        "alert-relay/outputs/red/set",
+        "alert-relay/outputs/buzzer/set",
+        "alert-relay/outputs/beep/set",
+        "alert-relay/rules/porch/set",
     ];
     let topic = topics[usize::from(pick) % topics.len()];
-    let parsed =
-        alert_relay::publish::commands::parse("alert-relay", topic, payload, &cfg.gpio.outputs);
-    if let Some((_, Ok(alert_relay::gpio::GpioCommand::Test { output, pattern }))) = parsed {
+    use alert_relay::publish::commands::{parse, Command};
+    let Some(parsed) = parse("alert-relay", topic, payload, &cfg.gpio) else {
+        return;
+    };
+    let run = match parsed.command {
+        Ok(Command::Gpio(alert_relay::gpio::GpioCommand::Test { output, pattern })) => {
+            Some((output, pattern))
+        }
+        Ok(Command::Output {
+            output,
+            pattern: Some(pattern),
+            ..
+        }) => Some((output, pattern)),
+        _ => None,
+    };
+    if let Some((output, pattern)) = run {
         run_pattern(&pattern, &cfg.gpio.outputs[output]);
     }
 }

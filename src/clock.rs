@@ -124,8 +124,8 @@ fn from_epoch_int(u: u64) -> Option<SystemTime> {
 }
 
 fn from_epoch_float(f: f64) -> Option<SystemTime> {
-    // `!(f >= 0.0)` also catches NaN; -0.0 is the epoch.
-    if !(f >= 0.0) || !f.is_finite() || f >= FLOAT_LIMIT {
+    // NaN is in no range and the infinities are outside this one; -0.0 is in it (the epoch).
+    if !(0.0..FLOAT_LIMIT).contains(&f) {
         return None;
     }
     let ns = BANDS
