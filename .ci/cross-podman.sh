@@ -29,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 CROSS_VERSION=${CROSS_VERSION:-0.2.5}
-TIMEOUT=${CROSS_PODMAN_TIMEOUT:-1800}
+TIMEOUT=${CROSS_PODMAN_TIMEOUT:-1500}
 STATE=${CROSS_PODMAN_STATE:-/var/cache/alert-relay-ci}
 BASE_IMAGE=docker.io/library/debian:bullseye-slim
 BASE_LABEL=alert-relay.base

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI stage: the relay against a real Home Assistant (tests/ha/run.sh). Home Assistant is
 # installed once into /var/cache/alert-relay-ci/ha (about 17 min cold on this machine; kept
-# between runs); a warm run takes about a minute. Time-boxed: install 40 min, run 10 min.
+# between runs); a warm run takes about a minute. Time-boxed: install 25 min, run 10 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${HA_PYTHON:-/root/.pyenv/versions/3.13.0/bin/python}
@@ -16,7 +16,7 @@ fi
 [ -x target/debug/alert-relay ] || cargo build
 # The first call installs (if needed) and runs; a run alone fits in 10 minutes.
 if [ ! -x /var/cache/alert-relay-ci/ha/venv/bin/hass ]; then
-    timeout 2400 tests/ha/run.sh --install-only || {
+    timeout 1500 tests/ha/run.sh --install-only || {
         echo "Home Assistant install failed or timed out"
         exit 1
     }
