@@ -270,6 +270,16 @@ async fn a_single_relay_with_a_stable_connection_never_blames_its_client_id() {
             }
             assert!(Instant::now() < deadline, "round {round}: no alert arrives");
         }
+        // A restart as a broker goes through one: down long enough for the relay to be
+        // refused at least once (a mosquitto back within its first reconnect backoff would
+        // look exactly like a twin taking the session over).
+        let refused = || log.lock().expect("lock").matches("refused").count();
+        let before = refused();
+        broker.stop();
+        wait_until("the relay is refused by the stopped broker", T, || {
+            refused() > before
+        })
+        .await;
         broker.restart();
     }
     let _ = child.start_kill();
