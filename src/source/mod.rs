@@ -308,10 +308,8 @@ async fn connect_and_read(
                 Message::Close(_) => return Ok(End::Closed),
                 _ => continue,
             };
-            if let Some(id) = (bytes.len() <= cfg.max_frame_bytes)
-                .then(|| connection_id_of(bytes))
-                .flatten()
-            {
+            // `frames` never delivers a message above `max_frame_bytes`.
+            if let Some(id) = connection_id_of(bytes) {
                 stats.inc(&stats.frames_received);
                 connection_id = Some(id);
             } else {
@@ -450,24 +448,13 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Counts, size-checks and parses one text or binary frame and passes it on; returns the
+/// Counts and parses one text or binary message and passes it on; returns the
 /// `connection_id` when the frame was a plain hello (`{"connection_id"}` and no channel).
 /// Never fails: bad input is counted; a binary frame that is not JSON counts as binary.
+/// Oversize messages never get here: `frames` discards and counts them as they stream.
 async fn on_message(text: &[u8], binary: bool, ctx: &Ctx<'_>) -> Option<String> {
     let stats = ctx.stats;
     stats.inc(&stats.frames_received);
-    if text.len() > ctx.cfg.max_frame_bytes {
-        stats.inc(&stats.frames_oversize);
-        stats.warn_limited(
-            "oversize",
-            format_args!(
-                "source: skipped a {} byte frame (limit source.max_frame_bytes = {})",
-                text.len(),
-                ctx.cfg.max_frame_bytes
-            ),
-        );
-        return None;
-    }
     match parse_frame_bytes(text) {
         Ok(Frame::Hello { connection_id }) => return Some(connection_id),
         Ok(Frame::Envelope(env)) if env.channel == "alert" => match Alert::from_envelope(env) {
