@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 mod checks;
 mod identity;
+mod sections;
 
 /// A config error: which key, and why. `alert-relay` exits with status 2 on one.
 #[derive(Debug, thiserror::Error)]
@@ -394,7 +395,8 @@ pub struct GpioConfig {
     pub backend: GpioBackendKind,
     pub sim_trace: Option<PathBuf>,
     pub outputs: Vec<OutputConfig>,
-    pub rules: Vec<RuleConfig>,
+    /// Shared, not copied, by the rule engine and the publisher: 10,000 rules are megabytes.
+    pub rules: std::sync::Arc<[RuleConfig]>,
     pub ack_button: Option<AckButton>,
     /// Named patterns (`[gpio.patterns]`) that commands and Home Assistant (siren tones, light
     /// effects) pick by name, sorted by name.
@@ -538,8 +540,8 @@ struct RawGpio {
     sim_trace: Option<PathBuf>,
     #[serde(default)]
     outputs: Vec<RawOutput>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
+    /// `None` when absent: the `[[gpio.rules]]` tables may be parsed apart (see `sections`).
+    rules: Option<Vec<RawRule>>,
     ack_button: Option<RawAckButton>,
     #[serde(default)]
     patterns: std::collections::BTreeMap<String, RawPattern>,
@@ -704,7 +706,13 @@ pub const DEFAULT_QUEUE_DIR: &str = "/var/lib/alert-relay/queue";
 
 impl Config {
     /// Reads and validates the config file at `path`.
+    ///
+    /// The file is read line by line, never whole, when `sections` can cut it (see
+    /// [`Config::parse`]); otherwise, and for every error, it is read and parsed whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if let Some(result) = load_in_pieces(path) {
+            return result;
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -713,27 +721,23 @@ impl Config {
     }
 
     /// Parses and validates TOML text.
+    ///
+    /// The `[[gpio.rules]]` tables are parsed one at a time when `sections` can cut the text
+    /// (memory: toml's document costs ~9 KiB a rule); any doubt, and every error, goes through
+    /// the whole-text parse, so what is accepted and what each error says is the same either way.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            // toml's message carries the line and a caret; keep its first line compact.
-            let reason = inner.message().to_string();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
-            invalid(
-                if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                format!("{reason}{line}"),
-            )
-        })?;
-        validate(raw)
+        if let Some(pieces) = sections::split(text) {
+            if let Some(raw) = deserialize_pieces(&pieces) {
+                let rules = pieces
+                    .rules
+                    .iter()
+                    .map(|p| deserialize::<OneRule>(p).map(|mut one| one.gpio.rules.remove(0)));
+                return validate(raw, rules);
+            }
+        }
+        let mut raw: RawConfig = deserialize(text)?;
+        let rules = raw.gpio.rules.take().unwrap_or_default();
+        validate(raw, rules.into_iter().map(Ok))
     }
 
     /// The resolved config as TOML, for `check-config`. Secrets never appear in it.
@@ -900,7 +904,7 @@ impl Config {
             );
             let _ = writeln!(out, "max_on = \"{}\"", fmt_duration(o.max_on));
         }
-        for r in &g.rules {
+        for r in g.rules.iter() {
             let names: Vec<&str> = r
                 .outputs
                 .iter()
@@ -1029,6 +1033,207 @@ pub fn pattern_from_json(value: &serde_json::Value) -> Result<Pattern, ConfigErr
     validate_pattern(raw, "pattern")
 }
 
+/// One `[[gpio.rules]]` table parsed on its own (`sections`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneRule {
+    gpio: OneRuleGpio,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OneRuleGpio {
+    rules: Vec<RawRule>,
+}
+
+/// The skeleton, once every rule piece is known to parse (each is parsed again, one at a time,
+/// while validating: holding 10,000 raw rules would cost what the pieces save). `None`: parse
+/// the whole text instead.
+fn deserialize_pieces(pieces: &sections::Pieces<'_>) -> Option<RawConfig> {
+    let raw: RawConfig = deserialize(&pieces.skeleton).ok()?;
+    if raw.gpio.rules.is_some() && !pieces.rules.is_empty() {
+        return None; // `rules = [...]` and `[[gpio.rules]]` both: toml refuses that
+    }
+    let one_each = pieces
+        .rules
+        .iter()
+        .all(|p| deserialize::<OneRule>(p).is_ok_and(|one| one.gpio.rules.len() == 1));
+    one_each.then_some(raw)
+}
+
+/// Whether `piece` is one rule that deserializes.
+fn rule_piece_parses(piece: &str) -> bool {
+    deserialize::<OneRule>(piece).is_ok_and(|one| one.gpio.rules.len() == 1)
+}
+
+/// [`Config::load`] without holding the file: a first pass collects the skeleton and checks
+/// that every rule piece parses, a second ([`FileRules`]) parses each rule again while
+/// `validate` goes through them in order. `None`: read and parse the file whole instead.
+fn load_in_pieces(path: &Path) -> Option<Result<Config, ConfigError>> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+    let mut splitter = sections::Splitter::default();
+    let (mut skeleton, mut piece, mut line) = (String::new(), String::new(), String::new());
+    let (mut count, mut crc) = (0, 0);
+    loop {
+        line.clear();
+        // Not UTF-8, or unreadable: the whole read reports it.
+        if reader.read_line(&mut line).ok()? == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, line.as_bytes());
+        let dest = splitter.line(&line)?;
+        if dest != sections::Dest::Rule && !piece.is_empty() {
+            rule_piece_parses(&piece).then_some(())?;
+            piece.clear();
+        }
+        match dest {
+            sections::Dest::Skeleton => skeleton.push_str(&line),
+            sections::Dest::NewRule => {
+                count += 1;
+                piece.push_str(&line);
+            }
+            sections::Dest::Rule => piece.push_str(&line),
+        }
+    }
+    if !splitter.finished() || !(piece.is_empty() || rule_piece_parses(&piece)) {
+        return None;
+    }
+    let raw: RawConfig = deserialize(&skeleton).ok()?;
+    if raw.gpio.rules.is_some() && count > 0 {
+        return None; // `rules = [...]` and `[[gpio.rules]]` both: toml refuses that
+    }
+    drop(skeleton);
+    let rules = FileRules {
+        path,
+        reader: std::io::BufReader::new(std::fs::File::open(path).ok()?),
+        splitter: sections::Splitter::default(),
+        line: String::new(),
+        pending: String::new(),
+        left: count,
+        expect_crc: crc,
+        crc: 0,
+    };
+    Some(validate(raw, rules))
+}
+
+/// The second pass of [`load_in_pieces`]: the file's rules, parsed one at a time. The file
+/// must read the same as in the first pass (same CRC-32C over every byte), or the load fails.
+struct FileRules<'a> {
+    path: &'a Path,
+    reader: std::io::BufReader<std::fs::File>,
+    splitter: sections::Splitter,
+    line: String,
+    /// The `[[gpio.rules]]` line that ended the last piece: the start of the next one.
+    pending: String,
+    left: usize,
+    expect_crc: u32,
+    crc: u32,
+}
+
+impl FileRules<'_> {
+    fn changed(&mut self) -> ConfigError {
+        self.left = 0;
+        ConfigError::Read {
+            path: self.path.to_owned(),
+            source: std::io::Error::other("the file changed while it was read; try again"),
+        }
+    }
+
+    /// The next rule piece, or `None` at the end of the file.
+    fn next_piece(&mut self) -> Result<Option<String>, ConfigError> {
+        use std::io::BufRead;
+        let mut piece = std::mem::take(&mut self.pending);
+        loop {
+            self.line.clear();
+            let read = self.reader.read_line(&mut self.line);
+            let n = read.map_err(|source| ConfigError::Read {
+                path: self.path.to_owned(),
+                source,
+            })?;
+            if n == 0 {
+                return Ok((!piece.is_empty()).then_some(piece));
+            }
+            self.crc = crc32c::crc32c_append(self.crc, self.line.as_bytes());
+            match self.splitter.line(&self.line) {
+                None => return Err(self.changed()),
+                Some(sections::Dest::NewRule) if !piece.is_empty() => {
+                    self.pending = std::mem::take(&mut self.line);
+                    return Ok(Some(piece));
+                }
+                Some(sections::Dest::NewRule | sections::Dest::Rule) => piece.push_str(&self.line),
+                Some(sections::Dest::Skeleton) if !piece.is_empty() => return Ok(Some(piece)),
+                Some(sections::Dest::Skeleton) => {}
+            }
+        }
+    }
+
+    fn next_rule(&mut self) -> Result<RawRule, ConfigError> {
+        let Some(piece) = self.next_piece()? else {
+            return Err(self.changed());
+        };
+        if self.left == 0 {
+            // The last rule: read on to the end, so that every byte is compared.
+            if self.next_piece()?.is_some() {
+                return Err(self.changed());
+            }
+            if self.crc != self.expect_crc || !self.splitter.finished() {
+                return Err(self.changed());
+            }
+        }
+        let one: OneRule = deserialize(&piece)?;
+        match <[RawRule; 1]>::try_from(one.gpio.rules) {
+            Ok([rule]) => Ok(rule),
+            Err(_) => Err(self.changed()),
+        }
+    }
+}
+
+impl Iterator for FileRules<'_> {
+    type Item = Result<RawRule, ConfigError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let rule = self.next_rule();
+        if rule.is_err() {
+            self.left = 0;
+        }
+        Some(rule)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for FileRules<'_> {}
+
+/// Deserializes TOML text; the error names the key path and the line.
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        // toml's message carries the line and a caret; keep its first line compact.
+        let reason = inner.message().to_string();
+        let line = inner
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        invalid(
+            if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            format!("{reason}{line}"),
+        )
+    })
+}
+
 /// Hides query strings and userinfo: pre-authenticated URLs carry their token there.
 pub fn redact_url(url: &str) -> String {
     let mut u = url.to_string();
@@ -1098,11 +1303,14 @@ fn fmt_pattern(p: &Pattern) -> String {
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(
+    raw: RawConfig,
+    rules: impl ExactSizeIterator<Item = Result<RawRule, ConfigError>>,
+) -> Result<Config, ConfigError> {
     let source = validate_source(raw.source, raw.queue.dir.as_deref())?;
     let queue = validate_queue(raw.queue)?;
     let mqtt = validate_mqtt(raw.mqtt)?;
-    let gpio = validate_gpio(raw.gpio)?;
+    let gpio = validate_gpio(raw.gpio, rules)?;
     let http = validate_http(raw.http)?;
     Ok(Config {
         source,
@@ -1813,7 +2021,10 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     })
 }
 
-fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
+fn validate_gpio(
+    g: RawGpio,
+    raw_rules: impl ExactSizeIterator<Item = Result<RawRule, ConfigError>>,
+) -> Result<GpioConfig, ConfigError> {
     let backend = match g.backend.as_deref().unwrap_or("none") {
         "rppal" => GpioBackendKind::Rppal,
         "cdev" => GpioBackendKind::Cdev,
@@ -1901,9 +2112,11 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
             max_on,
         });
     }
-    let mut rules = Vec::new();
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    // Hashes, not copies, of the names seen: 10,000 names are cloned for nothing otherwise.
     let mut rule_names = HashSet::new();
-    for (i, r) in g.rules.into_iter().enumerate() {
+    for (i, r) in raw_rules.enumerate() {
+        let r = r?;
         let key = |k: &str| format!("gpio.rules[{i}].{k}");
         if let Some(n) = &r.name {
             if !is_entity_name(n) {
@@ -1912,7 +2125,11 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
                     "must be non-empty letters, digits, _ or - (64 at most)",
                 ));
             }
-            if !rule_names.insert(n.clone()) {
+            let seen = !rule_names.insert(name_hash(n))
+                && rules
+                    .iter()
+                    .any(|o: &RuleConfig| o.name.as_ref() == Some(n));
+            if seen {
                 return Err(invalid(key("name"), format!("{n:?} is used twice")));
             }
         }
@@ -2035,12 +2252,17 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         backend,
         sim_trace: g.sim_trace,
         outputs,
-        rules,
+        rules: rules.into(),
         ack_button,
         patterns,
         manual_priority: g.manual_priority.unwrap_or(100),
         snooze_lights: g.snooze_lights.unwrap_or(true),
     })
+}
+
+fn name_hash(n: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(n)
 }
 
 /// Names that end up in MQTT topics and Home Assistant ids (rules, patterns).
