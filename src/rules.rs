@@ -83,7 +83,7 @@ pub struct Decision {
 }
 
 pub struct RuleEngine {
-    rules: Arc<[RuleConfig]>,
+    rules: Arc<Vec<RuleConfig>>,
     last_fired: Vec<Option<Instant>>,
     /// Disarmed rules match but never fire (Home Assistant's rule switch, `rules/{name}/set`).
     armed: Vec<bool>,
@@ -93,7 +93,7 @@ pub struct RuleEngine {
 impl RuleEngine {
     /// Reads the local time zone when (and only when) some rule has quiet hours.
     /// `rules` may be the config's own (`Arc`, shared) or a `Vec`.
-    pub fn new(rules: impl Into<Arc<[RuleConfig]>>) -> RuleEngine {
+    pub fn new(rules: impl Into<Arc<Vec<RuleConfig>>>) -> RuleEngine {
         let rules = rules.into();
         let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) {
             LocalZone::system()
@@ -103,7 +103,7 @@ impl RuleEngine {
         RuleEngine::with_zone(rules, zone)
     }
 
-    pub fn with_zone(rules: impl Into<Arc<[RuleConfig]>>, zone: LocalZone) -> RuleEngine {
+    pub fn with_zone(rules: impl Into<Arc<Vec<RuleConfig>>>, zone: LocalZone) -> RuleEngine {
         let rules = rules.into();
         let n = rules.len();
         RuleEngine {

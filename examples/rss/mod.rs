@@ -22,24 +22,37 @@ pub struct Rss {
     pub now_kib: u64,
 }
 
-/// A config with `rules` named rules (two labels, two outputs, a blink pattern, quiet hours),
-/// sim GPIO, Home Assistant discovery on, MQTT on `mqtt_port` under `prefix`, queue under `dir`.
-pub fn config(dir: &Path, rules: usize, mqtt_port: u16, prefix: &str) -> String {
+/// The rules measured: `Example` is config/example.toml's first rule, numbered (a name, an
+/// exact label and a glob, one output, a blink pattern); `Heavy` adds a second output and quiet
+/// hours (more per rule to hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Example,
+    Heavy,
+}
+
+/// A config with `rules` rules of `shape`, sim GPIO, Home Assistant discovery on, MQTT on
+/// `mqtt_port` under `prefix`, queue under `dir`.
+pub fn config(dir: &Path, rules: usize, shape: Shape, mqtt_port: u16, prefix: &str) -> String {
     let mut t = format!(
         "[source]\nurl = \"ws://127.0.0.1:9/\"\nbackoff_initial = \"5s\"\nbackoff_max = \"10s\"\n\
          [queue]\ndir = {:?}\n\
-         [mqtt]\nport = {mqtt_port}\nclient_id = \"rss-bench\"\ntopic_prefix = \"{prefix}\"\nha_discovery = true\n\
-         backoff_initial = \"1s\"\nbackoff_max = \"2s\"\n\
+         [mqtt]\nport = {mqtt_port}\nclient_id = \"rss-bench\"\ntopic_prefix = \"{prefix}\"\n\
+         ha_discovery = true\nbackoff_initial = \"1s\"\nbackoff_max = \"2s\"\n\
          [gpio]\nbackend = \"sim\"\n\
          [[gpio.outputs]]\nname = \"red\"\n[[gpio.outputs]]\nname = \"buzzer\"\nkind = \"buzzer\"\n",
         dir.join("queue").display().to_string()
     );
+    let extra = match shape {
+        Shape::Example => "output = \"red\"\n",
+        Shape::Heavy => "outputs = [\"red\", \"buzzer\"]\nquiet_hours = [\"22:00-07:00\"]\n",
+    };
     for i in 0..rules {
         t.push_str(&format!(
-            "[[gpio.rules]]\nname = \"rule_{i}\"\nlabels = [\"label_{i}\", \"intrusion_{i}*\"]\n\
-             min_confidence = 0.8\noutputs = [\"red\", \"buzzer\"]\n\
+            "[[gpio.rules]]\nname = \"rule_{i}\"\nlabels = [\"traffic_violation_{i}\", \"intrusion_{i}*\"]\n\
+             min_confidence = 0.8\nmissing_confidence = \"skip\"\n{extra}\
              pattern = {{ kind = \"blink\", on = \"200ms\", off = \"200ms\", count = 5 }}\n\
-             priority = 10\ncooldown = \"10s\"\nmax_age = \"30s\"\nquiet_hours = [\"22:00-07:00\"]\n"
+             priority = 10\ncooldown = \"10s\"\nmax_age = \"30s\"\n"
         ));
     }
     t
@@ -51,13 +64,15 @@ pub fn config(dir: &Path, rules: usize, mqtt_port: u16, prefix: &str) -> String 
 pub fn measure(
     bin: &Path,
     rules: usize,
+    shape: Shape,
     mqtt_port: u16,
     prefix: &str,
     settled: impl FnOnce(),
 ) -> Rss {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, config(dir.path(), rules, mqtt_port, prefix)).expect("write config");
+    std::fs::write(&cfg, config(dir.path(), rules, shape, mqtt_port, prefix))
+        .expect("write config");
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind NOTIFY_SOCKET");
     let mut child = Command::new(bin)
