@@ -360,6 +360,12 @@ pub fn health(snapshot: &Value, queue_max_bytes: u64) -> (bool, Value) {
             HEALTH_QUEUE_FILL_LIMIT * 100.0
         ));
     }
+    if let Some(e) = snapshot
+        .pointer("/queue/append_error")
+        .and_then(Value::as_str)
+    {
+        reasons.push(format!("queue appends failing: {e}"));
+    }
     let healthy = reasons.is_empty();
     let doc = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
@@ -406,6 +412,10 @@ pub const METRIC_PREFIX: &str = "alert_relay_";
 
 /// Snapshot fields (flattened with `_`) that are gauges; every other number is a counter.
 const GAUGES: &[(&str, &str)] = &[
+    (
+        "queue_log_appends_failing",
+        "1 while queue appends fail with an I/O error (ENOSPC, EROFS, EACCES, EIO).",
+    ),
     (
         "fsync_latency_us_avg",
         "Mean fsync latency since start, microseconds.",

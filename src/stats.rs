@@ -319,5 +319,9 @@ pub fn queue_json(q: &crate::queue::Queue) -> Value {
         "bytes_written": c.bytes_written,
         "payload_bytes": c.payload_bytes,
         "write_amplification": (amplification * 1000.0).round() / 1000.0,
+        "appends_failing": q.append_failure().is_some(),
+        "append_error": q.append_failure(),
+        "append_io_errors": c.append_io_errors,
+        "read_errors": c.read_errors,
     })
 }

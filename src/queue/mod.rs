@@ -41,22 +41,54 @@
 //!   when it comes up for publishing is dropped and counted instead of handed out. Memory does
 //!   not grow with the backlog: only per-segment metadata (and the rare corrupt ranges) is kept.
 //! - **Disk errors are not fatal.** A failed write is cut back to the last good length and the
-//!   buffered records are reported failed and counted; the next append tries again in a fresh
-//!   segment. A failed ack persist is logged and retried later.
+//!   buffered records are reported failed and counted (their seqs are burned, never issued
+//!   again); the next append tries again in a fresh segment, as after a failed fsync (the
+//!   kernel may have dropped the pages). A failed ack persist is logged and retried later.
+//!   While appends fail, [`Queue::append_failure`] names the error (`/healthz` answers 503,
+//!   stats carry `appends_failing` and `append_io_errors`).
+//! - **Space is reclaimed without new space.** The `ack` file (and the `seq` file) is 12 bytes
+//!   overwritten in place with `pwrite` + fdatasync: no temp file, no rename, no new block, so
+//!   persisting the ack position works on a full disk. Fully acknowledged segments are deleted
+//!   after that persist (or even when it failed): a crash between the two only replays them
+//!   (the older position on disk is below the oldest remaining segment, which recovery skips
+//!   to), and a crash before the unlink reaches the disk brings back only acknowledged
+//!   records. Before every roll, a fully acknowledged *newest* segment is retired too, so when
+//!   an append hits ENOSPC and the drain then acknowledges everything, the next append deletes
+//!   that segment before it creates the new one. An append is refused only while unacknowledged
+//!   records hold the space; it succeeds again with the first alert after space returns.
+//! - **A seq is never issued twice.** The `seq` file holds a durable reservation: before seq
+//!   `n` is issued at or beyond it, `n + SEQ_BLOCK` is written and synced (hi/lo blocks, one
+//!   small in-place write per 65 536 records). Recovery starts above the reservation, so seqs
+//!   lost with a segment (power cut, quarantine, deletion by hand) are never handed out again;
+//!   a clean close gives the unused rest back, so a clean restart has no gap. This is also what
+//!   makes publishing a record before its fsync safe (issue 18).
+//! - **I/O errors are not corruption.** An EACCES/EIO reading a segment at start is retried
+//!   with backoff and then refuses the start naming the file (never quarantined, never
+//!   skipped); while running, a failed read keeps its position and is retried with doubling
+//!   backoff (`read_errors`). Only CRC or format damage quarantines. An unreadable ack file is
+//!   logged as an error (replay from the oldest record: duplicates, never loss).
+//! - **One relay per directory.** [`Queue::open`] proves the directory writable (a probe file
+//!   created and fsynced) and holds an exclusive `flock` on `lock` (with the holder's PID) for
+//!   the queue's life; `queue stats|dump` take no lock.
+//! - **All I/O goes through [`fs::Filesystem`]**, so tests inject faults and power cuts.
 //!
 //! The queue knows nothing of MQTT, WebSockets or JSON: payloads are opaque bytes.
 
+#[cfg(test)]
+pub mod fault_fs;
+pub mod fs;
 mod inspect;
+mod lock;
 mod writer;
 
 pub use inspect::{inspect_dir, DirSummary, DumpedRecord};
 pub use writer::{spawn_writer, OnOutcome, QueueHandle, Then, WriteOutcome};
 
+use self::fs::{Filesystem, FsFile, OsFs};
+
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -76,6 +108,17 @@ const READ_CHUNK: usize = 64 * 1024;
 /// `drop_oldest` frees a whole segment; capping a segment at `max_records / 8` records keeps at
 /// least eight segments under that bound, so one drop frees about an eighth, not everything.
 const SEGMENTS_PER_RECORD_BOUND: u64 = 8;
+/// Sequence numbers reserved durably in the `seq` file at a time (hi/lo blocks): one small
+/// in-place write and fdatasync per this many records.
+pub const SEQ_BLOCK: u64 = 1 << 16;
+/// A segment that cannot be read at start (EACCES, EIO) is tried this often, with doubling
+/// waits from [`RECOVERY_READ_BACKOFF`], before the start is refused.
+const RECOVERY_READ_ATTEMPTS: u32 = 4;
+const RECOVERY_READ_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
+/// While running, a read that fails with an I/O error is tried again after this (doubling up
+/// to [`READ_RETRY_MAX`]); the read position stays where it was.
+const READ_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const READ_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -85,6 +128,20 @@ pub enum QueueError {
     /// stored; the relay keeps running and tries again with the next one.
     #[error("queue I/O failed on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The start-up probe (create + fsync a file in the queue directory) failed.
+    #[error("queue directory {path} is not writable by user {user}: {source}; fix: give it to that user (`chown -R {user} {path}`) or point queue.dir at a directory it owns")]
+    NotWritable {
+        path: PathBuf,
+        user: String,
+        source: io::Error,
+    },
+    /// Another relay holds the queue directory's lock file.
+    #[error("queue directory {path} is in use by another alert-relay (PID {pid}); stop it, or give each relay its own queue.dir")]
+    Locked { path: PathBuf, pid: String },
+    /// A segment could not be read at start even after retries: never quarantined or skipped
+    /// for an I/O error (that is not corruption); the relay refuses to start instead.
+    #[error("cannot read {path}: {source}; it is left as it is (an I/O or permission error is not corruption): fix its permissions or the disk and start again")]
+    Unreadable { path: PathBuf, source: io::Error },
     #[error("queue is full ({what}) and on_full = \"drop_newest\"")]
     Full { what: String },
     #[error("record of {len} bytes exceeds the largest allowed ({max} bytes)")]
@@ -130,6 +187,10 @@ pub struct QueueCounters {
     pub fsync_us_max: u64,
     pub bytes_written: u64,
     pub payload_bytes: u64,
+    /// Reads that failed with an I/O error (EACCES, EIO) and were retried.
+    pub read_errors: u64,
+    /// Appends (group commits) that failed with an I/O error: ENOSPC, EROFS, EACCES, EIO.
+    pub append_io_errors: u64,
 }
 
 /// A point-in-time view of the queue, for stats.
@@ -165,7 +226,9 @@ impl Segment {
 /// What the caller must fsync (outside any lock) before calling [`Queue::mark_durable`].
 #[derive(Debug)]
 pub struct SyncJob {
-    pub file: Option<Arc<File>>,
+    pub file: Option<Arc<dyn FsFile>>,
+    /// Older segments written by a roll in this group commit: synced first.
+    extra: Vec<Arc<dyn FsFile>>,
     pub upto_seq: u64,
     segment_first_seq: u64,
     segment_bytes: u64,
@@ -181,6 +244,7 @@ struct ReadPos {
 }
 
 pub struct Queue {
+    fs: Arc<dyn Filesystem>,
     dir: PathBuf,
     max_bytes: u64,
     max_records: Option<u64>,
@@ -190,11 +254,14 @@ pub struct Queue {
     fsync: FsyncPolicy,
     segments: VecDeque<Segment>,
     /// Append handle of the newest segment (None until the first append after start/roll).
-    active: Option<Arc<File>>,
+    active: Option<Arc<dyn FsFile>>,
     /// Bytes appended but not yet written to `active`.
     pending: Vec<u8>,
     pending_first_seq: u64,
     next_seq: u64,
+    /// No seq at or above this was ever issued: the value in the `seq` file, written (and
+    /// synced) before any seq at or above the old value is handed out.
+    reserved_upto: u64,
     durable_seq: u64,
     /// Every seq below this is acknowledged (or was dropped, or is unreadable).
     acked_upto: u64,
@@ -213,6 +280,14 @@ pub struct Queue {
     /// Where the oldest unacked record was last found, so the age gauge walks only forward.
     ack_hint: Cell<Option<ReadPos>>,
     counters: QueueCounters,
+    /// The last append's I/O error while appends fail (cleared by the next durable one).
+    append_failure: Option<String>,
+    /// After a read failed with an I/O error: when to try again, and the current backoff.
+    read_retry: Option<(Instant, std::time::Duration)>,
+    /// Older segments written by a roll but not yet fsynced: the next [`SyncJob`] syncs them.
+    unsynced: Vec<Arc<dyn FsFile>>,
+    /// The exclusive `flock` on `lock`, held while the queue is open (real filesystem only).
+    _lock: Option<std::fs::File>,
 }
 
 /// What recovery found, for one log line at start.
@@ -228,13 +303,33 @@ pub struct RecoveryReport {
 impl Queue {
     /// Opens (or creates) the queue in `cfg.dir` and recovers it. Never fails on bad data,
     /// only when the directory itself cannot be used.
+    /// Proves the directory writable (a probe file created and fsynced) and takes its lock
+    /// first: a second relay on the same directory fails here.
     pub fn open(cfg: &QueueConfig) -> Result<(Queue, RecoveryReport), QueueError> {
-        let dir = cfg.dir.clone();
-        fs::create_dir_all(&dir).map_err(|source| QueueError::CreateDir {
-            path: dir.clone(),
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| QueueError::CreateDir {
+            path: cfg.dir.clone(),
             source,
         })?;
+        probe_writable(&cfg.dir)?;
+        let lock = lock::acquire(&cfg.dir)?;
+        let (mut q, report) = Queue::open_with(cfg, Arc::new(OsFs))?;
+        q._lock = Some(lock);
+        Ok((q, report))
+    }
+
+    /// [`Queue::open`] through the filesystem `fs` (tests pass a fault-injecting one).
+    pub fn open_with(
+        cfg: &QueueConfig,
+        fs: Arc<dyn Filesystem>,
+    ) -> Result<(Queue, RecoveryReport), QueueError> {
+        let dir = cfg.dir.clone();
+        fs.create_dir_all(&dir)
+            .map_err(|source| QueueError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
         let mut q = Queue {
+            fs,
             dir,
             max_bytes: cfg.max_bytes,
             max_records: cfg.max_records,
@@ -247,6 +342,7 @@ impl Queue {
             pending: Vec::new(),
             pending_first_seq: 0,
             next_seq: 1,
+            reserved_upto: 0,
             durable_seq: 1,
             acked_upto: 1,
             acked_ahead: BTreeSet::new(),
@@ -258,6 +354,10 @@ impl Queue {
             reader: None,
             ack_hint: Cell::new(None),
             counters: QueueCounters::default(),
+            read_retry: None,
+            append_failure: None,
+            unsynced: Vec::new(),
+            _lock: None,
         };
         let report = q.recover()?;
         Ok((q, report))
@@ -268,31 +368,26 @@ impl Queue {
     }
 
     fn recover(&mut self) -> Result<RecoveryReport, QueueError> {
-        self.acked_upto = read_ack_file(&self.dir.join("ack")).unwrap_or(1).max(1);
+        self.acked_upto = read_ack_file(&*self.fs, &self.dir.join("ack"))
+            .unwrap_or(1)
+            .max(1);
         self.persisted_ack = self.acked_upto;
-        let firsts = list_segments(&self.dir).map_err(io_err(&self.dir))?;
+        let firsts = list_segments(&*self.fs, &self.dir).map_err(io_err(&self.dir))?;
         let count = firsts.len();
         for (i, &first) in firsts.iter().enumerate() {
             let path = self.path_of(first);
             let successor = firsts.get(i + 1).copied();
             // A segment whose successor starts at or below the ack position is fully acked.
             if successor.is_some_and(|s| s <= self.acked_upto) {
-                if let Err(e) = fs::remove_file(&path) {
+                if let Err(e) = self.fs.remove_file(&path) {
                     log::warn!("queue: cannot delete acked {}: {e}", path.display());
                 }
                 continue;
             }
-            let magic_ok = match segment_magic_ok(&path) {
-                Ok(ok) => ok,
-                Err(e) => {
-                    log::error!(
-                        "queue: cannot read segment {}: {e}; quarantining it",
-                        path.display()
-                    );
-                    self.quarantine(first);
-                    continue;
-                }
-            };
+            // An I/O error (EACCES, EIO) is not corruption: retried, then start is refused
+            // with the file named, and the segment is left as it is.
+            let fs = self.fs.clone();
+            let magic_ok = self.retry_io(&path, || segment_magic_ok(&*fs, &path))?;
             if !magic_ok {
                 log::error!(
                     "queue: segment {} has no valid header (power cut before it was written?); quarantining it",
@@ -303,7 +398,11 @@ impl Queue {
             }
             if let Some(next) = successor {
                 // Trusted by size; every record is CRC-checked when it is read.
-                let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(MAGIC_LEN);
+                let bytes = self
+                    .fs
+                    .open_read(&path)
+                    .and_then(|f| f.len())
+                    .unwrap_or(MAGIC_LEN);
                 self.segments.push_back(Segment {
                     first_seq: first,
                     next_seq: next.max(first),
@@ -314,13 +413,31 @@ impl Queue {
                 continue;
             }
             debug_assert_eq!(i + 1, count);
-            self.recover_newest(first, &path);
+            self.recover_newest(first, &path)?;
         }
-        if let Some(last) = self.segments.back() {
-            self.next_seq = last.next_seq.max(self.acked_upto);
-        } else {
-            self.next_seq = self.acked_upto;
+        // What recovery found may still be only in the page cache (the process died before
+        // its group commit's fsync): it is about to be published, so it is made durable first.
+        if self.fsync != FsyncPolicy::Never {
+            let firsts: Vec<u64> = self.segments.iter().map(|s| s.first_seq).collect();
+            for first in firsts {
+                let path = self.path_of(first);
+                let fs = self.fs.clone();
+                self.retry_io(&path, || fs.open_read(&path).and_then(|f| f.sync_data()))?;
+            }
         }
+        // Whatever was issued before a crash or power cut (even in a segment lost since) is
+        // below the reservation: the next seq starts above all of them.
+        let seq_path = self.dir.join("seq");
+        let reserved = read_word_file(&*self.fs, &seq_path).map_err(io_err(&seq_path))?;
+        if reserved.is_none() && self.fs.exists(&seq_path) {
+            log::error!(
+                "queue: {} is damaged; seqs continue after the newest segment and the ack position only",
+                seq_path.display()
+            );
+        }
+        self.reserved_upto = reserved.unwrap_or(0);
+        let end = self.segments.back().map_or(1, |last| last.next_seq);
+        self.next_seq = end.max(self.acked_upto).max(self.reserved_upto);
         self.durable_seq = self.next_seq;
         self.pending_first_seq = self.next_seq;
         self.skip_ack_gaps();
@@ -337,18 +454,9 @@ impl Queue {
 
     /// Scans the newest segment record by record: skips corrupt records (resync), truncates a
     /// torn tail.
-    fn recover_newest(&mut self, first: u64, path: &Path) {
-        let scan = match scan_segment(path, first, None) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!(
-                    "queue: cannot read segment {}: {e}; quarantining it",
-                    path.display()
-                );
-                self.quarantine(first);
-                return;
-            }
-        };
+    fn recover_newest(&mut self, first: u64, path: &Path) -> Result<(), QueueError> {
+        let fs = self.fs.clone();
+        let scan = self.retry_io(path, || scan_segment(&*fs, path, first, None))?;
         for &(start, end) in &scan.holes {
             let lost = self.unacked_in(start.max(self.acked_upto), end);
             self.counters.corrupt_regions += 1;
@@ -366,10 +474,10 @@ impl Queue {
                 path.display(),
                 scan.next_seq - first
             );
-            let cut = OpenOptions::new()
-                .write(true)
-                .open(path)
-                .and_then(|f| f.set_len(scan.valid_bytes).and_then(|()| f.sync_all()));
+            let cut = self
+                .fs
+                .open_rw(path)
+                .and_then(|f| f.set_len(scan.valid_bytes).and_then(|()| f.sync_data()));
             if let Err(e) = cut {
                 // Read-only filesystem, say: the tail stays on disk but is never read (reads
                 // stop at the valid length), and new records go to a new segment.
@@ -384,6 +492,39 @@ impl Queue {
             durable_bytes: scan.valid_bytes,
             corrupt: !scan.holes.is_empty(),
         });
+        Ok(())
+    }
+
+    /// Runs `op` (a read at recovery) up to [`RECOVERY_READ_ATTEMPTS`] times with doubling
+    /// backoff while it fails with an I/O error; counts and logs each failure.
+    fn retry_io<T>(
+        &mut self,
+        path: &Path,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> Result<T, QueueError> {
+        let mut wait = RECOVERY_READ_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    self.counters.read_errors += 1;
+                    if attempt >= RECOVERY_READ_ATTEMPTS {
+                        return Err(QueueError::Unreadable {
+                            path: path.to_owned(),
+                            source: e,
+                        });
+                    }
+                    log::warn!(
+                        "queue: cannot read {} (attempt {attempt} of {RECOVERY_READ_ATTEMPTS}): {e}; retrying in {wait:?}",
+                        path.display()
+                    );
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     fn quarantine(&mut self, first_seq: u64) {
@@ -392,11 +533,11 @@ impl Queue {
         // Never overwrite an earlier quarantined file of the same name.
         let mut to = self.dir.join(&base);
         let mut n = 1;
-        while to.exists() {
+        while self.fs.exists(&to) {
             to = self.dir.join(format!("{base}.{n}"));
             n += 1;
         }
-        match fs::rename(&from, &to) {
+        match self.fs.rename(&from, &to) {
             Ok(()) => {
                 self.counters.quarantined_segments += 1;
                 log::warn!("queue: quarantined {} as {}", from.display(), to.display());
@@ -422,7 +563,7 @@ impl Queue {
             self.quarantine(first_seq);
         } else {
             let path = self.path_of(first_seq);
-            if let Err(e) = fs::remove_file(&path) {
+            if let Err(e) = self.fs.remove_file(&path) {
                 log::warn!("queue: cannot delete {}: {e}", path.display());
             }
         }
@@ -441,7 +582,10 @@ impl Queue {
         let need_roll = match self.segments.back() {
             None => true,
             Some(s) => {
-                self.active.is_none() && s.bytes > MAGIC_LEN
+                // Seqs jumped (the reservation after a crash): records in a segment are
+                // contiguous, so a new one starts.
+                self.pending.is_empty() && s.next_seq != self.next_seq
+                    || self.active.is_none() && s.bytes > MAGIC_LEN
                     || s.corrupt
                     || s.bytes + self.pending.len() as u64 + size > self.segment_bytes
                     || self
@@ -449,6 +593,9 @@ impl Queue {
                         .is_some_and(|cap| self.next_seq - s.first_seq >= cap)
             }
         };
+        if need_roll {
+            self.retire_acked_tail();
+        }
         if need_roll && !self.retired.is_empty() {
             // Acknowledged segments go at the latest when a new one is made (on this, the
             // writer's thread): the disk never holds more than one segment's worth of them
@@ -482,7 +629,17 @@ impl Queue {
         };
         if let Err(e) = ready {
             self.counters.dropped_io_error += 1;
+            self.append_failed(&e);
             return Err(e);
+        }
+        // After the roll, which may have freed space: the reservation is the one write here
+        // that may need a new block (the first time, when the `seq` file is created).
+        if self.next_seq >= self.reserved_upto {
+            if let Err(e) = self.reserve(self.next_seq + SEQ_BLOCK) {
+                self.counters.dropped_io_error += 1;
+                self.append_failed(&e);
+                return Err(e);
+            }
         }
         let seq = self.next_seq;
         if self.pending.is_empty() {
@@ -502,6 +659,45 @@ impl Queue {
         self.counters.appended += 1;
         self.counters.payload_bytes += payload.len() as u64;
         Ok(seq)
+    }
+
+    /// Durably reserves every seq below `upto` (written in place and synced before any of
+    /// them is issued).
+    fn reserve(&mut self, upto: u64) -> Result<(), QueueError> {
+        let t0 = Instant::now();
+        let took = write_word_file(&*self.fs, &self.dir.join("seq"), upto, self.fsync)?;
+        if took.is_some() {
+            self.count_fsync(1, t0.elapsed().as_micros() as u64);
+        }
+        self.counters.bytes_written += WORD_FILE_LEN as u64;
+        self.reserved_upto = upto;
+        Ok(())
+    }
+
+    /// Before a roll: a fully acknowledged newest segment is retired too (deleted with the
+    /// next ack persist, which the roll makes first), so a full disk whose space is held
+    /// only by acknowledged records gets it back before the new segment needs any.
+    fn retire_acked_tail(&mut self) {
+        let Some(s) = self.segments.back() else {
+            return;
+        };
+        // An empty newest segment (its first write failed) is replaced by the new one.
+        let empty = s.bytes <= MAGIC_LEN;
+        if !self.pending.is_empty() || !empty && s.next_seq > self.acked_upto {
+            return;
+        }
+        let (first, bytes, corrupt) = (s.first_seq, s.bytes, s.corrupt);
+        self.segments.pop_back();
+        self.active = None;
+        if self.read.is_some_and(|p| p.segment_first_seq == first) {
+            self.read = None;
+        }
+        if corrupt {
+            self.quarantine_or_delete(first, true);
+        } else {
+            self.drop_reader_of(first);
+            self.retired.push((first, bytes));
+        }
     }
 
     /// Which bound one more record of `size` bytes would break, if any.
@@ -575,11 +771,8 @@ impl Queue {
     fn open_active(&mut self) -> Result<(), QueueError> {
         if let Some(seg) = self.segments.back() {
             let path = self.path_of(seg.first_seq);
-            let f = OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            self.active = Some(Arc::new(f));
+            let f = self.fs.open_append(&path).map_err(io_err(&path))?;
+            self.active = Some(f);
         }
         Ok(())
     }
@@ -587,35 +780,32 @@ impl Queue {
     /// Closes the active segment (writing and syncing what it has) and starts a new one.
     fn roll(&mut self) -> Result<(), QueueError> {
         if !self.pending.is_empty() {
+            // Written now, fsynced by the next group commit's job outside the lock, and
+            // readable only once that has succeeded.
             if let Some(job) = self.commit()? {
-                job.sync(self.fsync)?;
-                self.mark_durable(&job);
+                self.unsynced.extend(job.extra);
+                self.unsynced.extend(job.file);
             }
         }
         self.active = None;
         let first = self.next_seq;
         let path = self.path_of(first);
         let t0 = Instant::now();
-        let created = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| {
-                f.write_all(SEGMENT_MAGIC)?;
-                if self.fsync != FsyncPolicy::Never {
-                    f.sync_all()?;
-                    // The new file's directory entry must be durable too, or a power cut
-                    // loses it.
-                    File::open(&self.dir)?.sync_all()?;
-                }
-                Ok(f)
-            });
+        let created = self.fs.create(&path).and_then(|f| {
+            f.append(SEGMENT_MAGIC)?;
+            if self.fsync != FsyncPolicy::Never {
+                f.sync_data()?;
+                // The new file's directory entry must be durable too, or a power cut
+                // loses it.
+                self.fs.sync_dir(&self.dir)?;
+            }
+            Ok(f)
+        });
         let f = match created {
             Ok(f) => f,
             Err(source) => {
                 // Disk full or read-only: leave no half-made segment behind.
-                let _ = fs::remove_file(&path);
+                let _ = self.fs.remove_file(&path);
                 return Err(QueueError::Io { path, source });
             }
         };
@@ -630,7 +820,7 @@ impl Queue {
             durable_bytes: MAGIC_LEN,
             corrupt: false,
         });
-        self.active = Some(Arc::new(f));
+        self.active = Some(f);
         Ok(())
     }
 
@@ -644,36 +834,50 @@ impl Queue {
     /// cut back to its last good length and the buffered records are dropped and counted (the
     /// caller reports them as not accepted), so a full disk never leaves a torn record behind.
     pub fn commit(&mut self) -> Result<Option<SyncJob>, QueueError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.unsynced.is_empty() {
             return Ok(None);
         }
-        let (Some(seg), Some(file)) = (self.segments.back_mut(), self.active.as_ref()) else {
+        let Some(seg) = self.segments.back_mut() else {
             return Ok(None);
         };
-        let path = self.dir.join(Segment::file_name(seg.first_seq));
-        if let Err(source) = (&**file).write_all(&self.pending) {
-            let _ = file.set_len(seg.bytes);
-            let n = self.next_seq - self.pending_first_seq;
-            self.counters.dropped_io_error += n;
-            self.counters.appended -= n;
-            self.next_seq = self.pending_first_seq;
+        let mut file = None;
+        if !self.pending.is_empty() {
+            let Some(active) = self.active.as_ref() else {
+                return Ok(None);
+            };
+            if let Err(source) = active.append(&self.pending) {
+                let _ = active.set_len(seg.bytes);
+                let n = self.next_seq - self.pending_first_seq;
+                self.counters.dropped_io_error += n;
+                self.counters.appended -= n;
+                // Their seqs are burned, never issued again: a short write that could not be
+                // cut back may have left some of them in the file.
+                self.pending_first_seq = self.next_seq;
+                self.pending.clear();
+                self.unsynced.clear();
+                // The next append starts a fresh segment (a failed write may have left the
+                // file's tail in any state).
+                self.active = None;
+                let path = self.dir.join(Segment::file_name(seg.first_seq));
+                let e = QueueError::Io { path, source };
+                self.append_failed(&e);
+                return Err(e);
+            }
+            seg.bytes += self.pending.len() as u64;
+            seg.next_seq = self.next_seq;
+            self.counters.bytes_written += self.pending.len() as u64;
             self.pending.clear();
-            // The next append starts a fresh segment (a failed write may have left the
-            // file's tail in any state).
-            self.active = None;
-            return Err(QueueError::Io { path, source });
+            // The writer fsyncs through a second reference to the same open file: no dup(2).
+            file = Some(active.clone());
         }
-        seg.bytes += self.pending.len() as u64;
-        seg.next_seq = self.next_seq;
-        self.counters.bytes_written += self.pending.len() as u64;
-        self.pending.clear();
-        // The writer fsyncs through a second reference to the same open file: no dup(2).
-        let file = match self.fsync {
-            FsyncPolicy::Never => None,
-            _ => Some(file.clone()),
+        let extra = std::mem::take(&mut self.unsynced);
+        let (file, extra) = match self.fsync {
+            FsyncPolicy::Never => (None, Vec::new()),
+            _ => (file, extra),
         };
         Ok(Some(SyncJob {
             file,
+            extra,
             upto_seq: self.next_seq,
             segment_first_seq: seg.first_seq,
             segment_bytes: seg.bytes,
@@ -681,8 +885,27 @@ impl Queue {
         }))
     }
 
+    /// An fsync failed: what it covered may or may not be on disk (the kernel may have
+    /// dropped the dirty pages), so nothing more is appended to that file: the next append
+    /// starts a new segment.
+    pub fn sync_failed(&mut self, e: &QueueError) {
+        self.active = None;
+        self.append_failed(e);
+    }
+
+    fn append_failed(&mut self, e: &QueueError) {
+        self.counters.append_io_errors += 1;
+        self.append_failure = Some(e.to_string());
+    }
+
+    /// While appends fail with an I/O error: the last one (for `/healthz` and stats).
+    pub fn append_failure(&self) -> Option<&str> {
+        self.append_failure.as_deref()
+    }
+
     /// Records that everything covered by `job` is durable, making it readable.
     pub fn mark_durable(&mut self, job: &SyncJob) {
+        self.append_failure = None;
         if let Some(us) = job.took_us.get() {
             self.count_fsync(1, us);
         }
@@ -732,6 +955,10 @@ impl Queue {
         let mut bytes = 0usize;
         let mut expired = Vec::new();
         let cutoff = self.max_age_us.map(|a| now_us.saturating_sub(a));
+        if self.read_retry.is_some_and(|(at, _)| Instant::now() < at) {
+            return Ok(out);
+        }
+        let mut failed = None;
         while out.len() < max_records && bytes < max_bytes {
             self.skip_read_gaps();
             if self.read_seq >= self.durable_seq {
@@ -769,6 +996,7 @@ impl Queue {
                 .and_then(|r| decode_at(r, pos.offset, pos.seq, end));
             match decoded {
                 Ok(Decoded::Record(rec, used)) => {
+                    self.read_retry = None;
                     self.read = Some(ReadPos {
                         offset: pos.offset + used as u64,
                         seq: pos.seq + 1,
@@ -795,10 +1023,13 @@ impl Queue {
                             .reader_for(pos.segment_first_seq)
                             .and_then(|r| resync(r, pos.offset + 1, end, pos.seq + 1, limit)),
                     };
-                    let found = resynced.unwrap_or_else(|e| {
-                        log::error!("queue: reading {} failed: {e}", path.display());
-                        None
-                    });
+                    let found = match resynced {
+                        Ok(found) => found,
+                        Err(e) => {
+                            failed = Some(self.read_failed(&path, e));
+                            break;
+                        }
+                    };
                     let (to_off, to_seq) = found.unwrap_or((end, limit));
                     // Counted once: when it was first found (at recovery or an earlier read).
                     if !self.in_hole(pos.seq) {
@@ -811,9 +1042,14 @@ impl Queue {
                     });
                     self.read_seq = self.read_seq.max(to_seq);
                 }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    // EACCES, EIO: not corruption. Stay here and try again after a backoff.
+                    failed = Some(self.read_failed(&path, e));
+                    break;
+                }
                 Err(e) => {
-                    // The file vanished or the card fails: what is left of this segment is
-                    // unreadable. Skip it rather than stall the publisher on it forever.
+                    // The file was deleted behind our back: what is left of this segment is
+                    // gone. Counted and logged as lost rather than stalling on it forever.
                     log::error!("queue: reading {} failed: {e}", path.display());
                     self.reader = None;
                     if !self.in_hole(pos.seq) {
@@ -841,7 +1077,34 @@ impl Queue {
             }
         }
         self.skip_ack_gaps();
-        Ok(out)
+        match failed {
+            // Records read before the failure go out; the failure is reported next time.
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// A read failed with an I/O error: counted, the reader closed, the next attempt put off
+    /// (doubling), and the error returned for the caller to log (rate-limited) and to wake
+    /// the reader again after [`Queue::read_retry_in`].
+    fn read_failed(&mut self, path: &Path, e: io::Error) -> QueueError {
+        self.counters.read_errors += 1;
+        self.reader = None;
+        let wait = match self.read_retry {
+            Some((_, w)) => (w * 2).min(READ_RETRY_MAX),
+            None => READ_RETRY_MIN,
+        };
+        self.read_retry = Some((Instant::now() + wait, wait));
+        QueueError::Io {
+            path: path.to_owned(),
+            source: e,
+        }
+    }
+
+    /// When a read failed with an I/O error: how long until it is tried again.
+    pub fn read_retry_in(&self) -> Option<std::time::Duration> {
+        self.read_retry
+            .map(|(at, _)| at.saturating_duration_since(Instant::now()))
     }
 
     /// Marks `start..end` of segment `idx` unreadable: counted, logged, quarantined later.
@@ -884,7 +1147,11 @@ impl Queue {
             .as_ref()
             .is_none_or(|r| r.first_seq != first_seq)
         {
-            self.reader = Some(SegReader::open(&self.path_of(first_seq), first_seq)?);
+            self.reader = Some(SegReader::open(
+                &*self.fs,
+                &self.path_of(first_seq),
+                first_seq,
+            )?);
         }
         self.reader
             .as_mut()
@@ -1038,6 +1305,7 @@ impl Queue {
             return None;
         }
         Some(AckFlush {
+            fs: self.fs.clone(),
             dir: self.dir.clone(),
             position: self.acked_upto,
             write: self.acked_upto != self.persisted_ack,
@@ -1082,7 +1350,7 @@ impl Queue {
         let Some(flush) = self.begin_flush() else {
             return Ok(());
         };
-        let (took, result) = flush.run(AckFlush::LOCKED_TMP);
+        let (took, result) = flush.run();
         self.end_flush(&flush, took, flush.write && result.is_ok());
         result
     }
@@ -1093,7 +1361,14 @@ impl Queue {
             job.sync(self.fsync)?;
             self.mark_durable(&job);
         }
-        self.persist_ack()
+        self.persist_ack()?;
+        // Nothing at or above `next_seq` was issued: give the rest of the reservation back,
+        // so a clean restart carries on without a gap.
+        if self.reserved_upto > self.next_seq {
+            let next = self.next_seq;
+            self.reserve(next)?;
+        }
+        Ok(())
     }
 
     pub fn counters(&self) -> &QueueCounters {
@@ -1102,18 +1377,15 @@ impl Queue {
 
     /// Unacknowledged records held (buffered ones included).
     fn depth_records(&self) -> u64 {
-        let mut gaps = 0u64;
-        let mut prev_end: Option<u64> = None;
-        for s in &self.segments {
-            if let Some(end) = prev_end {
-                if s.first_seq > end {
-                    gaps += s.first_seq.saturating_sub(end.max(self.acked_upto));
-                }
-            }
-            prev_end = Some(s.next_seq);
+        let mut n: u64 = self
+            .segments
+            .iter()
+            .map(|s| self.unacked_in(s.first_seq.max(self.acked_upto), s.next_seq))
+            .sum();
+        if !self.pending.is_empty() {
+            n += self.unacked_in(self.pending_first_seq.max(self.acked_upto), self.next_seq);
         }
-        self.unacked_in(self.acked_upto, self.next_seq)
-            .saturating_sub(gaps)
+        n
     }
 
     pub fn gauges(&self) -> QueueGauges {
@@ -1144,10 +1416,10 @@ impl Queue {
                 seq: seg.first_seq,
             },
         };
-        let file = File::open(self.path_of(seg.first_seq)).ok()?;
+        let file = self.fs.open_read(&self.path_of(seg.first_seq)).ok()?;
         let mut h = [0u8; HEADER_LEN];
         loop {
-            file.read_exact_at(&mut h, pos.offset).ok()?;
+            read_exact_at(&*file, &mut h, pos.offset).ok()?;
             let hdr = Header::parse(&h);
             if hdr.seq != pos.seq || hdr.len > MAX_RECORD_BYTES {
                 return None; // corrupt: the reader will deal with it
@@ -1178,12 +1450,14 @@ impl SyncJob {
         if policy == FsyncPolicy::Never {
             return Ok(());
         }
-        if let Some(f) = &self.file {
-            let t0 = Instant::now();
+        let t0 = Instant::now();
+        for f in self.extra.iter().chain(self.file.iter()) {
             f.sync_data().map_err(|source| QueueError::Io {
                 path: PathBuf::from(Segment::file_name(self.segment_first_seq)),
                 source,
             })?;
+        }
+        if self.file.is_some() || !self.extra.is_empty() {
             self.took_us.set(Some(t0.elapsed().as_micros() as u64));
         }
         Ok(())
@@ -1217,7 +1491,7 @@ impl Header {
 /// Buffered positional reads from one segment file.
 struct SegReader {
     first_seq: u64,
-    file: File,
+    file: Arc<dyn FsFile>,
     /// Only grows (zero-filled once), so refills do not clear it again.
     buf: Vec<u8>,
     /// Bytes of `buf` read from the file.
@@ -1227,10 +1501,10 @@ struct SegReader {
 }
 
 impl SegReader {
-    fn open(path: &Path, first_seq: u64) -> io::Result<SegReader> {
+    fn open(fs: &dyn Filesystem, path: &Path, first_seq: u64) -> io::Result<SegReader> {
         Ok(SegReader {
             first_seq,
-            file: File::open(path)?,
+            file: fs.open_read(path)?,
             buf: Vec::new(),
             filled: 0,
             at: 0,
@@ -1345,12 +1619,13 @@ struct Scan {
 /// Reads a whole segment (magic already checked), CRC-checking every record, skipping corrupt
 /// ones (resync) and finding where the intact records end. `visit` sees every intact record.
 fn scan_segment(
+    fs: &dyn Filesystem,
     path: &Path,
     first_seq: u64,
     mut visit: Option<&mut dyn FnMut(Record)>,
 ) -> io::Result<Scan> {
-    let mut r = SegReader::open(path, first_seq)?;
-    let file_bytes = r.file.metadata()?.len();
+    let mut r = SegReader::open(fs, path, first_seq)?;
+    let file_bytes = r.file.len()?;
     let (mut off, mut seq) = (MAGIC_LEN, first_seq);
     let mut valid_bytes = MAGIC_LEN.min(file_bytes);
     let mut holes = Vec::new();
@@ -1387,10 +1662,10 @@ fn scan_segment(
     })
 }
 
-fn segment_magic_ok(path: &Path) -> io::Result<bool> {
-    let f = File::open(path)?;
+fn segment_magic_ok(fs: &dyn Filesystem, path: &Path) -> io::Result<bool> {
+    let f = fs.open_read(path)?;
     let mut m = [0u8; SEGMENT_MAGIC.len()];
-    match f.read_exact_at(&mut m, 0) {
+    match read_exact_at(&*f, &mut m, 0) {
         Ok(()) => Ok(&m == SEGMENT_MAGIC),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(e),
@@ -1398,11 +1673,9 @@ fn segment_magic_ok(path: &Path) -> io::Result<bool> {
 }
 
 /// First sequence numbers of the `*.seg` files in `dir`, sorted.
-fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+fn list_segments(fs: &dyn Filesystem, dir: &Path) -> io::Result<Vec<u64>> {
     let mut firsts: Vec<u64> = Vec::new();
-    for entry in fs::read_dir(dir)?.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for name in fs.list_dir(dir)? {
         if let Some(num) = name.strip_suffix(".seg") {
             if let Ok(n) = num.parse::<u64>() {
                 firsts.push(n);
@@ -1413,38 +1686,109 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(firsts)
 }
 
-/// Bytes of the `ack` file: the position and its CRC32C.
-const ACK_FILE_LEN: usize = 12;
+/// Creates, fsyncs and removes a probe file in `dir`: the queue can write there.
+fn probe_writable(dir: &Path) -> Result<(), QueueError> {
+    let path = dir.join(".probe");
+    let made = std::fs::File::create(&path)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::remove_file(&path));
+    made.map_err(|source| QueueError::NotWritable {
+        path: dir.to_owned(),
+        user: lock::user_name(),
+        source,
+    })
+}
 
-/// Writes `position` to `dir/ack` atomically: `tmp`, fsync (unless `never`), rename. Returns
-/// how long the fsync took.
-fn write_ack_file(
-    dir: &Path,
-    tmp: &str,
-    position: u64,
+/// `read_exact_at` through the seam.
+fn read_exact_at(f: &dyn FsFile, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match f.read_at(buf, off) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the `ack` and `seq` files: one u64 and its CRC32C.
+const WORD_FILE_LEN: usize = 12;
+const ACK_FILE_LEN: usize = WORD_FILE_LEN;
+
+/// Writes `value` into the word file `path` in place (`pwrite` at offset 0 of a file that
+/// already has its 12 bytes, then fdatasync unless `never`): no new block, no temp file, no
+/// rename, so it works on a full disk. The 12 bytes sit in the first sector; a torn write
+/// fails the CRC and reads as "no value" (see the callers for what that means). Creates the
+/// file (and fsyncs the directory) when it is missing. Returns how long the fsync took.
+fn write_word_file(
+    fs: &dyn Filesystem,
+    path: &Path,
+    value: u64,
     fsync: FsyncPolicy,
 ) -> Result<Option<u64>, QueueError> {
-    let tmp = dir.join(tmp);
-    let mut buf = [0u8; ACK_FILE_LEN];
-    buf[..8].copy_from_slice(&position.to_le_bytes());
+    let mut buf = [0u8; WORD_FILE_LEN];
+    buf[..8].copy_from_slice(&value.to_le_bytes());
     let crc = crc32c::crc32c(&buf[..8]);
     buf[8..].copy_from_slice(&crc.to_le_bytes());
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&buf).map_err(io_err(&tmp))?;
+    let f = match fs.open_rw(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let f = fs.create(path).map_err(io_err(path))?;
+            f.write_at(&buf, 0).map_err(io_err(path))?;
+            if fsync != FsyncPolicy::Never {
+                f.sync_data().map_err(io_err(path))?;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                fs.sync_dir(dir).map_err(io_err(dir))?;
+            }
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    f.write_at(&buf, 0).map_err(io_err(path))?;
     let mut took = None;
     if fsync != FsyncPolicy::Never {
         let t0 = Instant::now();
-        f.sync_all().map_err(io_err(&tmp))?;
+        f.sync_data().map_err(io_err(path))?;
         took = Some(t0.elapsed().as_micros() as u64);
     }
-    let dest = dir.join("ack");
-    fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
     Ok(took)
+}
+
+/// Reads a word file: `Ok(None)` when it is missing or damaged (torn write, wrong size; logged),
+/// `Err` when it cannot be read (permissions, I/O error).
+fn read_word_file(fs: &dyn Filesystem, path: &Path) -> io::Result<Option<u64>> {
+    let data = match fs.read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if data.len() != WORD_FILE_LEN {
+        log::warn!(
+            "queue: {} is malformed ({} bytes)",
+            path.display(),
+            data.len()
+        );
+        return Ok(None);
+    }
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&data[..8]);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&data[8..]);
+    if crc32c::crc32c(&word) != u32::from_le_bytes(crc) {
+        log::warn!("queue: {} fails its checksum", path.display());
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes(word)))
 }
 
 /// An ack persist and segment deletions to do without holding the queue
 /// ([`QueueHandle::flush_acks`]).
 struct AckFlush {
+    fs: Arc<dyn Filesystem>,
     dir: PathBuf,
     position: u64,
     /// The position moved since the last persist.
@@ -1454,30 +1798,25 @@ struct AckFlush {
 }
 
 impl AckFlush {
-    /// The temp file of [`Queue::persist_ack`], which runs the flush holding the queue.
-    const LOCKED_TMP: &'static str = "ack.tmp";
-    /// The temp file of [`QueueHandle::flush_acks`], which runs it without the lock: its own,
-    /// so it never shares one with a persist made under the lock (`drop_oldest`). The worst
-    /// interleaving leaves the older of two positions on disk, which only means more
-    /// duplicates after a crash, never a skipped record.
-    const UNLOCKED_TMP: &'static str = "ack.flush.tmp";
-
-    /// The I/O: the ack file through `tmp`, then the deletions. Their readers were closed
-    /// when the segments were retired.
-    fn run(&self, tmp: &str) -> (Option<u64>, Result<(), QueueError>) {
+    /// The I/O: the ack file (in place), then the deletions. Their readers were closed when
+    /// the segments were retired. A flush under the lock (`drop_oldest`, close) and one
+    /// without it may overlap: the worst interleaving leaves the older of two positions on
+    /// disk, which only means more duplicates after a crash, never a skipped record.
+    fn run(&self) -> (Option<u64>, Result<(), QueueError>) {
         let mut took = None;
         let mut result = Ok(());
         if self.write {
-            match write_ack_file(&self.dir, tmp, self.position, self.fsync) {
+            let path = self.dir.join("ack");
+            match write_word_file(&*self.fs, &path, self.position, self.fsync) {
                 Ok(t) => took = t,
                 Err(e) => result = Err(e),
             }
         }
         // Deleted even when the write failed (a full disk needs the room): they are fully
         // acknowledged, and recovery skips an ack position below the oldest segment. A crash
-        // before this only replays them.
+        // before this only replays them; no seq is reused (the `seq` file).
         for path in &self.delete {
-            if let Err(e) = fs::remove_file(path) {
+            if let Err(e) = self.fs.remove_file(path) {
                 log::warn!("queue: cannot delete {}: {e}", path.display());
             }
         }
@@ -1485,27 +1824,28 @@ impl AckFlush {
     }
 }
 
-fn read_ack_file(path: &Path) -> Option<u64> {
-    let data = fs::read(path).ok()?;
-    if data.len() != 12 {
-        log::warn!(
-            "queue: ack file {} is malformed; replaying from the oldest record",
-            path.display()
-        );
-        return None;
+/// The persisted ack position: `None` when there is none or it is damaged (replay from the
+/// oldest record: duplicates, never loss). An unreadable file is logged as an error.
+fn read_ack_file(fs: &dyn Filesystem, path: &Path) -> Option<u64> {
+    match read_word_file(fs, path) {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
+            if fs.exists(path) {
+                log::warn!(
+                    "queue: ack file {} is damaged; replaying from the oldest record",
+                    path.display()
+                );
+            }
+            None
+        }
+        Err(e) => {
+            log::error!(
+                "queue: cannot read the ack file {}: {e}; replaying from the oldest record (fix its permissions)",
+                path.display()
+            );
+            None
+        }
     }
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&data[..8]);
-    let mut crc = [0u8; 4];
-    crc.copy_from_slice(&data[8..]);
-    if crc32c::crc32c(&seq) != u32::from_le_bytes(crc) {
-        log::warn!(
-            "queue: ack file {} fails its checksum; replaying from the oldest record",
-            path.display()
-        );
-        return None;
-    }
-    Some(u64::from_le_bytes(seq))
 }
 
 #[cfg(test)]

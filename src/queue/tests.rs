@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::{FsyncPolicy, OnFull, QueueConfig};
+use std::fs;
 
 fn cfg(dir: &Path, max_bytes: u64, segment_bytes: u64, on_full: OnFull) -> QueueConfig {
     QueueConfig {
