@@ -282,6 +282,8 @@ pub struct Queue {
     counters: QueueCounters,
     /// The last append's I/O error while appends fail (cleared by the next durable one).
     append_failure: Option<String>,
+    /// A roll's write of the records buffered before it failed: the next commit says so.
+    roll_failure: Option<QueueError>,
     /// After a read failed with an I/O error: when to try again, and the current backoff.
     read_retry: Option<(Instant, std::time::Duration)>,
     /// Older segments written by a roll but not yet fsynced: the next [`SyncJob`] syncs them.
@@ -356,6 +358,7 @@ impl Queue {
             counters: QueueCounters::default(),
             read_retry: None,
             append_failure: None,
+            roll_failure: None,
             unsynced: Vec::new(),
             _lock: None,
         };
@@ -397,15 +400,33 @@ impl Queue {
                 continue;
             }
             if let Some(next) = successor {
-                // Trusted by size; every record is CRC-checked when it is read.
+                // Trusted by size; every record is CRC-checked when it is read. Its end is
+                // found by walking the headers only: after a crash the successor starts
+                // above the seq reservation, not where this one ends.
                 let bytes = self
                     .fs
                     .open_read(&path)
                     .and_then(|f| f.len())
                     .unwrap_or(MAGIC_LEN);
+                let walked = self.retry_io(&path, || walk_headers(&*fs, &path, first, bytes))?;
+                let end = match walked {
+                    Some((end, torn)) => {
+                        if torn > 0 {
+                            // Written by a roll, not yet fsynced, when the power went.
+                            log::warn!(
+                                "queue: torn tail of {} ({torn} bytes after {} intact records); ignored",
+                                path.display(),
+                                end - first
+                            );
+                            self.counters.torn_tail_bytes += torn;
+                        }
+                        end
+                    }
+                    None => next,
+                };
                 self.segments.push_back(Segment {
                     first_seq: first,
-                    next_seq: next.max(first),
+                    next_seq: end.clamp(first, next.max(first)),
                     bytes,
                     durable_bytes: bytes,
                     corrupt: false,
@@ -509,7 +530,9 @@ impl Queue {
                 Ok(v) => return Ok(v),
                 Err(e) => {
                     self.counters.read_errors += 1;
-                    if attempt >= RECOVERY_READ_ATTEMPTS {
+                    // Only an EIO/EACCES-class error may go away by itself: anything else
+                    // (a vanished file, say) fails at once, without waiting.
+                    if attempt >= RECOVERY_READ_ATTEMPTS || !transient(&e) {
                         return Err(QueueError::Unreadable {
                             path: path.to_owned(),
                             source: e,
@@ -782,9 +805,30 @@ impl Queue {
         if !self.pending.is_empty() {
             // Written now, fsynced by the next group commit's job outside the lock, and
             // readable only once that has succeeded.
-            if let Some(job) = self.commit()? {
-                self.unsynced.extend(job.extra);
-                self.unsynced.extend(job.file);
+            match self.commit() {
+                Ok(Some(job)) => {
+                    self.unsynced.extend(job.extra);
+                    self.unsynced.extend(job.file);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // The records buffered before this one are lost too, but their appends
+                    // returned Ok: the next commit reports them failed.
+                    self.roll_failure = Some(match &e {
+                        QueueError::Io { path, source } => QueueError::Io {
+                            path: path.clone(),
+                            source: source.raw_os_error().map_or_else(
+                                || io::Error::new(source.kind(), source.to_string()),
+                                io::Error::from_raw_os_error,
+                            ),
+                        },
+                        other => QueueError::Io {
+                            path: self.dir.clone(),
+                            source: io::Error::other(other.to_string()),
+                        },
+                    });
+                    return Err(e);
+                }
             }
         }
         self.active = None;
@@ -834,6 +878,17 @@ impl Queue {
     /// cut back to its last good length and the buffered records are dropped and counted (the
     /// caller reports them as not accepted), so a full disk never leaves a torn record behind.
     pub fn commit(&mut self) -> Result<Option<SyncJob>, QueueError> {
+        if let Some(e) = self.roll_failure.take() {
+            // Records buffered before a failed roll were dropped with its write; any buffered
+            // after it go with them, so the caller reports everything since the last commit
+            // as not accepted, and that is true.
+            let n = self.next_seq - self.pending_first_seq;
+            self.counters.dropped_io_error += n;
+            self.counters.appended -= n;
+            self.pending_first_seq = self.next_seq;
+            self.pending.clear();
+            return Err(e);
+        }
         if self.pending.is_empty() && self.unsynced.is_empty() {
             return Ok(None);
         }
@@ -962,6 +1017,11 @@ impl Queue {
         while out.len() < max_records && bytes < max_bytes {
             self.skip_read_gaps();
             if self.read_seq >= self.durable_seq {
+                break;
+            }
+            // Nothing is stored at or after the read position (the seqs up to the durable
+            // reservation after a crash were never issued): nothing to read.
+            if !self.segments.iter().any(|s| self.read_seq < s.next_seq) {
                 break;
             }
             let pos = self.seek();
@@ -1660,6 +1720,45 @@ fn scan_segment(
         next_seq: seq,
         holes,
     })
+}
+
+/// An I/O error that a retry may not meet again (a failing card, a permission being fixed).
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+    ) || matches!(e.raw_os_error(), Some(5 | 16)) // EIO, EBUSY
+}
+
+/// The seq after the last whole record of a segment of `bytes` bytes and the bytes of a torn
+/// tail after it, found by reading only the record headers; None when a header is not the
+/// one expected (corrupt: the reader finds and counts it).
+fn walk_headers(
+    fs: &dyn Filesystem,
+    path: &Path,
+    first_seq: u64,
+    bytes: u64,
+) -> io::Result<Option<(u64, u64)>> {
+    let f = fs.open_read(path)?;
+    let (mut off, mut seq) = (MAGIC_LEN, first_seq);
+    let mut h = [0u8; HEADER_LEN];
+    while off < bytes {
+        if off + HEADER_LEN as u64 > bytes {
+            return Ok(Some((seq, bytes - off)));
+        }
+        read_exact_at(&*f, &mut h, off)?;
+        let hdr = Header::parse(&h);
+        if hdr.seq != seq || hdr.len > MAX_RECORD_BYTES {
+            return Ok(None);
+        }
+        let end = off + (HEADER_LEN + hdr.len) as u64;
+        if end > bytes {
+            return Ok(Some((seq, bytes - off)));
+        }
+        off = end;
+        seq += 1;
+    }
+    Ok(Some((seq, 0)))
 }
 
 fn segment_magic_ok(fs: &dyn Filesystem, path: &Path) -> io::Result<bool> {

@@ -434,6 +434,8 @@ fn corrupt_record_in_newest_segment_middle_keeps_the_records_after_it() {
         for i in 0..20 {
             q.append_durable(&payload(i), i).expect("append");
         }
+        // Closed cleanly: the unused seq reservation is given back, seqs continue at 21.
+        q.close().expect("close");
     }
     let seg = segment_files(dir.path()).remove(0);
     let layout = record_layout(dir.path());
