@@ -909,7 +909,9 @@ impl Queue {
                 // cut back may have left some of them in the file.
                 self.pending_first_seq = self.next_seq;
                 self.pending.clear();
-                self.unsynced.clear();
+                // `unsynced` stays: older segments a roll wrote still need their fsync before
+                // `mark_durable` makes them readable (they were reported failed, so delivering
+                // them later is a duplicate at worst, never a lie about durability).
                 // The next append starts a fresh segment (a failed write may have left the
                 // file's tail in any state).
                 self.active = None;
@@ -1158,6 +1160,14 @@ impl Queue {
         QueueError::Io {
             path: path.to_owned(),
             source: e,
+        }
+    }
+
+    /// Tests: the read backoff's time has come (the model's clock is abstract).
+    #[cfg(test)]
+    pub(crate) fn expire_read_backoff(&mut self) {
+        if let Some((_, w)) = self.read_retry {
+            self.read_retry = Some((Instant::now(), w));
         }
     }
 

@@ -192,6 +192,7 @@ fn open_on(c: &QueueConfig, disk: &Disk) -> Queue {
 fn read_everything(q: &mut Queue) -> Vec<Record> {
     let mut out = Vec::new();
     loop {
+        q.expire_read_backoff();
         let b = q.read_batch_at(7, 1 << 20, 0).expect("read");
         if b.is_empty() {
             return out;
@@ -344,6 +345,8 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                 }
             }
             Op::Read(n) => {
+                // Time enough has passed for a read that failed to be tried again.
+                q.expire_read_backoff();
                 let failed_before = disk.failed();
                 let got = match q.read_batch_at(n, 1 << 20, 0) {
                     Ok(got) => got,
@@ -440,8 +443,8 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                     // Under `never` a power cut may lose anything: only a crash is modelled.
                     if s.fsync != FsyncPolicy::Never {
                         f.power_cut(keep, torn);
-                        // Unsynced records are gone for good, or came back torn.
-                        m.maybe.clear();
+                        // Unsynced records are gone, came back torn, or (a torn tail long
+                        // enough) came back whole: they stay "maybe".
                     }
                 }
                 q = open_on(&c, &disk);
