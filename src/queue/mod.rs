@@ -409,21 +409,8 @@ impl Queue {
                     .and_then(|f| f.len())
                     .unwrap_or(MAGIC_LEN);
                 let walked = self.retry_io(&path, || walk_headers(&*fs, &path, first, bytes))?;
-                let end = match walked {
-                    Some((end, torn)) => {
-                        if torn > 0 {
-                            // Written by a roll, not yet fsynced, when the power went.
-                            log::warn!(
-                                "queue: torn tail of {} ({torn} bytes after {} intact records); ignored",
-                                path.display(),
-                                end - first
-                            );
-                            self.counters.torn_tail_bytes += torn;
-                        }
-                        end
-                    }
-                    None => next,
-                };
+                // A torn or corrupt record: the reader finds, counts and skips it.
+                let end = walked.unwrap_or(next);
                 self.segments.push_back(Segment {
                     first_seq: first,
                     next_seq: end.clamp(first, next.max(first)),
@@ -1740,35 +1727,31 @@ fn transient(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(5 | 16)) // EIO, EBUSY
 }
 
-/// The seq after the last whole record of a segment of `bytes` bytes and the bytes of a torn
-/// tail after it, found by reading only the record headers; None when a header is not the
-/// one expected (corrupt: the reader finds and counts it).
+/// The seq after the last record of a segment of `bytes` bytes, found by reading only the
+/// record headers; None when a header is not the one expected or a record does not end
+/// exactly at the file's end (torn or corrupt: the reader finds and counts it).
 fn walk_headers(
     fs: &dyn Filesystem,
     path: &Path,
     first_seq: u64,
     bytes: u64,
-) -> io::Result<Option<(u64, u64)>> {
+) -> io::Result<Option<u64>> {
     let f = fs.open_read(path)?;
     let (mut off, mut seq) = (MAGIC_LEN, first_seq);
     let mut h = [0u8; HEADER_LEN];
     while off < bytes {
         if off + HEADER_LEN as u64 > bytes {
-            return Ok(Some((seq, bytes - off)));
+            return Ok(None);
         }
         read_exact_at(&*f, &mut h, off)?;
         let hdr = Header::parse(&h);
         if hdr.seq != seq || hdr.len > MAX_RECORD_BYTES {
             return Ok(None);
         }
-        let end = off + (HEADER_LEN + hdr.len) as u64;
-        if end > bytes {
-            return Ok(Some((seq, bytes - off)));
-        }
-        off = end;
+        off += (HEADER_LEN + hdr.len) as u64;
         seq += 1;
     }
-    Ok(Some((seq, 0)))
+    Ok((off == bytes).then_some(seq))
 }
 
 fn segment_magic_ok(fs: &dyn Filesystem, path: &Path) -> io::Result<bool> {

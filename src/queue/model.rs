@@ -211,13 +211,25 @@ fn check_reopen(q: &mut Queue, m: &mut Model, clean: bool) -> Result<(), TestCas
         m.issued_max
     );
     let depth = q.gauges().depth_records;
+    let regions = q.counters().corrupt_regions;
     let got = read_everything(q);
     let seqs: Vec<u64> = got.iter().map(|r| r.seq).collect();
     prop_assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "out of order: {seqs:?}"
     );
-    prop_assert_eq!(depth, got.len() as u64, "depth gauge after reopen");
+    if q.counters().corrupt_regions == regions {
+        prop_assert_eq!(depth, got.len() as u64, "depth gauge after reopen");
+    } else {
+        // A torn record in an older segment (a power cut after a roll) is found, counted
+        // and dropped from the gauge by the read.
+        prop_assert!(depth >= got.len() as u64, "depth gauge after reopen");
+    }
+    prop_assert_eq!(
+        q.gauges().depth_records,
+        got.len() as u64,
+        "depth gauge after reading everything"
+    );
     let min_present = m.present.keys().next().copied().unwrap_or(u64::MAX);
     let mut now_present = BTreeMap::new();
     for r in got {
