@@ -12,16 +12,25 @@ use super::QueueError;
 /// Takes the lock on `dir` or says who holds it.
 pub(super) fn acquire(dir: &Path) -> Result<File, QueueError> {
     let path = dir.join("lock");
-    let mut f = OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-        .map_err(|source| QueueError::Io {
+        .open(&path);
+    let mut f = match opened {
+        // A read-only filesystem: flock works on a file opened for reading (when it is there).
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+            File::open(&path).map_err(|_| QueueError::Io {
+                path: path.clone(),
+                source: e,
+            })?
+        }
+        other => other.map_err(|source| QueueError::Io {
             path: path.clone(),
             source,
-        })?;
+        })?,
+    };
     if let Err(e) = try_lock(&f) {
         if e.kind() == std::io::ErrorKind::WouldBlock {
             let mut pid = String::new();

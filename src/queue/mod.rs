@@ -872,7 +872,8 @@ impl Queue {
             let n = self.next_seq - self.pending_first_seq;
             self.counters.dropped_io_error += n;
             self.counters.appended -= n;
-            self.pending_first_seq = self.next_seq;
+            // None of them was written.
+            self.next_seq = self.pending_first_seq;
             self.pending.clear();
             return Err(e);
         }
@@ -888,13 +889,19 @@ impl Queue {
                 return Ok(None);
             };
             if let Err(source) = active.append(&self.pending) {
-                let _ = active.set_len(seg.bytes);
+                let cut = active.set_len(seg.bytes).is_ok();
                 let n = self.next_seq - self.pending_first_seq;
                 self.counters.dropped_io_error += n;
                 self.counters.appended -= n;
-                // Their seqs are burned, never issued again: a short write that could not be
-                // cut back may have left some of them in the file.
-                self.pending_first_seq = self.next_seq;
+                if cut {
+                    // Nothing of them is left in the file: their seqs are issued again (none
+                    // was ever readable, so none was published), and the sequence has no gap.
+                    self.next_seq = self.pending_first_seq;
+                } else {
+                    // A short write that could not be cut back may have left some of them in
+                    // the file: their seqs are burned, never issued again.
+                    self.pending_first_seq = self.next_seq;
+                }
                 self.pending.clear();
                 // `unsynced` stays: older segments a roll wrote still need their fsync before
                 // `mark_durable` makes them readable (they were reported failed, so delivering
@@ -1784,11 +1791,28 @@ fn probe_writable(dir: &Path) -> Result<(), QueueError> {
     let made = std::fs::File::create(&path)
         .and_then(|f| f.sync_all())
         .and_then(|()| std::fs::remove_file(&path));
-    made.map_err(|source| QueueError::NotWritable {
-        path: dir.to_owned(),
-        user: lock::user_name(),
-        source,
-    })
+    match made {
+        Ok(()) => Ok(()),
+        // A read-only or full filesystem is not a setup mistake: the backlog can still be
+        // delivered, and appends report the error one by one (health says so).
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::StorageFull
+            ) =>
+        {
+            log::error!(
+                "queue: directory {} is not writable ({e}); delivering what it holds, new alerts are refused",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(source) => Err(QueueError::NotWritable {
+            path: dir.to_owned(),
+            user: lock::user_name(),
+            source,
+        }),
+    }
 }
 
 /// `read_exact_at` through the seam.

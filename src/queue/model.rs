@@ -145,6 +145,15 @@ impl Model {
         self.maybe = keep;
     }
 
+    /// A failed write that the queue cut back hands its records' seqs out again (none of
+    /// them was written): they are no longer issued, and not "maybe" either.
+    fn rolled_back(&mut self, next_seq: u64, added: &mut Vec<(u64, Vec<u8>)>) {
+        if next_seq <= self.issued_max {
+            self.issued_max = next_seq - 1;
+            added.retain(|(s, _)| *s < next_seq);
+        }
+    }
+
     fn issued(&mut self, seq: u64) -> Result<(), TestCaseError> {
         prop_assert!(
             seq > self.issued_max,
@@ -319,10 +328,13 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                         Err(QueueError::Full { .. }) => {
                             prop_assert_eq!(s.on_full, OnFull::DropNewest, "full with drop_oldest");
                         }
-                        Err(e) => prop_assert!(
-                            full || disk.failed() > failed_before,
-                            "append failed without a fault: {e}"
-                        ),
+                        Err(e) => {
+                            prop_assert!(
+                                full || disk.failed() > failed_before,
+                                "append failed without a fault: {e}"
+                            );
+                            m.rolled_back(q.next_seq, &mut added);
+                        }
                     }
                 }
                 let durable = match q.commit() {
@@ -337,7 +349,10 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                         }
                     },
                     Ok(None) => true,
-                    Err(_) => false,
+                    Err(_) => {
+                        m.rolled_back(q.next_seq, &mut added);
+                        false
+                    }
                 };
                 prop_assert!(
                     durable || full || disk.failed() > failed_before,
@@ -570,14 +585,17 @@ fn nth_operation_fails_in_turn() {
                 );
                 if let Ok(seq) = q.append(p.as_bytes(), 0) {
                     issued.push(seq);
-                    if let Ok(Some(job)) = q.commit() {
-                        match job.sync(FsyncPolicy::Batch) {
+                    match q.commit() {
+                        Ok(Some(job)) => match job.sync(FsyncPolicy::Batch) {
                             Ok(()) => {
                                 q.mark_durable(&job);
                                 durable.insert(seq, p.into_bytes());
                             }
                             Err(e) => q.sync_failed(&e),
-                        }
+                        },
+                        Ok(None) => {}
+                        // A write cut back hands its seqs out again (nothing of it is left).
+                        Err(_) => issued.retain(|&s| s < q.next_seq),
                     }
                 }
             }
