@@ -21,6 +21,9 @@ pub trait FsFile: Send + Sync + std::fmt::Debug {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// fdatasync.
     fn sync_data(&self) -> io::Result<()>;
 }
