@@ -2,8 +2,9 @@
 //! the queue stores.
 //!
 //! Pure: no I/O, no clock (callers pass the time in). Parsing follows SPEC §2: the channel may
-//! come as `channel`, `type` or `event_type`; `visual_index` is `scene_index`; the label may be
-//! `label` or `event_label`; unknown fields are kept verbatim.
+//! come as `channel`, `type`, `event_type` or `event` (`{"event":"capture_session.active"}` is
+//! channel `capture_session`); `visual_index` is `scene_index`, `spoken_index` is
+//! `audio_index`; the label may be `label` or `event_label`; unknown fields are kept verbatim.
 
 use serde_json::{Map, Value};
 
@@ -33,7 +34,7 @@ pub enum FrameError {
     InvalidJson(String),
     #[error("frame is JSON but not an object")]
     NotAnObject,
-    #[error("envelope has no channel (looked for `channel`, `type`, `event_type`)")]
+    #[error("envelope has no channel (looked for `channel`, `type`, `event_type`, `event`)")]
     NoChannel,
     #[error("envelope field `data` is not an object")]
     DataNotObject,
@@ -48,37 +49,88 @@ pub enum AlertError {
     LabelNotString,
 }
 
+/// The `connection_id` of a frame, whatever else it holds: the first frame on a socket is the
+/// hello, as the Python SDK reads it (`data.get("connection_id")` on the first message,
+/// `websocket_client.py` lines 33-35), typed (`{"type":"connected",...}`) or not. A number is
+/// taken as its decimal text. `None` for anything that is not a JSON object with that key.
+pub fn connection_id_of(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Hello {
+        connection_id: Value,
+    }
+    // serde would also read a struct from a JSON array (`[1]`): only objects are frames.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    match serde_json::from_slice::<Hello>(bytes).ok()?.connection_id {
+        Value::String(s) if !s.is_empty() => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The normalised name of a channel: aliases folded (`visual_index` -> `scene_index`,
+/// `spoken_index` -> `audio_index`). Config channel lists go through it too.
+pub fn normalize_channel(c: &str) -> &str {
+    match c {
+        "visual_index" => "scene_index",
+        "spoken_index" => "audio_index",
+        other => other,
+    }
+}
+
+/// Parses one frame's bytes (a text frame, or a binary one holding JSON: both SDKs parse
+/// those, `json.loads` takes bytes, `websocket_client.py` line 57).
 pub fn parse_frame(text: &str) -> Result<Frame, FrameError> {
+    parse_frame_bytes(text.as_bytes())
+}
+
+pub fn parse_frame_bytes(bytes: &[u8]) -> Result<Frame, FrameError> {
     let value: Value =
-        serde_json::from_str(text).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| FrameError::InvalidJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
         return Err(FrameError::NotAnObject);
     };
-    let channel = ["channel", "type", "event_type"]
+    let channel = ["channel", "type", "event_type", "event"]
         .iter()
-        .find_map(|k| obj.get(*k).and_then(Value::as_str).map(str::to_owned));
-    let Some(channel) = channel else {
-        if let Some(id) = obj.get("connection_id").and_then(Value::as_str) {
-            return Ok(Frame::Hello {
-                connection_id: id.to_owned(),
-            });
+        .find_map(|k| {
+            obj.get(*k)
+                .and_then(Value::as_str)
+                .map(|c| (*k, c.to_owned()))
+        });
+    let Some((channel_key, channel)) = channel else {
+        if let Some(id) = connection_id_of(bytes) {
+            return Ok(Frame::Hello { connection_id: id });
         }
         return Err(FrameError::NoChannel);
     };
-    let channel = match channel.as_str() {
-        "visual_index" => "scene_index".to_owned(),
-        _ => channel,
+    // `event` names a channel and what happened on it: `capture_session.active`.
+    let channel = if channel_key == "event" {
+        channel.split('.').next().unwrap_or_default().to_owned()
+    } else {
+        channel
     };
+    let channel = normalize_channel(&channel).to_owned();
     let data = match obj.remove("data") {
         Some(Value::Object(m)) => m,
+        // An `event` frame without `data` carries its fields at the top: they are the data,
+        // `event` included (the subscriber needs to know what happened).
+        None if channel_key == "event" => std::mem::take(&mut obj),
         None | Some(Value::Null) => Map::new(),
         Some(_) => return Err(FrameError::DataNotObject),
     };
+    let mut data = data;
+    if channel_key == "event" {
+        if let Some(ev) = obj.get("event") {
+            data.entry("event").or_insert_with(|| ev.clone());
+        }
+    }
     let text_field =
         |obj: &Map<String, Value>, k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
     Ok(Frame::Envelope(Envelope {
         rtstream_id: text_field(&obj, "rtstream_id").or_else(|| text_field(&data, "rtstream_id")),
-        rtstream_name: text_field(&obj, "rtstream_name"),
+        rtstream_name: text_field(&obj, "rtstream_name")
+            .or_else(|| text_field(&data, "rtstream_name")),
         channel,
         data,
     }))
@@ -153,27 +205,13 @@ impl Alert {
 }
 
 /// Longest label kept in a topic level; longer ones are cut (on a char boundary).
-pub const MAX_TOPIC_LABEL_BYTES: usize = 128;
+pub const MAX_TOPIC_LABEL_BYTES: usize = crate::topic::MAX_LEVEL_BYTES;
 
-/// Makes `label` safe as one MQTT topic level: `/`, `+`, `#`, NUL and other control characters
-/// become `_`; an empty result becomes `_`; overlong labels are cut.
+/// Makes `label` safe as one MQTT topic level: `/`, `+`, `#`, NUL, other control characters and
+/// Unicode non-characters become `_`; an empty result becomes `_`; overlong labels are cut
+/// ([`crate::topic::sanitize_level`]).
 pub fn sanitize_topic_level(label: &str) -> String {
-    let mut out = String::with_capacity(label.len().min(MAX_TOPIC_LABEL_BYTES));
-    for c in label.chars() {
-        let c = if matches!(c, '/' | '+' | '#') || c.is_control() {
-            '_'
-        } else {
-            c
-        };
-        if out.len() + c.len_utf8() > MAX_TOPIC_LABEL_BYTES {
-            break;
-        }
-        out.push(c);
-    }
-    if out.is_empty() {
-        out.push('_');
-    }
-    out
+    crate::topic::sanitize_level(label)
 }
 
 /// How an alert reached the relay.
@@ -383,6 +421,72 @@ mod tests {
                 connection_id: "c-1".into()
             })
         );
+    }
+
+    #[test]
+    fn the_connection_id_is_read_from_any_first_frame() {
+        for (frame, id) in [
+            (r#"{"connection_id":"c1"}"#, Some("c1")),
+            (r#"{"type":"connected","connection_id":"c1"}"#, Some("c1")),
+            (
+                r#"{"channel":"alert","connection_id":"c2","data":{}}"#,
+                Some("c2"),
+            ),
+            (r#"{"connection_id":42}"#, Some("42")),
+            (r#"{"connection_id":""}"#, None),
+            (r#"{"connection_id":null}"#, None),
+            (r#"{"type":"connected"}"#, None),
+            ("connected", None),
+            ("[1]", None),
+        ] {
+            assert_eq!(connection_id_of(frame.as_bytes()).as_deref(), id, "{frame}");
+        }
+        // A plain numeric hello later on is still a hello.
+        assert_eq!(
+            parse_frame(r#"{"connection_id":7}"#),
+            Ok(Frame::Hello {
+                connection_id: "7".into()
+            })
+        );
+    }
+
+    #[test]
+    fn event_keyed_frames_name_their_channel_and_keep_the_event() {
+        let e = envelope(
+            json!({"event": "capture_session.active", "capture_session_id": "cs-1", "rtstream_id": "rt1"}),
+        );
+        assert_eq!(e.channel, "capture_session");
+        assert_eq!(e.rtstream_id.as_deref(), Some("rt1"));
+        assert_eq!(e.data.get("event"), Some(&json!("capture_session.active")));
+        assert_eq!(e.data.get("capture_session_id"), Some(&json!("cs-1")));
+        let e = envelope(json!({"event": "capture_session.stopped", "data": {"id": "cs-1"}}));
+        assert_eq!(e.channel, "capture_session");
+        assert_eq!(e.data.get("event"), Some(&json!("capture_session.stopped")));
+        assert_eq!(e.data.get("id"), Some(&json!("cs-1")));
+        // `channel` wins over `event` when both are there.
+        let e = envelope(json!({"channel": "alert", "event": "x.y", "data": {"label": "l"}}));
+        assert_eq!(e.channel, "alert");
+        assert!(!e.data.contains_key("event"));
+    }
+
+    #[test]
+    fn aliases_fold_and_binary_json_parses() {
+        assert_eq!(
+            envelope(json!({"channel": "spoken_index", "data": {}})).channel,
+            "audio_index"
+        );
+        assert_eq!(
+            envelope(json!({"type": "visual_index", "data": {}})).channel,
+            "scene_index"
+        );
+        let bytes = br#"{"channel":"transcript","data":{"text":"hi"}}"#;
+        assert!(
+            matches!(parse_frame_bytes(bytes), Ok(Frame::Envelope(e)) if e.channel == "transcript")
+        );
+        assert!(matches!(
+            parse_frame_bytes(&[0xff, 0x00, 0x10]),
+            Err(FrameError::InvalidJson(_))
+        ));
     }
 
     #[test]

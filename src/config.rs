@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod checks;
+mod identity;
+
 /// A config error: which key, and why. `alert-relay` exits with status 2 on one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -314,6 +317,10 @@ pub enum Pattern {
 pub struct RuleConfig {
     pub labels: Vec<String>,
     pub min_confidence: f64,
+    /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
+    /// alert shape, `{"event_label", "timestamp", "text"}`) passes `min_confidence`. Default
+    /// false ("skip"). A garbled confidence never passes.
+    pub fire_without_confidence: bool,
     /// Indexes into `GpioConfig::outputs`.
     pub outputs: Vec<usize>,
     pub pattern: Pattern,
@@ -551,6 +558,7 @@ struct RawOutput {
 struct RawRule {
     labels: Vec<String>,
     min_confidence: Option<f64>,
+    missing_confidence: Option<String>,
     output: Option<String>,
     outputs: Option<Vec<String>>,
     pattern: Option<RawPattern>,
@@ -878,6 +886,9 @@ impl Config {
                 .collect();
             let _ = writeln!(out, "\n[[gpio.rules]]\nlabels = {:?}", r.labels);
             let _ = writeln!(out, "min_confidence = {}", r.min_confidence);
+            if r.fire_without_confidence {
+                let _ = writeln!(out, "missing_confidence = \"fire\"");
+            }
             let _ = writeln!(out, "outputs = {names:?}");
             let _ = writeln!(out, "pattern = {}", fmt_pattern(&r.pattern));
             let _ = writeln!(out, "priority = {}", r.priority);
@@ -1046,20 +1057,6 @@ fn fmt_pattern(p: &Pattern) -> String {
             fmt_duration(*duration)
         ),
     }
-}
-
-fn default_client_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "device".into());
-    let clean: String = host
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .take(40)
-        .collect();
-    format!("alert-relay-{clean}")
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -1266,6 +1263,9 @@ fn validate_source(s: RawSource, queue_dir: Option<&Path>) -> Result<SourceConfi
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(invalid("source.url", "must start with ws:// or wss://"));
             }
+            if let Some(why) = checks::url_host_problem(&url) {
+                return Err(invalid("source.url", why));
+            }
             let mut headers = Vec::new();
             for (name, value) in s.headers.unwrap_or_default() {
                 let ok_name = !name.is_empty()
@@ -1349,6 +1349,9 @@ fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbCo
             "must start with https:// or http://",
         ));
     }
+    if let Some(why) = checks::url_host_problem(&api_url) {
+        return Err(invalid("source.api_url", why));
+    }
     let api_url = api_url.trim_end_matches('/').to_string();
     let (api_key, api_key_from) = match (&s.api_key_env, &s.api_key_file) {
         (Some(_), Some(_)) => {
@@ -1403,6 +1406,9 @@ fn validate_videodb(s: &RawSource, queue_dir: Option<&Path>) -> Result<VideoDbCo
                     key("callback_url"),
                     "must start with https:// or http://",
                 ));
+            }
+            if let Some(why) = checks::url_host_problem(u) {
+                return Err(invalid(key("callback_url"), why));
             }
         }
         let b = AlertBinding {
@@ -1496,11 +1502,7 @@ fn validate_channels(
     durable: Option<Vec<String>>,
 ) -> Result<(Vec<String>, Vec<String>), ConfigError> {
     let norm = |key: &str, c: &str| -> Result<String, ConfigError> {
-        let c = if c == "visual_index" {
-            "scene_index"
-        } else {
-            c
-        };
+        let c = crate::alert::normalize_channel(c);
         if c == "alert" || RELAYABLE_CHANNELS.contains(&c) {
             Ok(c.to_string())
         } else {
@@ -1597,15 +1599,11 @@ fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
 
 fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     let topic_prefix = m.topic_prefix.unwrap_or_else(|| "alert-relay".into());
-    if topic_prefix.is_empty()
-        || topic_prefix.contains(['+', '#', '\0'])
-        || topic_prefix.starts_with('/')
-        || topic_prefix.ends_with('/')
-    {
-        return Err(invalid(
-            "mqtt.topic_prefix",
-            "must be non-empty, without + # or NUL, and not start or end with /",
-        ));
+    if let Some(why) = checks::topic_prefix_problem(&topic_prefix) {
+        return Err(invalid("mqtt.topic_prefix", why));
+    }
+    if m.port == Some(0) {
+        return Err(invalid("mqtt.port", "must be 1 to 65535"));
     }
     let qos = match m.qos.unwrap_or(1) {
         0 => Qos::AtMostOnce,
@@ -1617,7 +1615,13 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     if host.is_empty() {
         return Err(invalid("mqtt.host", "must not be empty"));
     }
-    let client_id = m.client_id.unwrap_or_else(default_client_id);
+    let client_id = m.client_id.unwrap_or_else(|| {
+        let (id, warning) = identity::default_client_id();
+        if let Some(w) = warning {
+            log::warn!("{w}");
+        }
+        id
+    });
     if client_id.is_empty() || client_id.len() > 128 {
         return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
     }
@@ -1866,6 +1870,16 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         if !(0.0..=1.0).contains(&min_confidence) {
             return Err(invalid(key("min_confidence"), "must be between 0 and 1"));
         }
+        let fire_without_confidence = match r.missing_confidence.as_deref() {
+            None | Some("skip") => false,
+            Some("fire") => true,
+            Some(_) => {
+                return Err(invalid(
+                    key("missing_confidence"),
+                    "must be \"skip\" or \"fire\"",
+                ))
+            }
+        };
         let wanted: Vec<String> = match (r.output, r.outputs) {
             (Some(o), None) => vec![o],
             (None, Some(os)) if !os.is_empty() => os,
@@ -1917,6 +1931,13 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
                     .map_err(|e| invalid(format!("gpio.rules[{i}].quiet_hours[{j}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let max_age = r.max_age.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+        if max_age.is_zero() {
+            return Err(invalid(
+                key("max_age"),
+                "must be above zero (a zero max_age would drop every alert)",
+            ));
+        }
         let audible = idx
             .iter()
             .map(|&o| outputs[o].kind != OutputKind::Light)
@@ -1924,11 +1945,12 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         rules.push(RuleConfig {
             labels: r.labels,
             min_confidence,
+            fire_without_confidence,
             outputs: idx,
             pattern,
             priority: r.priority.unwrap_or(0),
             cooldown: r.cooldown.map(|d| d.0).unwrap_or(Duration::ZERO),
-            max_age: r.max_age.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+            max_age,
             rtstream_id: r.rtstream_id,
             quiet_hours,
             audible,
@@ -1938,6 +1960,9 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         .ack_button
         .map(|b| validate_ack_button(b, backend))
         .transpose()?;
+    if let Some((key, why)) = checks::duplicate_hardware(&outputs, ack_button.as_ref()) {
+        return Err(invalid(key, why));
+    }
     Ok(GpioConfig {
         backend,
         sim_trace: g.sim_trace,
@@ -2162,6 +2187,105 @@ mod tests {
     }
 
     #[test]
+    fn configs_that_cannot_work_are_refused_naming_the_key() {
+        let gpio = |backend: &str, outputs: &str| {
+            format!("{MINIMAL}[gpio]\nbackend = \"{backend}\"\n{outputs}")
+        };
+        let out = |name: &str, hw: &str| format!("[[gpio.outputs]]\nname = \"{name}\"\n{hw}\n");
+        let cases: Vec<(String, &str, &[&str])> = vec![
+            (
+                gpio(
+                    "rppal",
+                    &(out("red", "pin = 17") + &out("horn", "pin = 17")),
+                ),
+                "gpio.outputs[1].pin",
+                &["\"red\"", "\"horn\"", "pin 17"],
+            ),
+            (
+                gpio(
+                    "sim",
+                    &(out("a", "pin = 4") + &out("b", "pin = 5") + &out("c", "pin = 4")),
+                ),
+                "gpio.outputs[2].pin",
+                &["\"a\"", "\"c\""],
+            ),
+            (
+                gpio(
+                    "cdev",
+                    &(out("a", "line = \"GPIO17\"") + &out("b", "line = \"GPIO17\"")),
+                ),
+                "gpio.outputs[1].line",
+                &["\"a\"", "\"b\"", "GPIO17"],
+            ),
+            (
+                gpio(
+                    "cdev",
+                    &(out("a", "chip = \"gpiochip0\"\noffset = 3")
+                        + &out("b", "chip = \"gpiochip0\"\noffset = 3")),
+                ),
+                "gpio.outputs[1].offset",
+                &["\"a\"", "\"b\""],
+            ),
+            (
+                gpio(
+                    "rppal",
+                    &(out("a", "pin = 5") + "[gpio.ack_button]\npin = 5\n"),
+                ),
+                "gpio.ack_button.pin",
+                &["\"a\"", "ack button"],
+            ),
+            (
+                format!("{MINIMAL}[mqtt]\ntopic_prefix = \"$SYS/x\"\n"),
+                "mqtt.topic_prefix",
+                &["$"],
+            ),
+            (
+                format!("{MINIMAL}[mqtt]\ntopic_prefix = \"a/+/b\"\n"),
+                "mqtt.topic_prefix",
+                &["wildcard"],
+            ),
+            (format!("{MINIMAL}[mqtt]\nport = 0\n"), "mqtt.port", &[]),
+            (
+                "[source]\nurl = \"ws://\"\n".to_string(),
+                "source.url",
+                &["no host"],
+            ),
+            (
+                "[source]\nurl = \"ws://:9000/x\"\n".to_string(),
+                "source.url",
+                &["no host"],
+            ),
+            (
+                "[source]\napi_url = \"https://\"\n".to_string(),
+                "source.api_url",
+                &["no host"],
+            ),
+            (
+                gpio(
+                    "sim",
+                    &(out("r", "")
+                        + "[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nmax_age = \"0s\"\n"),
+                ),
+                "gpio.rules[0].max_age",
+                &["zero"],
+            ),
+        ];
+        for (text, key, words) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(key), "{key} not named in {e:?} for\n{text}");
+            for w in words {
+                assert!(e.contains(w), "{w} missing in {e:?}");
+            }
+        }
+        // Distinct hardware is fine, and sim outputs without any pin are not duplicates.
+        let ok = gpio(
+            "sim",
+            &(out("a", "") + &out("b", "") + &out("c", "pin = 4")),
+        );
+        Config::parse(&ok).expect("distinct outputs");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("[source]\nurl = \"http://x\"\n", "source.url"),
@@ -2176,6 +2300,10 @@ mod tests {
             (
                 &format!("{MINIMAL}[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"r\"\n[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\npattern = {{ kind = \"blink\", on = \"1s\" }}\n"),
                 "gpio.rules[0].pattern.off",
+            ),
+            (
+                &format!("{MINIMAL}[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"r\"\n[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nmissing_confidence = \"maybe\"\n"),
+                "gpio.rules[0].missing_confidence",
             ),
             (
                 &format!("{MINIMAL}[gpio]\nbackend = \"rppal\"\n[[gpio.outputs]]\nname = \"r\"\n"),

@@ -12,7 +12,9 @@
 //!   hostile field lengths and nobody outside the process can craft colliding keys.
 //! - Alerts without an `event_id` or without a `timestamp` are never deduplicated: `event_id`
 //!   names the *event* (a rule), every occurrence of it shares the id, so the id alone would
-//!   swallow distinct alerts; without an id there is nothing stable to compare.
+//!   swallow distinct alerts; without an id there is nothing stable to compare. One exception:
+//!   VideoDB's real-time shape (`event_label` + `timestamp` + `text`, no `event_id`) is keyed
+//!   on label, instant and text ([`KeyHasher::key`]).
 //! - A failed append (queue full with `drop_newest`, disk error) is remembered as failed, so
 //!   the next copy (a webhook retry) is admitted as new rather than acknowledged as a duplicate.
 
@@ -77,13 +79,36 @@ impl KeyHasher {
     /// deduplicated). A timestamp that parses is compared as an instant (so `Z` and `+00:00`
     /// agree); one that does not is compared as its raw JSON text.
     pub fn key(&self, alert: &Alert) -> Option<Key> {
-        let event_id = alert.event_id.as_deref()?;
         let ts = alert.data.get("timestamp").filter(|v| !v.is_null())?;
+        let Some(event_id) = alert.event_id.as_deref() else {
+            return self.label_key(alert, ts);
+        };
         Some(match alert.timestamp {
             Some(t) => self
                 .0
                 .hash_one((event_id, 0u8, crate::clock::unix_micros(t))),
             None => self.0.hash_one((event_id, 1u8, ts.to_string())),
+        })
+    }
+}
+
+impl KeyHasher {
+    /// VideoDB's real-time alert shape, `{"event_label", "timestamp": <ms>, "text"}` with no
+    /// `event_id`: one occurrence is its label at its instant, with its `text` (the model's
+    /// description, identical in the socket and webhook copies) so that two streams whose
+    /// event shares a label and fires in the same millisecond are not merged. Alerts without an
+    /// `event_id` in any other shape stay undeduplicated.
+    fn label_key(&self, alert: &Alert, ts: &serde_json::Value) -> Option<Key> {
+        if alert.data.contains_key("label") || !alert.data.contains_key("event_label") {
+            return None;
+        }
+        let text = alert.data.get("text").and_then(serde_json::Value::as_str);
+        let label = alert.label.as_str();
+        Some(match alert.timestamp {
+            Some(t) => self
+                .0
+                .hash_one((label, 2u8, crate::clock::unix_micros(t), text)),
+            None => self.0.hash_one((label, 3u8, ts.to_string(), text)),
         })
     }
 }
@@ -216,6 +241,37 @@ mod tests {
             h.key(&alert(
                 json!({"label": "x", "event_id": "ev1", "timestamp": null})
             )),
+            None
+        );
+    }
+
+    #[test]
+    fn realtime_shape_is_keyed_on_label_instant_and_text() {
+        let h = KeyHasher::default();
+        let k = |v| h.key(&alert(v));
+        let one = json!({"event_label": "intrusion", "timestamp": 1_767_225_600_000u64, "text": "a person"});
+        let key = k(one.clone()).expect("the real-time shape has a key");
+        // The same instant written another way (ISO text, as a webhook might) is the same alert.
+        let mut iso = one.clone();
+        iso["timestamp"] = json!("2026-01-01T00:00:00Z");
+        assert_eq!(k(iso), Some(key));
+        // Another millisecond, another text, another label: another occurrence.
+        let mut later = one.clone();
+        later["timestamp"] = json!(1_767_225_600_001u64);
+        assert_ne!(k(later), Some(key));
+        let mut other_text = one.clone();
+        other_text["text"] = json!("a car");
+        assert_ne!(k(other_text), Some(key));
+        let mut other_label = one.clone();
+        other_label["event_label"] = json!("fire");
+        assert_ne!(k(other_label), Some(key));
+        // Without a timestamp, or in the `label` shape without event_id: never deduplicated.
+        assert_eq!(
+            k(json!({"event_label": "intrusion", "text": "a person"})),
+            None
+        );
+        assert_eq!(
+            k(json!({"label": "intrusion", "timestamp": 1_767_225_600_000u64})),
             None
         );
     }

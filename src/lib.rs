@@ -12,6 +12,7 @@
 //! - [`rules`]: label + confidence + time -> output patterns; pure.
 //! - [`gpio`]: pattern scheduler and pin backends.
 //! - [`stats`]: counters for `{prefix}/stats`.
+//! - [`topic`]: what MQTT and mosquitto accept in topics and strings; pure.
 //! - [`dedup`]: the cross-path dedup window used by [`ingest`]; pure.
 //! - [`webhook`] and [`http`]: the optional HTTP listener (webhook, healthz, metrics).
 //!
@@ -30,6 +31,7 @@ pub mod queue;
 pub mod rules;
 pub mod source;
 pub mod stats;
+pub mod topic;
 pub mod webhook;
 
 use std::future::Future;

@@ -26,7 +26,9 @@ VideoDB alerts and events (VideoDB mode config; --rtstream/--index default to [[
   alert-relay alerts create  --config FILE --event EVENT_ID [--callback-url URL] [--rtstream ID --index ID]
   alert-relay alerts enable  ID --config FILE [--rtstream ID --index ID]
   alert-relay alerts disable ID --config FILE [--rtstream ID --index ID]
+  alert-relay alerts delete  ID --config FILE [--rtstream ID --index ID]
   alert-relay events create  --config FILE --label LABEL --prompt PROMPT
+  alert-relay events list    --config FILE
 
 Logging: RUST_LOG=debug|info|warn (default info).
 Exit status: 0 ok, 1 runtime failure, 2 bad config or usage.";
@@ -149,10 +151,15 @@ fn parse_admin(args: &[String]) -> Result<Command, String> {
                 .ok_or_else(|| format!("alerts {v} needs the alert ID"))?,
             enabled: v == "enable",
         },
+        ("alerts", "delete") => AdminCommand::AlertsDelete {
+            target,
+            alert_id: positional.pop().ok_or("alerts delete needs the alert ID")?,
+        },
         ("events", "create") => AdminCommand::EventsCreate {
             label: take("--label")?,
             prompt: take("--prompt")?,
         },
+        ("events", "list") => AdminCommand::EventsList,
         _ => return Err(format!("unknown command {group} {verb}")),
     };
     if !positional.is_empty() || !opt.is_empty() {

@@ -7,7 +7,10 @@
 //! Confidence: a rule with `min_confidence = 0` (the default) fires whatever the confidence,
 //! even when it is missing; a rule with a threshold above zero fires only for a valid
 //! confidence (a number in 0..=1) at or above it, so a missing or garbled confidence never
-//! sounds a threshold-guarded buzzer.
+//! sounds a threshold-guarded buzzer. Unless the rule says `missing_confidence = "fire"`: then
+//! an alert with no confidence at all (VideoDB's real-time shape `{"event_label", "timestamp",
+//! "text"}`: the service's own model already decided the event happened) passes the threshold;
+//! a garbled one still never does.
 //!
 //! Quiet hours: a rule's `quiet_hours` windows are local wall-clock times. During one, the
 //! rule's buzzer outputs are skipped (counted) while its lights still fire. Local time needs
@@ -120,7 +123,8 @@ impl RuleEngine {
             }
             let confident = match alert.confidence {
                 Confidence::Valid(c) => c >= rule.min_confidence,
-                Confidence::Missing | Confidence::Invalid => rule.min_confidence <= 0.0,
+                Confidence::Missing => rule.min_confidence <= 0.0 || rule.fire_without_confidence,
+                Confidence::Invalid => rule.min_confidence <= 0.0,
             };
             if !confident {
                 continue;
@@ -207,6 +211,7 @@ mod tests {
         RuleConfig {
             labels: labels.iter().map(|s| s.to_string()).collect(),
             min_confidence: min_conf,
+            fire_without_confidence: false,
             outputs: vec![0],
             pattern: Pattern::Solid {
                 duration: Duration::from_millis(300),
@@ -271,6 +276,24 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn missing_confidence_fire_passes_the_threshold_but_garbled_never_does() {
+        let now = SystemTime::now();
+        let t = Instant::now();
+        let mut r = rule(&["x"], 0.8, 0, 30);
+        r.fire_without_confidence = true;
+        let mut e = RuleEngine::new(vec![r]);
+        let fires = |e: &mut RuleEngine, c| e.decide(&alert("x", c, None), now, now, t).fires.len();
+        assert_eq!(fires(&mut e, Confidence::Missing), 1);
+        assert_eq!(fires(&mut e, Confidence::Invalid), 0);
+        assert_eq!(
+            fires(&mut e, Confidence::Valid(0.5)),
+            0,
+            "a low score still counts"
+        );
+        assert_eq!(fires(&mut e, Confidence::Valid(0.9)), 1);
     }
 
     #[test]

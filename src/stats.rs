@@ -79,7 +79,7 @@ counters! {
     source_auth_failures: "REST calls rejected with 401/403 (or another 4xx) by VideoDB.",
     videodb_api_errors: "Other failed VideoDB REST calls (network, 5xx, bad responses).",
     videodb_alerts_created: "Alerts bound to a new connection_id.",
-    videodb_alerts_disabled: "Alerts of earlier connections disabled.",
+    videodb_alerts_disabled: "Alerts of earlier connections removed (deleted, or disabled where the service cannot delete).",
     channel_queued: "Non-alert channel messages handed to the queue (durable_channels).",
     channel_published: "Non-alert channel messages handed to MQTT best-effort (QoS 0).",
     channel_dropped: "Best-effort channel messages dropped because MQTT was not keeping up.",

@@ -82,6 +82,37 @@ fn bad_config_exits_2_and_names_the_key() {
 }
 
 #[test]
+fn check_config_refuses_configs_that_cannot_work() {
+    let cases = [
+        (
+            "[gpio]\nbackend = \"rppal\"\n[[gpio.outputs]]\nname = \"red\"\npin = 17\n[[gpio.outputs]]\nname = \"horn\"\npin = 17\n",
+            &["gpio.outputs[1].pin", "\"red\"", "\"horn\""][..],
+        ),
+        ("[mqtt]\ntopic_prefix = \"$SYS/x\"\n", &["mqtt.topic_prefix"][..]),
+        ("[mqtt]\nport = 0\n", &["mqtt.port"][..]),
+        ("", &["source.url"][..]),
+    ];
+    for (tail, words) in cases {
+        let url = if tail.is_empty() {
+            "ws://"
+        } else {
+            "ws://127.0.0.1:1/"
+        };
+        let (_d, path) = write_config(&format!("[source]\nurl = \"{url}\"\n{tail}"));
+        let out = relay()
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{tail:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in words {
+            assert!(err.contains(w), "expected {w:?} in {err:?}");
+        }
+    }
+}
+
+#[test]
 fn missing_config_file_and_bad_usage_exit_2() {
     let out = relay()
         .args(["run", "--config", "/nonexistent/alert-relay.toml"])

@@ -144,7 +144,10 @@ fn cdev_without_gpio_chips_says_what_to_check() {
         })
         .unwrap_or(false);
     if has_chips {
-        eprintln!("skipped: this machine has /dev/gpiochip*, the error path cannot be shown");
+        support::skipped(
+            "cdev_without_gpio_chips_says_what_to_check",
+            "this machine has /dev/gpiochip*, the error path cannot be shown",
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -178,7 +178,9 @@ async fn alert_above_max_packet_size_is_set_aside_and_the_rest_arrive() {
         .start(free_port());
     let stats = one_oversize_alert_among_small_ones(&broker, "", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
-    assert!(support::count(&stats.mqtt_connect_failures) >= 3);
+    // Suspected at the first drop, set aside at the second (publish::limit).
+    let drops = support::count(&stats.mqtt_connect_failures);
+    assert!((2..=3).contains(&drops), "{drops} drops");
 }
 
 #[tokio::test]

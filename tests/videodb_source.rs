@@ -422,26 +422,43 @@ async fn every_channel_lands_on_its_topic() {
         json!({"event_type": "audio_index", "rtstream_id": "rts-1", "data": {"text": "glass breaking"}}),
         json!({"channel": "spoken_index", "rtstream_id": "rts-1", "data": {"text": "someone said help"}}),
         json!({"channel": "capture_session", "data": {"status": "started"}}),
+        // VideoDB's capture docs key the type as `event`, its fields at the top level.
+        json!({"event": "capture_session.active", "capture_session_id": "cs-1"}),
         json!({"channel": "mystery", "rtstream_id": "rts-1", "data": {}}),
         json!({"channel": "transcript", "rtstream_id": "rts-1", "data": 5}),
     ];
     for f in frames {
         v.send_text(f.to_string());
     }
+    // JSON in a binary frame is relayed like text (both SDKs parse it); other bytes are not.
+    v.send_binary(
+        json!({"channel": "scene_index", "rtstream_id": "rts-3", "data": {"text": "binary"}})
+            .to_string(),
+    );
+    v.send_binary(vec![0xde, 0xad, 0xbe, 0xef]);
     v.send_text(alert_frame("ev-ch", "intrusion", 0.9));
+    // spoken_index is audio_index (one channel, one topic).
     let topics = [
-        "alert-relay/transcript/rts-1",
-        "alert-relay/scene_index/rts-1",
-        "alert-relay/scene_index/rts-2",
-        "alert-relay/audio_index/rts-1",
-        "alert-relay/spoken_index/rts-1",
-        "alert-relay/capture_session/_",
-        "alert-relay/alerts/intrusion",
+        ("alert-relay/transcript/rts-1", 1),
+        ("alert-relay/scene_index/rts-1", 1),
+        ("alert-relay/scene_index/rts-2", 1),
+        ("alert-relay/scene_index/rts-3", 1),
+        ("alert-relay/audio_index/rts-1", 2),
+        ("alert-relay/capture_session/_", 2),
+        ("alert-relay/alerts/intrusion", 1),
     ];
     wait_until("every channel", T, || {
-        topics.iter().all(|t| sub.on(t).len() == 1)
+        topics.iter().all(|(t, n)| sub.on(t).len() == *n)
     })
     .await;
+    assert!(sub.on("alert-relay/spoken_index/rts-1").is_empty());
+    let active = sub.on("alert-relay/capture_session/_")[1].json();
+    assert_eq!(active["event"], "capture_session.active");
+    assert_eq!(active["capture_session_id"], "cs-1");
+    assert_eq!(
+        sub.on("alert-relay/scene_index/rts-3")[0].json()["text"],
+        "binary"
+    );
     let one = |t: &str| sub.on(t)[0].json();
     let transcript = one("alert-relay/transcript/rts-1");
     assert_eq!(
@@ -463,7 +480,7 @@ async fn every_channel_lands_on_its_topic() {
     wait_until("stats with the source state", T, || {
         sub.on("alert-relay/stats").iter().any(|m| {
             let j = m.json();
-            j["source"]["state"] == "connected" && j["channel_published"] == 5
+            j["source"]["state"] == "connected" && j["channel_published"] == 7
         })
     })
     .await;
@@ -476,7 +493,8 @@ async fn every_channel_lands_on_its_topic() {
         "data that is not an object"
     );
     assert_eq!(count(&s.channel_queued), 1);
-    assert_eq!(count(&s.channel_published), 5);
+    assert_eq!(count(&s.channel_published), 7);
+    assert_eq!(count(&s.frames_binary), 1, "only the non-JSON binary frame");
     assert_eq!(
         count(&s.source_connects),
         1,

@@ -28,6 +28,14 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
+/// Says that `test` skipped a step or itself, and why, where `cargo test` shows it: libtest
+/// captures `eprintln!` of a passing test, so this writes to the stderr handle directly and a
+/// skip never passes silently.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+}
+
 /// Waits until `cond` holds, polling every 10 ms, or panics with `what` after `timeout`.
 pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -235,8 +243,9 @@ impl Mosquitto {
         if Broker::kind_from_env() == "mosquitto" {
             return true;
         }
-        eprintln!(
-            "{test}: skipped, needs ALERT_RELAY_TEST_BROKER=mosquitto (a mosquitto-only feature)"
+        skipped(
+            test,
+            "needs ALERT_RELAY_TEST_BROKER=mosquitto (a mosquitto-only feature)",
         );
         false
     }

@@ -1,12 +1,22 @@
 //! A local stand-in for VideoDB's real-time API, speaking its protocol (SPEC §2) over real
 //! sockets: a REST endpoint (`x-access-token` auth, `{"success","data"}` responses) that hands
-//! out a pre-authenticated `websocket_url` and records alert create / list / status calls and
-//! event creation, and a WebSocket server that sends `{"connection_id"}` first on every new
-//! socket. Both plain (http/ws) or TLS (https/wss) with a throw-away test CA made by `rcgen`.
+//! out a pre-authenticated `websocket_url` and records alert create / list / status / delete
+//! calls and events, and a WebSocket server that sends a hello carrying `connection_id` first
+//! on every new socket. Both plain (http/ws) or TLS (https/wss) with a throw-away test CA made
+//! by `rcgen`.
 //!
-//! Test controls: send frames to the live socket, drop every socket (the server "goes away"),
-//! pause every socket (stops reading and writing, so no pong ever comes back: a half-open
-//! connection as seen from the client).
+//! As strict as the service looks from VideoDB's Python SDK 0.5.1 (PyPI `videodb`; every rule
+//! below cites the SDK line it mirrors; `.ci/videodb-sdk.sh` drives this stand-in with that SDK
+//! to prove it): a create-alert body without `callback_url` is a 400; v1 indexes answer on
+//! `/rtstream/{rt}/index/{id}/...` only and v2 indexes (registered with [`VideoDb::add_v2_index`])
+//! on `/rtstream/{rt}/indexes/{id}/...` only; DELETE of an alert is a 405 unless
+//! [`VideoDb::allow_delete`] (the SDK has no delete).
+//!
+//! Test controls: send frames to the live socket (text or binary), choose the hello's shape,
+//! drop every socket (the server "goes away"), pause every socket (stops reading and writing,
+//! so no pong ever comes back: a half-open connection as seen from the client). The same
+//! sending is reachable over REST (`POST /_standin/send`) for the standalone
+//! `examples/videodb_standin.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +94,8 @@ pub struct Call {
     pub path: String,
     pub body: Value,
     pub authorized: bool,
+    /// The `x-videodb-client` header, when sent.
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +115,25 @@ struct State {
     calls: Vec<Call>,
     alerts: Vec<StoredAlert>,
     events: Vec<(String, String, String)>,
+    /// (rtstream_id, index_id) of the v2 indexes; every other index id is a v1 one.
+    v2_indexes: Vec<(String, String)>,
+    delete_allowed: bool,
+    /// Alerts ever created (ids stay unique after deletes).
+    created: u64,
+}
+
+/// The shape of the first frame on a new socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// `{"connection_id": "conn-N"}`.
+    Plain,
+    /// `{"type": "connected", "connection_id": "conn-N"}`: the SDK takes the id from the
+    /// first frame whatever else it holds (websocket_client.py lines 33-35).
+    Typed,
+    /// `{"connection_id": N}`, a number.
+    Numeric,
+    /// The same typed hello in a binary frame (`json.loads` takes bytes).
+    Binary,
 }
 
 enum Ctl {
@@ -129,6 +160,7 @@ pub struct VideoDb {
     pub ws_headers: HandshakeLog,
     /// Whether new sockets get `{"connection_id"}` first (off: a server that never says hello).
     pub hello: Arc<std::sync::atomic::AtomicBool>,
+    hello_shape: Arc<Mutex<Hello>>,
 }
 
 /// The request headers of each WebSocket handshake, in order.
@@ -147,8 +179,23 @@ impl VideoDb {
         Self::start_with(key, Some(pki.server_config.clone())).await
     }
 
+    /// http:// on `rest_port` of 127.0.0.1 (0: any), ws:// on a free port.
+    pub async fn start_on(key: &str, rest_port: u16) -> VideoDb {
+        Self::start_full(key, None, rest_port).await
+    }
+
     async fn start_with(key: &str, tls: Option<Arc<rustls::ServerConfig>>) -> VideoDb {
-        let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind REST");
+        Self::start_full(key, tls, 0).await
+    }
+
+    async fn start_full(
+        key: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        rest_port: u16,
+    ) -> VideoDb {
+        let rest = TcpListener::bind(("127.0.0.1", rest_port))
+            .await
+            .expect("bind REST");
         let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind WS");
         let (http_s, ws_s) = if tls.is_some() {
             ("https", "wss")
@@ -175,31 +222,35 @@ impl VideoDb {
             connections: Arc::new(AtomicU64::new(0)),
             ws_headers: Arc::new(Mutex::new(Vec::new())),
             hello: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            hello_shape: Arc::new(Mutex::new(Hello::Plain)),
         };
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
 
         let a = acceptor.clone();
+        let rest_conns = v.conns.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = rest.accept().await {
-                let (state, ws_url, a) = (state.clone(), ws_url.clone(), a.clone());
+                let (state, ws_url, a, conns) =
+                    (state.clone(), ws_url.clone(), a.clone(), rest_conns.clone());
                 tokio::spawn(async move {
                     match a {
                         Some(a) => {
                             if let Ok(s) = a.accept(tcp).await {
-                                serve_rest(s, &state, &ws_url).await
+                                serve_rest(s, &state, &ws_url, &conns).await
                             }
                         }
-                        None => serve_rest(tcp, &state, &ws_url).await,
+                        None => serve_rest(tcp, &state, &ws_url, &conns).await,
                     }
                 });
             }
         });
 
-        let (conns, counter, headers, hello) = (
+        let (conns, counter, headers, hello, shape) = (
             v.conns.clone(),
             v.connections.clone(),
             v.ws_headers.clone(),
             v.hello.clone(),
+            v.hello_shape.clone(),
         );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = ws.accept().await {
@@ -209,7 +260,9 @@ impl VideoDb {
                     headers.clone(),
                     acceptor.clone(),
                 );
-                let hello = hello.load(Ordering::SeqCst);
+                let hello = hello
+                    .load(Ordering::SeqCst)
+                    .then(|| *shape.lock().expect("lock"));
                 tokio::spawn(async move {
                     match a {
                         Some(a) => {
@@ -223,6 +276,25 @@ impl VideoDb {
             }
         });
         v
+    }
+
+    /// The shape of the hello new sockets get.
+    pub fn set_hello(&self, shape: Hello) {
+        *self.hello_shape.lock().expect("lock") = shape;
+    }
+
+    /// Makes `index_id` of `rtstream_id` a v2 index (`rtstream.index()`, `RTStreamIndex`).
+    pub fn add_v2_index(&self, rtstream_id: &str, index_id: &str) {
+        self.state
+            .lock()
+            .expect("lock")
+            .v2_indexes
+            .push((rtstream_id.into(), index_id.into()));
+    }
+
+    /// Lets `DELETE .../alert/{id}` delete (default: 405, as a service without delete).
+    pub fn allow_delete(&self, allowed: bool) {
+        self.state.lock().expect("lock").delete_allowed = allowed;
     }
 
     pub fn set_key(&self, key: &str) {
@@ -252,7 +324,8 @@ impl VideoDb {
     /// Adds an alert as if someone created it by hand (no socket binding).
     pub fn add_manual_alert(&self, rtstream_id: &str, index_id: &str, event_id: &str) -> String {
         let mut s = self.state.lock().expect("lock");
-        let id = format!("alert-{}", s.alerts.len() + 1);
+        s.created += 1;
+        let id = format!("alert-{}", s.created);
         s.alerts.push(StoredAlert {
             alert_id: id.clone(),
             rtstream_id: rtstream_id.into(),
@@ -289,10 +362,12 @@ impl VideoDb {
     }
 
     pub fn send(&self, m: Message) {
-        let conns = self.conns.lock().expect("lock");
-        if let Some(c) = conns.iter().rev().find(|c| !c.tx.is_closed()) {
-            let _ = c.tx.send(Ctl::Send(m));
-        }
+        send_newest(&self.conns, m);
+    }
+
+    /// Sends a binary frame on the newest open socket.
+    pub fn send_binary(&self, bytes: impl Into<Vec<u8>>) {
+        self.send(Message::binary(bytes.into()));
     }
 
     /// Drops every open socket without a closing handshake (a server restart).
@@ -310,12 +385,21 @@ impl VideoDb {
     }
 }
 
+/// Sends `m` on the newest open socket; false when none is open.
+fn send_newest(conns: &Mutex<Vec<Conn>>, m: Message) -> bool {
+    let conns = conns.lock().expect("lock");
+    match conns.iter().rev().find(|c| !c.tx.is_closed()) {
+        Some(c) => c.tx.send(Ctl::Send(m)).is_ok(),
+        None => false,
+    }
+}
+
 async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     conns: Arc<Mutex<Vec<Conn>>>,
     counter: Arc<AtomicU64>,
     headers: HandshakeLog,
-    hello: bool,
+    hello: Option<Hello>,
 ) {
     // The handshake callback's error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
@@ -343,15 +427,30 @@ async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     };
     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-    let id = format!("conn-{n}");
+    let mut id = format!("conn-{n}");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if hello
-        && ws
-            .send(Message::text(json!({ "connection_id": id }).to_string()))
-            .await
-            .is_err()
-    {
-        return;
+    // The first frame carries the id the alerts are bound to: the SDK reads it from the first
+    // frame, `data.get("connection_id")` (websocket_client.py lines 33-35).
+    let first = match hello {
+        None => None,
+        Some(Hello::Plain) => Some(Message::text(json!({ "connection_id": id }).to_string())),
+        Some(Hello::Typed) => Some(Message::text(
+            json!({ "type": "connected", "connection_id": id }).to_string(),
+        )),
+        Some(Hello::Numeric) => {
+            id = n.to_string();
+            Some(Message::text(json!({ "connection_id": n }).to_string()))
+        }
+        Some(Hello::Binary) => Some(Message::binary(
+            json!({ "type": "connected", "connection_id": id })
+                .to_string()
+                .into_bytes(),
+        )),
+    };
+    if let Some(m) = first {
+        if ws.send(m).await.is_err() {
+            return;
+        }
     }
     conns.lock().expect("lock").push(Conn { id, tx });
     loop {
@@ -382,10 +481,11 @@ async fn serve_rest<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     state: &Mutex<State>,
     ws_url: &str,
+    conns: &Mutex<Vec<Conn>>,
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    let (method, path, token, head_len, content_len) = loop {
+    let (method, path, token, client, head_len, content_len) = loop {
         let n = match s.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
@@ -407,6 +507,7 @@ async fn serve_rest<S: AsyncRead + AsyncWrite + Unpin>(
                 req.method.unwrap_or("").to_string(),
                 req.path.unwrap_or("").to_string(),
                 get("x-access-token"),
+                get("x-videodb-client"),
                 len,
                 cl,
             );
@@ -420,7 +521,39 @@ async fn serve_rest<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let body: Value =
         serde_json::from_slice(&buf[head_len..head_len + content_len]).unwrap_or(Value::Null);
-    let (status, reply, chunked) = route(state, &method, &path, token.as_deref(), body, ws_url);
+    let (status, reply, chunked) = match (method.as_str(), path.as_str()) {
+        // Test control for the standalone stand-in: `{"text": "..."}` or `{"binary": "..."}`
+        // (its UTF-8 bytes as a binary frame) on the newest socket.
+        ("POST", "/_standin/send") => {
+            let m = match (body["text"].as_str(), body["binary"].as_str()) {
+                (Some(t), _) => Some(Message::text(t.to_string())),
+                (None, Some(b)) => Some(Message::binary(b.as_bytes().to_vec())),
+                _ => None,
+            };
+            match m.map(|m| send_newest(conns, m)) {
+                Some(true) => (200, json!({"success": true, "data": {}}), false),
+                Some(false) => (
+                    409,
+                    json!({"success": false, "message": "no open socket"}),
+                    false,
+                ),
+                None => (
+                    400,
+                    json!({"success": false, "message": "text or binary required"}),
+                    false,
+                ),
+            }
+        }
+        _ => route(
+            state,
+            &method,
+            &path,
+            token.as_deref(),
+            client,
+            body,
+            ws_url,
+        ),
+    };
     let payload = reply.to_string();
     let head = if chunked {
         format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
@@ -453,6 +586,7 @@ fn route(
     method: &str,
     path: &str,
     token: Option<&str>,
+    client: Option<String>,
     body: Value,
     ws_url: &str,
 ) -> (u16, Value, bool) {
@@ -463,7 +597,11 @@ fn route(
         path: path.into(),
         body: body.clone(),
         authorized,
+        client,
     });
+    // Every reply is `{"success", "data"?, "message"?}`: the SDK raises on a 4xx with
+    // `message` (_http_client.py line 112) and returns `data` when `success`
+    // (_http_client.py lines 210-211). 401 is its AuthenticationError (line 116).
     if !authorized {
         return (
             401,
@@ -471,50 +609,104 @@ fn route(
             false,
         );
     }
+    let path = path.split('?').next().unwrap_or(path);
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let ok = |data: Value| (200, json!({"success": true, "data": data}), false);
-    let not_found = (
-        404,
-        json!({"success": false, "message": "not found"}),
-        false,
-    );
+    let fail =
+        |status: u16, message: &str| (status, json!({"success": false, "message": message}), false);
+    let not_found = fail(404, "not found");
+    // v1 routes use `index` (RTStreamSceneIndex, rtstream.py lines 333, 345, 357, 369), v2
+    // routes `indexes` (RTStreamIndex, rtstream.py lines 583, 595, 602, 609); an index answers
+    // on its own kind's routes only.
+    let kind_ok = |s: &State, rt: &str, seg: &str, idx: &str| {
+        let v2 = s.v2_indexes.iter().any(|(r, i)| r == rt && i == idx);
+        match seg {
+            "index" => !v2,
+            "indexes" => v2,
+            _ => false,
+        }
+    };
     match (method, parts.as_slice()) {
+        // `connect_websocket`: GET collection/{id}/websocket -> data.websocket_url
+        // (client.py lines 660-662).
         ("GET", ["collection", _, "websocket"]) => ok(json!({ "websocket_url": ws_url })),
+        // `get_collection` (client.py lines 69-77).
+        ("GET", ["collection", id]) => ok(json!({ "id": id, "name": "stand-in" })),
+        // `Collection.get_rtstream` (collection.py lines 293-296).
+        ("GET", ["rtstream", rt]) if *rt != "event" => {
+            ok(json!({ "id": rt, "name": "stand-in stream", "status": "connected" }))
+        }
+        // `create_event`: POST rtstream/event {"event_prompt","label"} -> data.event_id
+        // (client.py lines 175-180).
         ("POST", ["rtstream", "event"]) => {
+            let (Some(label), Some(prompt)) =
+                (body["label"].as_str(), body["event_prompt"].as_str())
+            else {
+                return fail(400, "label and event_prompt are required");
+            };
             let id = format!("event-{}", s.events.len() + 1);
-            let label = body["label"].as_str().unwrap_or("").to_string();
-            let prompt = body["event_prompt"].as_str().unwrap_or("").to_string();
-            s.events.push((id.clone(), label, prompt));
+            s.events.push((id.clone(), label.into(), prompt.into()));
             ok(json!({ "event_id": id }))
         }
-        ("POST", ["rtstream", rt, "index", idx, "alert"]) => {
+        // `list_events`: GET rtstream/event -> data.events (client.py lines 188-189).
+        ("GET", ["rtstream", "event"]) => {
+            let list: Vec<Value> = s
+                .events
+                .iter()
+                .map(|(id, label, prompt)| {
+                    json!({"event_id": id, "label": label, "event_prompt": prompt})
+                })
+                .collect();
+            ok(json!({ "events": list }))
+        }
+        // `get_scene_index`: GET rtstream/{rt}/index/{id} (rtstream.py lines 1082-1087).
+        ("GET", ["rtstream", rt, "index", idx]) if kind_ok(&s, rt, "index", idx) => ok(json!({
+            "rtstream_index_id": idx, "name": "stand-in v1 index", "status": "connected",
+        })),
+        // `get_index`: GET rtstream/{rt}/indexes/{id} (rtstream.py lines 1204-1210).
+        ("GET", ["rtstream", rt, "indexes", idx]) if kind_ok(&s, rt, "indexes", idx) => {
+            ok(json!({ "index_id": idx, "rtstream_id": rt, "status": "running" }))
+        }
+        // `create_alert`: the body always has `callback_url` (rtstream.py lines 326-329 and
+        // 579; `None` is sent as null), `ws_connection_id` only when given (lines 330-331).
+        ("POST", ["rtstream", rt, seg, idx, "alert"]) if kind_ok(&s, rt, seg, idx) => {
             let Some(event_id) = body["event_id"].as_str() else {
-                return (
-                    400,
-                    json!({"success": false, "message": "event_id required"}),
-                    false,
-                );
+                return fail(400, "event_id is required");
             };
-            let id = format!("alert-{}", s.alerts.len() + 1);
+            let callback_url = match body.get("callback_url") {
+                None => return fail(400, "callback_url is required (\"\" for WebSocket only)"),
+                Some(Value::String(u)) => Some(u.clone()).filter(|u| !u.is_empty()),
+                Some(Value::Null) => None,
+                Some(_) => return fail(400, "callback_url must be a string"),
+            };
+            s.created += 1;
+            let id = format!("alert-{}", s.created);
             s.alerts.push(StoredAlert {
                 alert_id: id.clone(),
                 rtstream_id: rt.to_string(),
                 index_id: idx.to_string(),
                 event_id: event_id.into(),
-                callback_url: body["callback_url"].as_str().map(str::to_owned),
+                callback_url,
                 ws_connection_id: body["ws_connection_id"].as_str().map(str::to_owned),
                 enabled: true,
             });
             ok(json!({ "alert_id": id }))
         }
-        ("GET", ["rtstream", rt, "index", idx, "alert"]) => {
+        // `list_alerts` -> data.alerts (rtstream.py lines 344-347 and 594-597).
+        ("GET", ["rtstream", rt, seg, idx, "alert"]) if kind_ok(&s, rt, seg, idx) => {
+            let labels: std::collections::HashMap<&str, &str> = s
+                .events
+                .iter()
+                .map(|(id, label, _)| (id.as_str(), label.as_str()))
+                .collect();
             let list: Vec<Value> = s
                 .alerts
                 .iter()
                 .filter(|a| a.rtstream_id == *rt && a.index_id == *idx)
                 .map(|a| {
                     json!({
-                        "alert_id": a.alert_id, "event_id": a.event_id, "label": "intrusion",
+                        "alert_id": a.alert_id, "event_id": a.event_id,
+                        "label": labels.get(a.event_id.as_str()).copied().unwrap_or("intrusion"),
                         "callback_url": a.callback_url,
                         "status": if a.enabled { "enabled" } else { "disabled" },
                     })
@@ -523,17 +715,15 @@ fn route(
             let (st, v, _) = ok(json!({ "alerts": list }));
             (st, v, true)
         }
-        ("PATCH", ["rtstream", rt, "index", idx, "alert", id, "status"]) => {
+        // `enable_alert` / `disable_alert`: PATCH .../alert/{id}/status {"action"}
+        // (rtstream.py lines 356-359, 368-371, 601-604, 608-611).
+        ("PATCH", ["rtstream", rt, seg, idx, "alert", id, "status"])
+            if kind_ok(&s, rt, seg, idx) =>
+        {
             let enabled = match body["action"].as_str() {
                 Some("enable") => true,
                 Some("disable") => false,
-                _ => {
-                    return (
-                        400,
-                        json!({"success": false, "message": "bad action"}),
-                        false,
-                    )
-                }
+                _ => return fail(400, "action must be enable or disable"),
             };
             match s
                 .alerts
@@ -545,6 +735,20 @@ fn route(
                     ok(json!({}))
                 }
                 None => not_found,
+            }
+        }
+        // No delete in SDK 0.5.1: 405 unless a test allows it.
+        ("DELETE", ["rtstream", rt, seg, idx, "alert", id]) if kind_ok(&s, rt, seg, idx) => {
+            if !s.delete_allowed {
+                return fail(405, "method not allowed");
+            }
+            let before = s.alerts.len();
+            s.alerts
+                .retain(|a| !(a.alert_id == *id && a.rtstream_id == *rt && a.index_id == *idx));
+            if s.alerts.len() < before {
+                ok(json!({}))
+            } else {
+                not_found
             }
         }
         _ => not_found,

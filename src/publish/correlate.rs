@@ -157,7 +157,9 @@ impl PoisonWatch {
         self.clear();
     }
 
-    fn clear(&mut self) {
+    /// Forgets the suspicion: the drop was explained otherwise (a packet above the broker's
+    /// size limit, see [`super::limit`]).
+    pub fn clear(&mut self) {
         self.suspect = None;
         self.strikes = 0;
     }

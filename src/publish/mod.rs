@@ -42,7 +42,9 @@ pub mod client;
 pub mod commands;
 pub mod correlate;
 pub mod ha;
+pub mod limit;
 pub mod pace;
+pub mod takeover;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +61,7 @@ use crate::queue::{QueueHandle, Record};
 use crate::stats::{queue_json, Stats};
 use client::{Client, Ev, EventLoop, Props};
 use correlate::{Correlator, Outcome, PoisonWatch};
+use limit::{SizeWatch, Verdict, Wire};
 use pace::Pacer;
 
 /// How long after the first unpersisted ack the ack position is written to disk: the window of
@@ -73,9 +76,6 @@ const READ_BATCH_BYTES: usize = 1 << 20;
 /// Room in rumqttc's request channel for our own messages (status, stats, discovery, command
 /// answers) on top of the in-flight window and one state message per output.
 const OWN_MESSAGE_ROOM: usize = 64;
-/// MQTT fixed header, topic length field and packet id, and property overhead we add with
-/// MQTT 5, for comparing a record against the broker's maximum packet size.
-const PACKET_OVERHEAD: usize = 5 + 2 + 2 + 64;
 
 pub fn status_topic(cfg: &MqttConfig) -> String {
     format!("{}/status", cfg.topic_prefix)
@@ -116,6 +116,8 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let mut poison = PoisonWatch::default();
+    let mut sizes = SizeWatch::default();
+    let mut twins = takeover::TakeoverWatch::default();
     let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
     loop {
         if *shutdown.borrow() {
@@ -128,6 +130,8 @@ pub async fn run(
                 connected: false,
                 head: None,
                 acked_any: false,
+                culprit: None,
+                taken_over: false,
             },
             Ok(tls) => {
                 let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
@@ -139,6 +143,7 @@ pub async fn run(
                     queue.clone(),
                     stats.clone(),
                     window,
+                    &mut sizes,
                 );
                 session.run(&mut el, &mut shutdown, &mut live).await
             }
@@ -152,10 +157,29 @@ pub async fn run(
                 connected,
                 head,
                 acked_any,
+                culprit,
+                taken_over,
             } => {
                 stats.inc(&stats.mqtt_connect_failures);
                 if connected {
-                    if let Some(seq) = poison.lost(head, acked_any) {
+                    let verdict = sizes.lost(culprit);
+                    let ours = verdict != Verdict::NotSize;
+                    if let Some(line) = twins.lost(
+                        started.elapsed(),
+                        takeover::short_session(cfg.backoff_max),
+                        ours,
+                        taken_over,
+                        &cfg.client_id,
+                    ) {
+                        log::warn!("{line}");
+                    }
+                    if ours {
+                        // Our own packet broke the connection, not the broker or the network:
+                        // reconnect at once, the packet is dealt with by then.
+                        poison.clear();
+                        backoff.reset();
+                        on_size_verdict(&queue, &stats, verdict, culprit);
+                    } else if let Some(seq) = poison.lost(head, acked_any) {
                         set_aside(
                             &queue,
                             &stats,
@@ -168,6 +192,8 @@ pub async fn run(
                     }
                 } else {
                     poison.connect_failed();
+                    sizes.connect_failed();
+                    twins.clear();
                 }
                 if started.elapsed() >= STABLE_AFTER {
                     backoff.reset();
@@ -196,6 +222,41 @@ async fn persist_ack(queue: &QueueHandle) {
     }
 }
 
+/// Acts on what a connection drop says about the broker's packet size limit.
+fn on_size_verdict(
+    queue: &QueueHandle,
+    stats: &Stats,
+    verdict: Verdict,
+    culprit: Option<(usize, Option<u64>)>,
+) {
+    let size = culprit.map_or(0, |c| c.0);
+    match verdict {
+        Verdict::NotSize => {}
+        Verdict::Suspect(seq) => log::warn!(
+            "mqtt: the broker closed the connection right after record seq {seq} ({size} byte \
+             packet, larger than any it has taken); suspecting it (above the broker's \
+             max_packet_size?): one more such drop sets it aside"
+        ),
+        Verdict::SetAside { seq, size } => set_aside(
+            queue,
+            stats,
+            seq,
+            &format!(
+                "the broker closed the connection twice right after its {size} byte packet \
+                 (above the broker's max_packet_size); records this large are now set aside unsent"
+            ),
+        ),
+        Verdict::OwnBudget(budget) => stats.warn_limited(
+            "own_budget",
+            format_args!(
+                "mqtt: the broker closed the connection right after our own {size} byte message \
+                 (stats or discovery; above its max_packet_size?): own messages now fit in \
+                 {budget} bytes (stats trimmed)"
+            ),
+        ),
+    }
+}
+
 /// Acknowledges a record that can never be delivered, so the rest can flow.
 fn set_aside(queue: &QueueHandle, stats: &Stats, seq: u64, why: &str) {
     stats.inc(&stats.mqtt_set_aside);
@@ -218,6 +279,10 @@ enum SessionEnd {
         head: Option<u64>,
         /// Whether any record was acknowledged on this connection.
         acked_any: bool,
+        /// The packet to blame if the drop was about size ([`Wire::culprit`]).
+        culprit: Option<(usize, Option<u64>)>,
+        /// The broker said another client took the session over (MQTT 5).
+        taken_over: bool,
     },
 }
 
@@ -273,6 +338,12 @@ struct Session<'a> {
     window: usize,
     /// `mqtt.max_publish_rate`, when set.
     pacer: Option<Pacer>,
+    /// Packets written and not yet proven taken, for blaming a drop on one of them.
+    wire: Wire,
+    /// The broker's size limit as learned so far (kept across connections).
+    sizes: &'a mut SizeWatch,
+    /// Set when the broker's DISCONNECT said the session was taken over.
+    taken_over: bool,
 }
 
 impl<'a> Session<'a> {
@@ -283,6 +354,7 @@ impl<'a> Session<'a> {
         queue: QueueHandle,
         stats: Arc<Stats>,
         window: usize,
+        sizes: &'a mut SizeWatch,
     ) -> Session<'a> {
         let n = links.outputs.len();
         Session {
@@ -302,6 +374,9 @@ impl<'a> Session<'a> {
             pacer: cfg
                 .max_publish_rate
                 .map(|rate| Pacer::new(rate, Instant::now())),
+            wire: Wire::default(),
+            sizes,
+            taken_over: false,
         }
     }
 
@@ -311,6 +386,14 @@ impl<'a> Session<'a> {
             connected,
             head: self.corr.oldest_written(),
             acked_any: self.acked_any,
+            // A session taken over by a twin says nothing about our packets.
+            culprit: (connected && !self.taken_over)
+                .then(|| {
+                    self.wire
+                        .culprit(self.sizes.accepted(), Instant::now().into_std())
+                })
+                .flatten(),
+            taken_over: self.taken_over,
         }
     }
 
@@ -371,8 +454,17 @@ impl<'a> Session<'a> {
                 Some((suffix, payload)) = live.recv() => {
                     // Best-effort channels: QoS 0, no queue record, no ack to track.
                     let topic = format!("{}/{suffix}", self.cfg.topic_prefix);
+                    let topic = crate::topic::safe_topic(&topic).into_owned();
+                    let size = limit::packet_size(topic.len(), payload.len(), false, self.is_v5().then_some(0));
+                    if self.own_limit().is_some_and(|max| size > max) {
+                        self.stats.inc(&self.stats.channel_dropped);
+                        continue;
+                    }
                     match self.client.try_publish(topic, Qos::AtMostOnce, false, payload, None) {
-                        Ok(()) => self.corr.sent(None),
+                        Ok(()) => {
+                            self.corr.sent(None);
+                            self.wire.sent(size, None);
+                        }
                         Err(_) => self.stats.inc(&self.stats.channel_dropped),
                     }
                 }
@@ -461,6 +553,7 @@ impl<'a> Session<'a> {
             }
         };
         let topic = format!("{}/{}", self.cfg.topic_prefix, msg.topic_suffix);
+        let topic = crate::topic::safe_topic(&topic).into_owned();
         let payload = msg.render(rec.seq, rec.accepted_us);
         if let Some(limit) = self.cfg.max_message_bytes {
             if payload.len() > limit {
@@ -476,11 +569,18 @@ impl<'a> Session<'a> {
         let meta = (is_v5 || self.cfg.ha_discovery).then(|| record_meta(&msg));
         let props = meta.as_ref().filter(|_| is_v5).map(|m| {
             let mut user = Vec::new();
+            // UTF-8 strings on the wire: mosquitto refuses the packet for a non-character.
             if let Some(id) = &m.event_id {
-                user.push(("event_id".to_string(), id.clone()));
+                user.push((
+                    "event_id".to_string(),
+                    crate::topic::mqtt_string(id).into_owned(),
+                ));
             }
             if let Some(l) = &m.label {
-                user.push(("label".to_string(), l.clone()));
+                user.push((
+                    "label".to_string(),
+                    crate::topic::mqtt_string(l).into_owned(),
+                ));
             }
             Props {
                 json: true,
@@ -488,15 +588,28 @@ impl<'a> Session<'a> {
                 user,
             }
         });
-        if let Some(max) = self.broker_max_packet {
-            let props_len: usize = props
+        let size = limit::packet_size(
+            topic.len(),
+            payload.len(),
+            self.cfg.qos != Qos::AtMostOnce,
+            props
                 .as_ref()
-                .map(|p| p.user.iter().map(|(k, v)| k.len() + v.len() + 5).sum())
-                .unwrap_or(0);
-            let size = payload.len() + topic.len() + props_len + PACKET_OVERHEAD;
+                .map(|p| limit::props_size(p.json, p.expiry_secs.is_some(), &p.user)),
+        );
+        if let Some(max) = self.broker_max_packet {
             if size > max {
                 let why = format!(
-                    "its ~{size} byte packet exceeds the broker's maximum packet size ({max})"
+                    "its {size} byte packet exceeds the broker's maximum packet size ({max})"
+                );
+                self.set_aside(rec.seq, &why);
+                return;
+            }
+        }
+        if let Some(refused) = self.sizes.record_limit() {
+            if size >= refused {
+                let why = format!(
+                    "its {size} byte packet is at least as large as one the broker closed the \
+                     connection on ({refused} bytes)"
                 );
                 self.set_aside(rec.seq, &why);
                 return;
@@ -517,6 +630,7 @@ impl<'a> Session<'a> {
         {
             Ok(()) => {
                 self.corr.sent(Some(rec.seq));
+                self.wire.sent(size, Some(rec.seq));
                 self.stats.inc(&self.stats.mqtt_published);
             }
             Err(e) => {
@@ -538,16 +652,54 @@ impl<'a> Session<'a> {
         self.note_ack();
     }
 
+    fn is_v5(&self) -> bool {
+        self.cfg.protocol == MqttProtocol::V5
+    }
+
+    /// The largest own packet the broker takes, as far as we know.
+    fn own_limit(&self) -> Option<usize> {
+        match (self.broker_max_packet, self.sizes.own_limit()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Bytes of an own publish on `topic` with a payload of `payload` bytes.
+    fn own_packet_size(&self, topic: &str, payload: usize, json: bool, q: Qos) -> usize {
+        let props = (self.is_v5() && json).then(|| limit::props_size(true, false, &[]));
+        limit::packet_size(topic.len(), payload, q != Qos::AtMostOnce, props)
+    }
+
+    /// Publishes one of the relay's own messages, unless it is larger than the broker takes
+    /// (`mqtt.max_message_bytes`, the CONNACK's maximum packet size, or the learned limit):
+    /// then it is skipped with a warning, never sent to get the connection closed.
     fn publish_own(&mut self, topic: String, payload: Vec<u8>, q: Qos, retain: bool) {
-        let props =
-            (self.cfg.protocol == MqttProtocol::V5 && payload.first() == Some(&b'{')).then(|| {
-                Props {
-                    json: true,
-                    ..Props::default()
-                }
-            });
+        let json = payload.first() == Some(&b'{');
+        let size = self.own_packet_size(&topic, payload.len(), json, q);
+        let too_big = self
+            .cfg
+            .max_message_bytes
+            .is_some_and(|m| payload.len() > m)
+            || self.own_limit().is_some_and(|m| size > m);
+        if too_big {
+            self.stats.warn_limited(
+                "own_too_big",
+                format_args!(
+                    "mqtt: not publishing {topic}: its {size} byte packet is larger than the \
+                     broker takes (mqtt.max_message_bytes, or the broker's packet size limit)"
+                ),
+            );
+            return;
+        }
+        let props = (self.is_v5() && json).then(|| Props {
+            json: true,
+            ..Props::default()
+        });
         match self.client.try_publish(topic, q, retain, payload, props) {
-            Ok(()) => self.corr.sent(None),
+            Ok(()) => {
+                self.corr.sent(None);
+                self.wire.sent(size, None);
+            }
             Err(e) => log::warn!("mqtt: cannot queue an own message: {e}"),
         }
     }
@@ -558,12 +710,25 @@ impl<'a> Session<'a> {
             self.stats.snapshot(Some(queue_json(&q)))
         };
         let topic = format!("{}/stats", self.cfg.topic_prefix);
-        self.publish_own(
-            topic,
-            snapshot.to_string().into_bytes(),
-            Qos::AtMostOnce,
-            true,
-        );
+        // Room for the payload under every limit we know of: trimmed to fit, never above.
+        let overhead = self.own_packet_size(&topic, 0, true, Qos::AtMostOnce) + 3;
+        let room = [
+            self.cfg.max_message_bytes,
+            self.own_limit().map(|m| m.saturating_sub(overhead)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(usize::MAX);
+        match limit::fit_stats(snapshot, room) {
+            Some(payload) => self.publish_own(topic, payload, Qos::AtMostOnce, true),
+            None => self.stats.warn_limited(
+                "own_too_big",
+                format_args!(
+                    "mqtt: not publishing {topic}: not even a trimmed one fits in {room} bytes"
+                ),
+            ),
+        }
     }
 
     /// Publishes `{prefix}/outputs/{name}` for every output whose state changed (all of them
@@ -619,8 +784,15 @@ impl<'a> Session<'a> {
     }
 
     fn on_event(&mut self, ev: Ev) -> Result<(), String> {
+        if let Ev::PubAck(pkid) | Ev::PubComp(pkid) = ev {
+            // The broker read everything up to this packet: those sizes are proven taken.
+            if let Some(size) = self.wire.acknowledged(pkid) {
+                self.sizes.proven(size);
+            }
+        }
         match ev {
             Ev::Written(pkid) => {
+                self.wire.written(pkid, Instant::now().into_std());
                 if let Outcome::Done(seq) = self.corr.written(pkid) {
                     self.ack(seq);
                 }
@@ -646,7 +818,10 @@ impl<'a> Session<'a> {
                 payload,
                 retain,
             } => self.on_message(&topic, &payload, retain),
-            Ev::BrokerDisconnect(reason) => return Err(reason),
+            Ev::BrokerDisconnect(reason) => {
+                self.taken_over = reason.contains("SessionTakenOver");
+                return Err(reason);
+            }
             Ev::Connected { .. }
             | Ev::DisconnectSent
             | Ev::PubAck(_)

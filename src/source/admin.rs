@@ -1,6 +1,7 @@
-//! `alert-relay alerts list|create|enable|disable` and `alert-relay events create`: managing
-//! VideoDB alerts and events from the device, with the relay's own config (API URL, key, TLS),
-//! for installers who set a device up by hand.
+//! `alert-relay alerts list|create|enable|disable|delete` and `alert-relay events create|list`:
+//! managing VideoDB alerts and events from the device, with the relay's own config (API URL,
+//! key, TLS), for installers who set a device up by hand. Whether an index is a v1 or a v2 one
+//! is asked from the service for every command ([`Api::resolve`]), as the relay does.
 //!
 //! Owns: argument-level choices (which stream and index a command is about) and the text the
 //! commands print. Never does: print or log the API key; touch the relay's state file (alerts
@@ -8,7 +9,7 @@
 
 use crate::config::{check_api_id, AlertBinding, ConfigError, SourceConfig, SourceMode};
 
-use super::videodb::{Api, ApiError};
+use super::videodb::{Api, ApiError, IndexRef};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AdminCommand {
@@ -27,10 +28,16 @@ pub enum AdminCommand {
         alert_id: String,
         enabled: bool,
     },
+    /// Delete an alert; a service without delete (404/405) gets "disable it instead".
+    AlertsDelete {
+        target: Target,
+        alert_id: String,
+    },
     EventsCreate {
         label: String,
         prompt: String,
     },
+    EventsList,
 }
 
 /// `--rtstream` / `--index`, when given; otherwise taken from `[[source.alerts]]`.
@@ -68,7 +75,8 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
                 "alert_id\tstatus\tevent_id\tlabel\tcallback_url\trtstream_id/index_id\n",
             );
             for (rt, idx) in pairs {
-                for a in api.list_alerts(&rt, &idx).await? {
+                let index = api.resolve(&rt, &idx).await?;
+                for a in api.list_alerts(&index).await? {
                     out.push_str(&format!(
                         "{}\t{}\t{}\t{}\t{}\t{rt}/{idx}\n",
                         a.alert_id,
@@ -91,14 +99,10 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
             callback_url,
         } => {
             check_api_id("--event", &event_id)?;
-            let (rt, idx) = one_target(&v.alerts, &target)?;
-            let b = AlertBinding {
-                rtstream_id: rt,
-                index_id: idx,
-                event_id,
-                callback_url,
-            };
-            let id = api.create_alert(&b, None).await?;
+            let index = one_index(&api, &v.alerts, &target).await?;
+            let id = api
+                .create_alert(&index, &event_id, callback_url.as_deref(), None)
+                .await?;
             Ok(format!("{id}\n"))
         }
         AdminCommand::AlertsSetEnabled {
@@ -107,8 +111,8 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
             enabled,
         } => {
             check_api_id("ID", &alert_id)?;
-            let (rt, idx) = one_target(&v.alerts, &target)?;
-            api.set_alert_enabled(&rt, &idx, &alert_id, enabled).await?;
+            let index = one_index(&api, &v.alerts, &target).await?;
+            api.set_alert_enabled(&index, &alert_id, enabled).await?;
             Ok(format!(
                 "alert {alert_id} {}\n",
                 if enabled { "enabled" } else { "disabled" }
@@ -123,7 +127,39 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
             let id = api.create_event(&label, &prompt).await?;
             Ok(format!("{id}\n"))
         }
+        AdminCommand::AlertsDelete { target, alert_id } => {
+            check_api_id("ID", &alert_id)?;
+            let index = one_index(&api, &v.alerts, &target).await?;
+            match api.delete_alert(&index, &alert_id).await {
+                Ok(()) => Ok(format!("alert {alert_id} deleted\n")),
+                Err(ApiError::Status {
+                    status: status @ (404 | 405),
+                    ..
+                }) => Err(AdminError::Target(format!(
+                    "the service answered HTTP {status} to deleting alert {alert_id}: it does not delete alerts (or has no such alert); disable it instead: alert-relay alerts disable {alert_id} --rtstream {} --index {}",
+                    index.rtstream_id, index.index_id
+                ))),
+                Err(e) => Err(e.into()),
+            }
+        }
+        AdminCommand::EventsList => {
+            let mut out = String::from("event_id\tlabel\tprompt\n");
+            for e in api.list_events().await? {
+                out.push_str(&format!("{}\t{}\t{}\n", e.event_id, e.label, e.prompt));
+            }
+            Ok(out)
+        }
     }
+}
+
+/// The one stream/index a command is about, with its kind asked from the service.
+async fn one_index(
+    api: &Api,
+    bindings: &[AlertBinding],
+    t: &Target,
+) -> Result<IndexRef, AdminError> {
+    let (rt, idx) = one_target(bindings, t)?;
+    Ok(api.resolve(&rt, &idx).await?)
 }
 
 fn one_target(bindings: &[AlertBinding], t: &Target) -> Result<(String, String), AdminError> {

@@ -22,6 +22,11 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest response body accepted: an alert list for one index is a few KiB; 1 MiB leaves
 /// room for hundreds of alerts without letting a broken server fill a Pi's memory.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest body accepted for a list (`alerts list`, `events list`): an index that collected
+/// alerts for years (one per binding per reconnect, before they were deleted) can pass 1 MiB;
+/// 16 MiB holds about 100,000 alerts and still fits a Pi Zero's memory (the list is parsed
+/// into its few fields, never into a JSON tree).
+pub const MAX_LIST_BODY_BYTES: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -63,6 +68,19 @@ impl Client {
         url: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
+    ) -> Result<Response, HttpError> {
+        self.request_limited(method, url, headers, body, MAX_BODY_BYTES)
+            .await
+    }
+
+    /// [`Client::request`] with its own response body limit.
+    pub async fn request_limited(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        max_body: usize,
     ) -> Result<Response, HttpError> {
         let shown = crate::config::redact_url(url);
         let bad = |reason: &str| HttpError::Url {
@@ -125,9 +143,9 @@ impl Client {
                         host: addr,
                         reason: super::tls::explain(&e.to_string()),
                     })?;
-                exchange(tls, &bytes, &shown).await
+                exchange(tls, &bytes, &shown, max_body).await
             } else {
-                exchange(tcp, &bytes, &shown).await
+                exchange(tcp, &bytes, &shown, max_body).await
             }
         };
         tokio::time::timeout(self.timeout, exchange)
@@ -143,6 +161,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     request: &[u8],
     url: &str,
+    max_body: usize,
 ) -> Result<Response, HttpError> {
     let io = |e: std::io::Error| HttpError::Io {
         url: url.to_string(),
@@ -211,17 +230,15 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 buf.truncate(n);
                 return Ok(Response { status, body: buf });
             }
-            Framing::Length(n) if n > MAX_BODY_BYTES => {
-                return Err(malformed("response body too large"))
-            }
+            Framing::Length(n) if n > max_body => return Err(malformed("response body too large")),
             Framing::Chunked => {
-                if let Some(body) = dechunk(&buf).map_err(malformed)? {
+                if let Some(body) = dechunk(&buf, max_body).map_err(malformed)? {
                     return Ok(Response { status, body });
                 }
             }
             _ => {}
         }
-        if buf.len() > MAX_BODY_BYTES + MAX_HEAD_BYTES {
+        if buf.len() > max_body + MAX_HEAD_BYTES {
             return Err(malformed("response body too large"));
         }
         let n = match s.read(&mut chunk).await {
@@ -253,7 +270,7 @@ enum Framing {
 }
 
 /// Decodes a complete chunked body; `Ok(None)` while more bytes are needed.
-fn dechunk(mut b: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
+fn dechunk(mut b: &[u8], max_body: usize) -> Result<Option<Vec<u8>>, &'static str> {
     let mut out = Vec::new();
     loop {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
@@ -262,7 +279,7 @@ fn dechunk(mut b: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
         let line = std::str::from_utf8(&b[..eol]).map_err(|_| "bad chunk size")?;
         let size_hex = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
-        if size > MAX_BODY_BYTES || out.len() + size > MAX_BODY_BYTES {
+        if size > max_body || out.len() + size > max_body {
             return Err("response body too large");
         }
         let rest = &b[eol + 2..];
@@ -288,11 +305,13 @@ mod tests {
     #[test]
     fn chunked_bodies_decode_only_when_complete() {
         let full = b"4\r\nWiki\r\n6;ext=1\r\npedia \r\n0\r\n\r\n";
-        assert_eq!(dechunk(full), Ok(Some(b"Wikipedia ".to_vec())));
+        let max = MAX_BODY_BYTES;
+        assert_eq!(dechunk(full, max), Ok(Some(b"Wikipedia ".to_vec())));
         for cut in 0..full.len() - 3 {
-            assert_eq!(dechunk(&full[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(dechunk(&full[..cut], max), Ok(None), "cut at {cut}");
         }
-        assert!(dechunk(b"zz\r\n").is_err());
-        assert!(dechunk(b"2\r\nabXY").is_err());
+        assert!(dechunk(b"zz\r\n", max).is_err());
+        assert!(dechunk(b"2\r\nabXY", max).is_err());
+        assert!(dechunk(full, 9).is_err(), "over the limit");
     }
 }

@@ -38,7 +38,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
 use crate::alert::{
-    parse_frame, sanitize_topic_level, Alert, Envelope, Frame, FrameError, QueuedMessage, Via,
+    connection_id_of, parse_frame_bytes, sanitize_topic_level, Alert, Envelope, Frame, FrameError,
+    QueuedMessage, Via,
 };
 use crate::backoff::Backoff;
 use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
@@ -307,11 +308,25 @@ async fn connect_and_read(
                 }
                 Ok(Some(Ok(m))) => m,
             };
-            match msg {
-                // Not the hello: handled like any frame, and the wait goes on.
-                Message::Text(t) => connection_id = on_text(t.as_str(), ctx).await,
+            // The first frame that carries a `connection_id` is the hello, whatever else it
+            // holds (`{"type":"connected","connection_id":"c1"}`; a number too): the Python SDK
+            // reads the id from the first frame (websocket_client.py lines 33-35), the Node SDK
+            // from the first frame that has one. Any other frame is handled like any frame, and
+            // the wait goes on.
+            let bytes = match &msg {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b.as_ref(),
                 Message::Close(_) => return Ok(End::Closed),
-                _ => {}
+                _ => continue,
+            };
+            if let Some(id) = (bytes.len() <= cfg.max_frame_bytes)
+                .then(|| connection_id_of(bytes))
+                .flatten()
+            {
+                stats.inc(&stats.frames_received);
+                connection_id = Some(id);
+            } else {
+                on_message(bytes, matches!(msg, Message::Binary(_)), ctx).await;
             }
         }
     }
@@ -352,18 +367,18 @@ async fn connect_and_read(
                 pong_due = None;
                 match msg {
                     Message::Text(text) => {
-                        if let Some(id) = on_text(text.as_str(), ctx).await {
+                        if let Some(id) = on_message(text.as_bytes(), false, ctx).await {
                             log::info!("source: connection_id {id}");
                             stats.set_source_state("connected", Some(&id), None);
                         }
                     }
+                    // JSON in a binary frame is a frame like any other: both SDKs parse it
+                    // (`json.loads` takes bytes, websocket_client.py line 57).
                     Message::Binary(b) => {
-                        stats.inc(&stats.frames_received);
-                        stats.inc(&stats.frames_binary);
-                        stats.warn_limited(
-                            "binary",
-                            format_args!("source: skipped a binary frame of {} bytes", b.len()),
-                        );
+                        if let Some(id) = on_message(&b, true, ctx).await {
+                            log::info!("source: connection_id {id}");
+                            stats.set_source_state("connected", Some(&id), None);
+                        }
                     }
                     Message::Close(_) => return Ok(End::Closed),
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -438,9 +453,10 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Counts, size-checks and parses one text frame and passes it on; returns the
-/// `connection_id` when the frame was the server's hello. Never fails: bad input is counted.
-async fn on_text(text: &str, ctx: &Ctx<'_>) -> Option<String> {
+/// Counts, size-checks and parses one text or binary frame and passes it on; returns the
+/// `connection_id` when the frame was a plain hello (`{"connection_id"}` and no channel).
+/// Never fails: bad input is counted; a binary frame that is not JSON counts as binary.
+async fn on_message(text: &[u8], binary: bool, ctx: &Ctx<'_>) -> Option<String> {
     let stats = ctx.stats;
     stats.inc(&stats.frames_received);
     if text.len() > ctx.cfg.max_frame_bytes {
@@ -455,7 +471,7 @@ async fn on_text(text: &str, ctx: &Ctx<'_>) -> Option<String> {
         );
         return None;
     }
-    match parse_frame(text) {
+    match parse_frame_bytes(text) {
         Ok(Frame::Hello { connection_id }) => return Some(connection_id),
         Ok(Frame::Envelope(env)) if env.channel == "alert" => match Alert::from_envelope(env) {
             Ok(alert) => ctx.ingest.accept(alert, Via::Websocket).await,
@@ -470,6 +486,16 @@ async fn on_text(text: &str, ctx: &Ctx<'_>) -> Option<String> {
             stats.warn_limited(
                 "no_channel",
                 format_args!("source: skipped frame: {}", FrameError::NoChannel),
+            );
+        }
+        Err(FrameError::InvalidJson(_)) if binary => {
+            stats.inc(&stats.frames_binary);
+            stats.warn_limited(
+                "binary",
+                format_args!(
+                    "source: skipped a binary frame of {} bytes (not JSON)",
+                    text.len()
+                ),
             );
         }
         Err(e) => {
@@ -562,6 +588,7 @@ async fn relay_channel(env: Envelope, ctx: &Ctx<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::parse_frame;
     use crate::config::Config;
 
     fn envelope(text: &str) -> Envelope {

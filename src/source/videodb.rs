@@ -10,10 +10,18 @@
 //! The list endpoint returns `alert_id, event_id, label, callback_url, status`, but not the
 //! `ws_connection_id` an alert is bound to. Matching on `event_id` + `callback_url` would also
 //! catch alerts an installer created by hand (`alert-relay alerts create`) for webhook
-//! delivery, and disable them. So the relay disables only ids it wrote down itself: every id is
+//! delivery, and disable them. So the relay removes only ids it wrote down itself: every id is
 //! persisted (write, fsync, rename) right after its creation, before anything else happens.
+//! The same file remembers which kind each bound index is (v1 `/index/`, v2 `/indexes/`), as
+//! the service answered [`Api::index_kind`].
+//!
+//! Every request mirrors VideoDB's Python SDK 0.5.1 (PyPI `videodb`); the comments cite the
+//! SDK line each one follows. `.ci/videodb-sdk.sh` proves the stand-in the tests use against
+//! that SDK.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -73,6 +81,54 @@ impl ApiError {
     }
 }
 
+/// Which API made an index, and so which routes reach its alerts. Found out from the service
+/// ([`Api::index_kind`]), never from the id's shape, and remembered in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// `rtstream.index_scenes()` etc.: `RTStreamSceneIndex`, alerts under
+    /// `/rtstream/{rt}/index/{id}/alert` (SDK 0.5.1 `rtstream.py` line 333).
+    V1,
+    /// `rtstream.index()` (SDK >= 0.5.0): `RTStreamIndex`, alerts under
+    /// `/rtstream/{rt}/indexes/{id}/alert` (SDK 0.5.1 `rtstream.py` line 583).
+    V2,
+}
+
+impl IndexKind {
+    fn segment(self) -> &'static str {
+        match self {
+            IndexKind::V1 => "index",
+            IndexKind::V2 => "indexes",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexKind::V1 => "v1",
+            IndexKind::V2 => "v2",
+        }
+    }
+}
+
+/// One index of one stream, with the kind the service said it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRef {
+    pub rtstream_id: String,
+    pub index_id: String,
+    pub kind: IndexKind,
+}
+
+impl IndexRef {
+    fn alerts_path(&self) -> String {
+        format!(
+            "/rtstream/{}/{}/{}/alert",
+            self.rtstream_id,
+            self.kind.segment(),
+            self.index_id
+        )
+    }
+}
+
 /// The REST client for one account.
 #[derive(Clone)]
 pub struct Api {
@@ -81,6 +137,9 @@ pub struct Api {
     key: crate::config::Secret,
     key_from: String,
     collection_id: String,
+    /// Set once the service showed it has no DELETE for alerts (405, or a 404 to a delete of
+    /// an alert that a disable then found): later clean-ups only disable.
+    delete_unsupported: Arc<AtomicBool>,
 }
 
 /// One alert as `GET .../alert` lists it.
@@ -93,6 +152,85 @@ pub struct ListedAlert {
     pub status: String,
 }
 
+/// One event as `GET /rtstream/event` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedEvent {
+    pub event_id: String,
+    pub label: String,
+    pub prompt: String,
+}
+
+/// The `x-videodb-client` header: the SDK sends `videodb-python/{version}` (SDK 0.5.1
+/// `_utils/_http_client.py` line 60); the relay names itself the same way.
+pub const CLIENT_HEADER: &str = concat!("alert-relay/", env!("CARGO_PKG_VERSION"));
+
+/// What the relay reads of an error reply (`{"success": false, "message": ...}`, SDK
+/// `_http_client.py` lines 112 and 210-216). Unknown fields, `data` too, are skipped unparsed.
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(default)]
+    success: Option<bool>,
+    #[serde(default)]
+    message: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// A list reply parsed into the few fields the relay shows, never into a JSON tree: a 16 MiB
+/// list costs its bytes plus its ids, not ten times its size.
+#[derive(Deserialize)]
+struct ListReply<T> {
+    #[serde(default = "Option::default")]
+    data: Option<ListData<T>>,
+}
+
+// Not an untagged enum: serde buffers those into a tree first, which is what this avoids.
+#[derive(Deserialize)]
+struct ListData<T> {
+    // `alert_data.get("alerts", [])` (rtstream.py line 347), `event_data.get("events", [])`
+    // (client.py line 189); `items` was seen in older answers.
+    #[serde(alias = "items", alias = "events", default = "Vec::new")]
+    alerts: Vec<T>,
+}
+
+/// A scalar field that may come as a string or a number; anything else reads as empty.
+#[derive(Default)]
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        Ok(Text(match Value::deserialize(d)? {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct RawAlert {
+    #[serde(default)]
+    alert_id: Text,
+    #[serde(default)]
+    event_id: Text,
+    #[serde(default)]
+    label: Text,
+    #[serde(default)]
+    callback_url: Text,
+    #[serde(default)]
+    status: Text,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(default)]
+    event_id: Text,
+    #[serde(default)]
+    label: Text,
+    #[serde(default)]
+    event_prompt: Text,
+}
+
 impl Api {
     pub fn new(cfg: &VideoDbConfig, http: Client) -> Api {
         Api {
@@ -101,36 +239,44 @@ impl Api {
             key: cfg.api_key.clone(),
             key_from: cfg.api_key_from.to_string(),
             collection_id: cfg.collection_id.clone(),
+            delete_unsupported: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Calls `method path`, returns the response's `data`.
-    async fn call(
+    /// Sends `method path` with the SDK's headers (`x-access-token`, `x-videodb-client`:
+    /// `_http_client.py` lines 59-60); returns the body of a 2xx reply whose `success` is not
+    /// false.
+    async fn send(
         &self,
         what: &str,
         method: &str,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, ApiError> {
+        max_body: usize,
+    ) -> Result<Vec<u8>, ApiError> {
         let url = format!("{}{path}", self.base);
         let body = body.map(|b| b.to_string().into_bytes());
         let resp = self
             .http
-            .request(
+            .request_limited(
                 method,
                 &url,
-                &[("x-access-token", self.key.expose())],
+                &[
+                    ("x-access-token", self.key.expose()),
+                    ("x-videodb-client", CLIENT_HEADER),
+                ],
                 body.as_deref(),
+                max_body,
             )
             .await
             .map_err(|source| ApiError::Http {
                 what: what.into(),
                 source,
             })?;
-        let parsed: Option<Value> = serde_json::from_slice(&resp.body).ok();
-        let message = parsed
+        let reply: Option<Reply> = serde_json::from_slice(&resp.body).ok();
+        let message = reply
             .as_ref()
-            .and_then(|v| v.get("message").or_else(|| v.get("error")))
+            .and_then(|r| r.message.as_ref().or(r.error.as_ref()))
             .and_then(Value::as_str)
             .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
             .unwrap_or_default();
@@ -149,12 +295,13 @@ impl Api {
                 message,
             });
         }
-        let bad = |reason: &str| ApiError::Response {
-            what: what.into(),
-            reason: reason.into(),
+        let Some(reply) = reply else {
+            return Err(ApiError::Response {
+                what: what.into(),
+                reason: "body is not JSON".into(),
+            });
         };
-        let v = parsed.ok_or_else(|| bad("body is not JSON"))?;
-        if v.get("success").and_then(Value::as_bool) == Some(false) {
+        if reply.success == Some(false) {
             return Err(ApiError::Status {
                 what: what.into(),
                 status: resp.status,
@@ -165,6 +312,21 @@ impl Api {
                 },
             });
         }
+        Ok(resp.body)
+    }
+
+    /// Calls `method path`, returns the response's `data`.
+    async fn call(
+        &self,
+        what: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ApiError> {
+        let bytes = self
+            .send(what, method, path, body, super::http::MAX_BODY_BYTES)
+            .await?;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(v.get("data").cloned().unwrap_or(Value::Null))
     }
 
@@ -195,27 +357,65 @@ impl Api {
         Ok(url.to_string())
     }
 
-    /// `POST /rtstream/{rt}/index/{idx}/alert` -> `data.alert_id`.
+    /// Asks the service which kind `index_id` is: `GET /rtstream/{rt}/indexes/{id}` answers for
+    /// a v2 index (`RTStream.get_index`, rtstream.py line 1204), `GET /rtstream/{rt}/index/{id}`
+    /// for a v1 one (`RTStream.get_scene_index`, rtstream.py line 1082). Neither: the v1 error
+    /// (a 404 for an id that exists nowhere).
+    pub async fn index_kind(
+        &self,
+        rtstream_id: &str,
+        index_id: &str,
+    ) -> Result<IndexKind, ApiError> {
+        let what = format!("look up index {index_id} of stream {rtstream_id}");
+        match self
+            .call(
+                &what,
+                "GET",
+                &format!("/rtstream/{rtstream_id}/indexes/{index_id}"),
+                None,
+            )
+            .await
+        {
+            Ok(_) => return Ok(IndexKind::V2),
+            Err(e) if e.is_permanent() && !e.is_auth() => {}
+            Err(e) => return Err(e),
+        }
+        self.call(
+            &what,
+            "GET",
+            &format!("/rtstream/{rtstream_id}/index/{index_id}"),
+            None,
+        )
+        .await
+        .map(|_| IndexKind::V1)
+    }
+
+    /// The index with its kind, asked from the service.
+    pub async fn resolve(&self, rtstream_id: &str, index_id: &str) -> Result<IndexRef, ApiError> {
+        Ok(IndexRef {
+            rtstream_id: rtstream_id.into(),
+            index_id: index_id.into(),
+            kind: self.index_kind(rtstream_id, index_id).await?,
+        })
+    }
+
+    /// `POST .../alert` -> `data.alert_id`. The body always carries `callback_url`, `""` for
+    /// WebSocket-only (the SDK always sends the key: rtstream.py lines 328 and 579; VideoDB's
+    /// docs call it required); `ws_connection_id` only when given (rtstream.py lines 330-331).
     pub async fn create_alert(
         &self,
-        b: &AlertBinding,
+        index: &IndexRef,
+        event_id: &str,
+        callback_url: Option<&str>,
         ws_connection_id: Option<&str>,
     ) -> Result<String, ApiError> {
-        let what = format!("create alert for event {}", b.event_id);
-        let mut body = json!({ "event_id": b.event_id });
-        if let Some(u) = &b.callback_url {
-            body["callback_url"] = json!(u);
-        }
+        let what = format!("create alert for event {event_id}");
+        let mut body = json!({ "event_id": event_id, "callback_url": callback_url.unwrap_or("") });
         if let Some(c) = ws_connection_id {
             body["ws_connection_id"] = json!(c);
         }
         let data = self
-            .call(
-                &what,
-                "POST",
-                &format!("/rtstream/{}/index/{}/alert", b.rtstream_id, b.index_id),
-                Some(body),
-            )
+            .call(&what, "POST", &index.alerts_path(), Some(body))
             .await?;
         id_field(&data, "alert_id").ok_or(ApiError::Response {
             what,
@@ -223,48 +423,37 @@ impl Api {
         })
     }
 
-    /// `GET /rtstream/{rt}/index/{idx}/alert`.
-    pub async fn list_alerts(
-        &self,
-        rtstream_id: &str,
-        index_id: &str,
-    ) -> Result<Vec<ListedAlert>, ApiError> {
+    /// `GET .../alert` (rtstream.py lines 345 and 595), up to
+    /// [`super::http::MAX_LIST_BODY_BYTES`].
+    pub async fn list_alerts(&self, index: &IndexRef) -> Result<Vec<ListedAlert>, ApiError> {
         let what = "list alerts";
-        let data = self
-            .call(
+        let bytes = self
+            .send(
                 what,
                 "GET",
-                &format!("/rtstream/{rtstream_id}/index/{index_id}/alert"),
+                &index.alerts_path(),
                 None,
+                super::http::MAX_LIST_BODY_BYTES,
             )
             .await?;
-        let items = data
-            .get("alerts")
-            .or_else(|| data.get("items"))
-            .unwrap_or(&data)
-            .as_array()
-            .ok_or_else(|| ApiError::Response {
-                what: what.into(),
-                reason: "data holds no alert list".into(),
-            })?;
-        let text = |v: &Value, k: &str| id_field(v, k).unwrap_or_default();
+        let items = parse_list::<RawAlert>(what, &bytes)?;
         Ok(items
-            .iter()
+            .into_iter()
             .map(|a| ListedAlert {
-                alert_id: text(a, "alert_id"),
-                event_id: text(a, "event_id"),
-                label: text(a, "label"),
-                callback_url: text(a, "callback_url"),
-                status: text(a, "status"),
+                alert_id: a.alert_id.0,
+                event_id: a.event_id.0,
+                label: a.label.0,
+                callback_url: a.callback_url.0,
+                status: a.status.0,
             })
             .collect())
     }
 
-    /// `PATCH /rtstream/{rt}/index/{idx}/alert/{id}/status` with `{"action"}`.
+    /// `PATCH .../alert/{id}/status` with `{"action": "enable"|"disable"}` (rtstream.py lines
+    /// 357-358, 369-370, 602-603, 609-610).
     pub async fn set_alert_enabled(
         &self,
-        rtstream_id: &str,
-        index_id: &str,
+        index: &IndexRef,
         alert_id: &str,
         enabled: bool,
     ) -> Result<(), ApiError> {
@@ -272,14 +461,28 @@ impl Api {
         self.call(
             &format!("{action} alert {alert_id}"),
             "PATCH",
-            &format!("/rtstream/{rtstream_id}/index/{index_id}/alert/{alert_id}/status"),
+            &format!("{}/{alert_id}/status", index.alerts_path()),
             Some(json!({ "action": action })),
         )
         .await
         .map(|_| ())
     }
 
-    /// `POST /rtstream/event` -> `data.event_id`.
+    /// `DELETE .../alert/{id}`. The SDK 0.5.1 has no delete (only the seed's docs show
+    /// `delete_alert`), so a service may answer 404 or 405: callers fall back to disabling.
+    pub async fn delete_alert(&self, index: &IndexRef, alert_id: &str) -> Result<(), ApiError> {
+        self.call(
+            &format!("delete alert {alert_id}"),
+            "DELETE",
+            &format!("{}/{alert_id}", index.alerts_path()),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST /rtstream/event` `{"event_prompt", "label"}` -> `data.event_id` (client.py lines
+    /// 175-180).
     pub async fn create_event(&self, label: &str, prompt: &str) -> Result<String, ApiError> {
         let what = "create event";
         let data = self
@@ -295,6 +498,43 @@ impl Api {
             reason: "no data.event_id".into(),
         })
     }
+
+    /// `GET /rtstream/event` -> `data.events` (client.py lines 188-189).
+    pub async fn list_events(&self) -> Result<Vec<ListedEvent>, ApiError> {
+        let what = "list events";
+        let bytes = self
+            .send(
+                what,
+                "GET",
+                "/rtstream/event",
+                None,
+                super::http::MAX_LIST_BODY_BYTES,
+            )
+            .await?;
+        Ok(parse_list::<RawEvent>(what, &bytes)?
+            .into_iter()
+            .map(|e| ListedEvent {
+                event_id: e.event_id.0,
+                label: e.label.0,
+                prompt: e.event_prompt.0,
+            })
+            .collect())
+    }
+}
+
+fn parse_list<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<Vec<T>, ApiError> {
+    let reply: ListReply<T> = serde_json::from_slice(bytes).map_err(|e| ApiError::Response {
+        what: what.into(),
+        reason: format!("data holds no list: {e}"),
+    })?;
+    Ok(match reply.data {
+        Some(ListData { alerts }) => alerts,
+        // `(alert_data or {}).get("alerts", [])` (rtstream.py line 597): no data, no alerts.
+        None => Vec::new(),
+    })
 }
 
 fn id_field(v: &Value, k: &str) -> Option<String> {
@@ -308,19 +548,67 @@ fn id_field(v: &Value, k: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // The state file.
 
-/// An alert this relay created and has not yet seen disabled.
+/// An alert this relay created and has not yet seen deleted or disabled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OwnedAlert {
     pub rtstream_id: String,
     pub index_id: String,
+    /// Files written before v2 indexes were known hold only v1 alerts.
+    #[serde(default = "v1")]
+    pub kind: IndexKind,
     pub event_id: String,
     pub alert_id: String,
     pub connection_id: String,
 }
 
+fn v1() -> IndexKind {
+    IndexKind::V1
+}
+
+impl OwnedAlert {
+    fn index(&self) -> IndexRef {
+        IndexRef {
+            rtstream_id: self.rtstream_id.clone(),
+            index_id: self.index_id.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// An index whose kind the service told us.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnownIndex {
+    pub rtstream_id: String,
+    pub index_id: String,
+    pub kind: IndexKind,
+}
+
+/// The state file's content.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    alerts: Vec<OwnedAlert>,
+pub struct State {
+    pub alerts: Vec<OwnedAlert>,
+    #[serde(default)]
+    pub indexes: Vec<KnownIndex>,
+}
+
+impl State {
+    /// The remembered kind of an index, if any.
+    pub fn kind_of(&self, rtstream_id: &str, index_id: &str) -> Option<IndexKind> {
+        self.indexes
+            .iter()
+            .find(|k| k.rtstream_id == rtstream_id && k.index_id == index_id)
+            .map(|k| k.kind)
+    }
+
+    fn remember(&mut self, index: &IndexRef) {
+        self.indexes
+            .retain(|k| !(k.rtstream_id == index.rtstream_id && k.index_id == index.index_id));
+        self.indexes.push(KnownIndex {
+            rtstream_id: index.rtstream_id.clone(),
+            index_id: index.index_id.clone(),
+            kind: index.kind,
+        });
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,19 +618,19 @@ pub struct StateError {
     source: std::io::Error,
 }
 
-/// The ids this relay created, as persisted. A missing file is an empty list; an unreadable one
-/// is set aside as `*.corrupt` (its alerts can then only be disabled by hand) and logged.
-pub fn load_owned(path: &Path) -> Vec<OwnedAlert> {
+/// The state as persisted. A missing file is an empty state; an unreadable one is set aside as
+/// `*.corrupt` (its alerts can then only be removed by hand) and logged.
+pub fn load_state(path: &Path) -> State {
     let text = match std::fs::read(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::default(),
         Err(e) => {
             log::error!("videodb: cannot read {}: {e}", path.display());
-            return Vec::new();
+            return State::default();
         }
     };
-    match serde_json::from_slice::<StateFile>(&text) {
-        Ok(s) => s.alerts,
+    match serde_json::from_slice::<State>(&text) {
+        Ok(s) => s,
         Err(e) => {
             let aside = path.with_extension("json.corrupt");
             let _ = std::fs::rename(path, &aside);
@@ -351,13 +639,13 @@ pub fn load_owned(path: &Path) -> Vec<OwnedAlert> {
                 path.display(),
                 aside.display()
             );
-            Vec::new()
+            State::default()
         }
     }
 }
 
-/// Writes the list atomically: temp file, fsync, rename.
-pub fn save_owned(path: &Path, alerts: &[OwnedAlert]) -> Result<(), StateError> {
+/// Writes the state atomically: temp file, fsync, rename.
+pub fn save_state(path: &Path, state: &State) -> Result<(), StateError> {
     use std::io::Write;
     let err = |source| StateError {
         path: path.to_owned(),
@@ -367,19 +655,42 @@ pub fn save_owned(path: &Path, alerts: &[OwnedAlert]) -> Result<(), StateError> 
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(&StateFile {
-        alerts: alerts.to_vec(),
-    })
-    .unwrap_or_default();
+    let body = serde_json::to_vec_pretty(state).unwrap_or_default();
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(&body).map_err(err)?;
     f.sync_all().map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// Binds every configured alert to `connection_id`, then disables the alerts this relay created
+/// The index with its kind: remembered, or asked from the service and remembered.
+async fn index_of(
+    api: &Api,
+    state: &mut State,
+    state_file: &Path,
+    rtstream_id: &str,
+    index_id: &str,
+    stats: &Stats,
+) -> Result<IndexRef, ApiError> {
+    if let Some(kind) = state.kind_of(rtstream_id, index_id) {
+        return Ok(IndexRef {
+            rtstream_id: rtstream_id.into(),
+            index_id: index_id.into(),
+            kind,
+        });
+    }
+    let index = api.resolve(rtstream_id, index_id).await?;
+    log::info!(
+        "videodb: index {index_id} of stream {rtstream_id} is a {} index",
+        index.kind.as_str()
+    );
+    state.remember(&index);
+    persist(state_file, state, stats).await;
+    Ok(index)
+}
+
+/// Binds every configured alert to `connection_id`, then removes the alerts this relay created
 /// for earlier connections. Idempotent: a retry after a failure skips bindings already made
-/// for this connection, and a failed disable stays in the state file for the next round.
+/// for this connection, and a failed removal stays in the state file for the next round.
 pub async fn bind(
     api: &Api,
     bindings: &[AlertBinding],
@@ -387,9 +698,9 @@ pub async fn bind(
     connection_id: &str,
     stats: &Stats,
 ) -> Result<(), ApiError> {
-    let mut owned = load_owned(state_file);
+    let mut state = load_state(state_file);
     for b in bindings {
-        let done = owned.iter().any(|o| {
+        let done = state.alerts.iter().any(|o| {
             o.connection_id == connection_id
                 && o.rtstream_id == b.rtstream_id
                 && o.index_id == b.index_id
@@ -398,63 +709,135 @@ pub async fn bind(
         if done {
             continue;
         }
-        let alert_id = api.create_alert(b, Some(connection_id)).await?;
+        let remembered = state.kind_of(&b.rtstream_id, &b.index_id).is_some();
+        let mut index = index_of(
+            api,
+            &mut state,
+            state_file,
+            &b.rtstream_id,
+            &b.index_id,
+            stats,
+        )
+        .await?;
+        let create = |index: IndexRef| async move {
+            api.create_alert(
+                &index,
+                &b.event_id,
+                b.callback_url.as_deref(),
+                Some(connection_id),
+            )
+            .await
+        };
+        let alert_id = match create(index.clone()).await {
+            // A remembered kind may be stale (the index was recreated the other way): ask again.
+            Err(ApiError::Status { status: 404, .. }) if remembered => {
+                let fresh = api.resolve(&b.rtstream_id, &b.index_id).await?;
+                state.remember(&fresh);
+                persist(state_file, &state, stats).await;
+                index = fresh;
+                create(index.clone()).await?
+            }
+            r => r?,
+        };
         stats.inc(&stats.videodb_alerts_created);
         log::info!(
-            "videodb: alert {alert_id} binds event {} on {}/{} to connection {connection_id}",
+            "videodb: alert {alert_id} binds event {} on {}/{} ({}) to connection {connection_id}",
             b.event_id,
             b.rtstream_id,
-            b.index_id
+            b.index_id,
+            index.kind.as_str()
         );
-        owned.push(OwnedAlert {
+        state.alerts.push(OwnedAlert {
             rtstream_id: b.rtstream_id.clone(),
             index_id: b.index_id.clone(),
+            kind: index.kind,
             event_id: b.event_id.clone(),
             alert_id,
             connection_id: connection_id.to_string(),
         });
-        persist(state_file, &owned, stats).await;
+        persist(state_file, &state, stats).await;
     }
-    disable_owned(
+    remove_owned(
         api,
         state_file,
-        &mut owned,
+        &mut state,
         |o| o.connection_id != connection_id,
         stats,
     )
     .await
 }
 
-/// Disables every owned alert (clean shutdown: the socket they are bound to is closing).
+/// Removes every owned alert (clean shutdown: the socket they are bound to is closing).
 pub async fn disable_all(api: &Api, state_file: &Path, stats: &Stats) -> Result<(), ApiError> {
-    let mut owned = load_owned(state_file);
-    disable_owned(api, state_file, &mut owned, |_| true, stats).await
+    let mut state = load_state(state_file);
+    remove_owned(api, state_file, &mut state, |_| true, stats).await
 }
 
-async fn disable_owned(
+/// How [`remove_alert`] got rid of an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Deleted,
+    /// The service has no delete for it (404/405 to the DELETE): disabled instead.
+    Disabled,
+    /// Neither delete nor disable found it: already gone upstream.
+    Gone,
+}
+
+/// Deletes an alert where the service allows it, else disables it.
+pub async fn remove_alert(
+    api: &Api,
+    index: &IndexRef,
+    alert_id: &str,
+) -> Result<Removed, ApiError> {
+    let mut delete_answer = None;
+    if !api.delete_unsupported.load(Ordering::Relaxed) {
+        match api.delete_alert(index, alert_id).await {
+            Ok(()) => return Ok(Removed::Deleted),
+            Err(ApiError::Status { status: 405, .. }) => {
+                api.delete_unsupported.store(true, Ordering::Relaxed);
+            }
+            Err(ApiError::Status { status: 404, .. }) => delete_answer = Some(404),
+            Err(e) => return Err(e),
+        }
+    }
+    match api.set_alert_enabled(index, alert_id, false).await {
+        Ok(()) => {
+            if delete_answer == Some(404) {
+                // The alert exists, so the 404 was for the route: no DELETE on this service.
+                api.delete_unsupported.store(true, Ordering::Relaxed);
+            }
+            Ok(Removed::Disabled)
+        }
+        Err(ApiError::Status { status: 404, .. }) => Ok(Removed::Gone),
+        Err(e) => Err(e),
+    }
+}
+
+async fn remove_owned(
     api: &Api,
     state_file: &Path,
-    owned: &mut Vec<OwnedAlert>,
+    state: &mut State,
     which: impl Fn(&OwnedAlert) -> bool,
     stats: &Stats,
 ) -> Result<(), ApiError> {
     let mut first_error = None;
-    let old: Vec<OwnedAlert> = owned.iter().filter(|o| which(o)).cloned().collect();
+    let old: Vec<OwnedAlert> = state.alerts.iter().filter(|o| which(o)).cloned().collect();
     for o in old {
-        match api
-            .set_alert_enabled(&o.rtstream_id, &o.index_id, &o.alert_id, false)
-            .await
-        {
-            // 404: already deleted upstream; nothing left to disable.
-            Ok(()) | Err(ApiError::Status { status: 404, .. }) => {
+        match remove_alert(api, &o.index(), &o.alert_id).await {
+            Ok(how) => {
                 stats.inc(&stats.videodb_alerts_disabled);
                 log::info!(
-                    "videodb: disabled alert {} (was bound to connection {})",
+                    "videodb: {} alert {} (was bound to connection {})",
+                    match how {
+                        Removed::Deleted => "deleted",
+                        Removed::Disabled => "disabled",
+                        Removed::Gone => "forgot (already gone upstream)",
+                    },
                     o.alert_id,
                     o.connection_id
                 );
-                owned.retain(|x| x != &o);
-                persist(state_file, owned, stats).await;
+                state.alerts.retain(|x| x != &o);
+                persist(state_file, state, stats).await;
             }
             Err(e) if e.is_auth() => return Err(e),
             Err(e) => {
@@ -471,9 +854,13 @@ async fn disable_owned(
 
 /// Saves off the runtime thread: an SD card's fsync can take long enough to delay socket
 /// reads and GPIO timing.
-async fn persist(path: &Path, owned: &[OwnedAlert], stats: &Stats) {
-    let (p, o) = (path.to_owned(), owned.to_vec());
-    let r = tokio::task::spawn_blocking(move || save_owned(&p, &o)).await;
+async fn persist(path: &Path, state: &State, stats: &Stats) {
+    let p = path.to_owned();
+    let s = State {
+        alerts: state.alerts.clone(),
+        indexes: state.indexes.clone(),
+    };
+    let r = tokio::task::spawn_blocking(move || save_state(&p, &s)).await;
     match r {
         Ok(Ok(())) => {}
         Ok(Err(e)) => stats.warn_limited("videodb_state", format_args!("videodb: {e}")),
