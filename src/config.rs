@@ -244,6 +244,10 @@ pub struct MqttConfig {
     pub ha_prefix: String,
     /// Event types announced for the alert event entity, besides the rules' exact labels.
     pub ha_event_types: Vec<String>,
+    /// The device's name in Home Assistant (default: the client id).
+    pub ha_device_name: Option<String>,
+    /// Alerts older than this (since the relay received them) do not reach `{prefix}/event`.
+    pub ha_event_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +319,8 @@ pub enum Pattern {
 
 #[derive(Debug, Clone)]
 pub struct RuleConfig {
+    /// Optional name: a named rule can be armed and disarmed over MQTT (`rules/{name}/set`).
+    pub name: Option<String>,
     pub labels: Vec<String>,
     pub min_confidence: f64,
     /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
@@ -390,6 +396,13 @@ pub struct GpioConfig {
     pub outputs: Vec<OutputConfig>,
     pub rules: Vec<RuleConfig>,
     pub ack_button: Option<AckButton>,
+    /// Named patterns (`[gpio.patterns]`) that commands and Home Assistant (siren tones, light
+    /// effects) pick by name, sorted by name.
+    pub patterns: Vec<(String, Pattern)>,
+    /// Priority of manual commands (`outputs/{name}/set`) against rule patterns.
+    pub manual_priority: i32,
+    /// Whether a snooze also keeps lights dark (else only buzzers are snoozed).
+    pub snooze_lights: bool,
 }
 
 /// The HTTP listener: `POST /webhook`, `GET /healthz`, `GET /metrics`.
@@ -514,6 +527,8 @@ struct RawMqtt {
     ha_discovery: Option<bool>,
     ha_prefix: Option<String>,
     ha_event_types: Option<Vec<String>>,
+    ha_device_name: Option<String>,
+    ha_event_max_age: Option<DurationStr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -526,6 +541,10 @@ struct RawGpio {
     #[serde(default)]
     rules: Vec<RawRule>,
     ack_button: Option<RawAckButton>,
+    #[serde(default)]
+    patterns: std::collections::BTreeMap<String, RawPattern>,
+    manual_priority: Option<i32>,
+    snooze_lights: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -556,6 +575,7 @@ struct RawOutput {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    name: Option<String>,
     labels: Vec<String>,
     min_confidence: Option<f64>,
     missing_confidence: Option<String>,
@@ -852,6 +872,8 @@ impl Config {
         if let Some(t) = &g.sim_trace {
             let _ = writeln!(out, "sim_trace = {:?}", t.display().to_string());
         }
+        let _ = writeln!(out, "manual_priority = {}", g.manual_priority);
+        let _ = writeln!(out, "snooze_lights = {}", g.snooze_lights);
         for o in &g.outputs {
             let _ = writeln!(out, "\n[[gpio.outputs]]\nname = {:?}", o.name);
             if let Some(p) = o.pin {
@@ -885,6 +907,9 @@ impl Config {
                 .map(|&i| g.outputs[i].name.as_str())
                 .collect();
             let _ = writeln!(out, "\n[[gpio.rules]]\nlabels = {:?}", r.labels);
+            if let Some(n) = &r.name {
+                let _ = writeln!(out, "name = {n:?}");
+            }
             let _ = writeln!(out, "min_confidence = {}", r.min_confidence);
             if r.fire_without_confidence {
                 let _ = writeln!(out, "missing_confidence = \"fire\"");
@@ -900,6 +925,12 @@ impl Config {
             if !r.quiet_hours.is_empty() {
                 let w: Vec<String> = r.quiet_hours.iter().map(|w| w.to_string()).collect();
                 let _ = writeln!(out, "quiet_hours = {w:?}");
+            }
+        }
+        if !g.patterns.is_empty() {
+            let _ = writeln!(out, "\n[gpio.patterns]");
+            for (name, p) in &g.patterns {
+                let _ = writeln!(out, "{name} = {}", fmt_pattern(p));
             }
         }
         if let Some(b) = &g.ack_button {
@@ -980,6 +1011,14 @@ fn write_mqtt_extras(out: &mut String, m: &MqttConfig) {
     if !m.ha_event_types.is_empty() {
         let _ = writeln!(out, "ha_event_types = {:?}", m.ha_event_types);
     }
+    if let Some(n) = &m.ha_device_name {
+        let _ = writeln!(out, "ha_device_name = {n:?}");
+    }
+    let _ = writeln!(
+        out,
+        "ha_event_max_age = \"{}\"",
+        fmt_duration(m.ha_event_max_age)
+    );
 }
 
 /// Parses a pattern written as JSON in the config's pattern syntax (the MQTT `cmd/test`
@@ -1766,6 +1805,11 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
         ha_discovery: m.ha_discovery.unwrap_or(false),
         ha_prefix,
         ha_event_types,
+        ha_device_name: m.ha_device_name.filter(|n| !n.trim().is_empty()),
+        ha_event_max_age: m
+            .ha_event_max_age
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(120)),
     })
 }
 
@@ -1858,8 +1902,20 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         });
     }
     let mut rules = Vec::new();
+    let mut rule_names = HashSet::new();
     for (i, r) in g.rules.into_iter().enumerate() {
         let key = |k: &str| format!("gpio.rules[{i}].{k}");
+        if let Some(n) = &r.name {
+            if !is_entity_name(n) {
+                return Err(invalid(
+                    key("name"),
+                    "must be non-empty letters, digits, _ or - (64 at most)",
+                ));
+            }
+            if !rule_names.insert(n.clone()) {
+                return Err(invalid(key("name"), format!("{n:?} is used twice")));
+            }
+        }
         if r.labels.is_empty() || r.labels.iter().any(|l| l.is_empty()) {
             return Err(invalid(
                 key("labels"),
@@ -1943,6 +1999,7 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
             .map(|&o| outputs[o].kind != OutputKind::Light)
             .collect();
         rules.push(RuleConfig {
+            name: r.name,
             labels: r.labels,
             min_confidence,
             fire_without_confidence,
@@ -1963,13 +2020,35 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
     if let Some((key, why)) = checks::duplicate_hardware(&outputs, ack_button.as_ref()) {
         return Err(invalid(key, why));
     }
+    let mut patterns = Vec::new();
+    for (name, p) in g.patterns {
+        let key = format!("gpio.patterns.{name}");
+        if !is_entity_name(&name) {
+            return Err(invalid(
+                key,
+                "a pattern name must be letters, digits, _ or - (64 at most)",
+            ));
+        }
+        patterns.push((name, validate_pattern(p, &key)?));
+    }
     Ok(GpioConfig {
         backend,
         sim_trace: g.sim_trace,
         outputs,
         rules,
         ack_button,
+        patterns,
+        manual_priority: g.manual_priority.unwrap_or(100),
+        snooze_lights: g.snooze_lights.unwrap_or(true),
     })
+}
+
+/// Names that end up in MQTT topics and Home Assistant ids (rules, patterns).
+fn is_entity_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Parses one pattern written as a TOML inline table (`alert-relay test-output --pattern`),
@@ -2045,14 +2124,17 @@ fn parse_quiet_window(s: &str) -> Result<QuietWindow, String> {
     Ok(QuietWindow { start_min, end_min })
 }
 
+/// Shortest "on" (and blink "off") a pattern may have. The engine applies every edge that is
+/// due at once, so a pattern of nanosecond steps (which `cmd/test` takes from the network)
+/// would keep it toggling flat out for the whole `max_on`; at 1 ms an output changes at most
+/// a thousand times a second, which the engine keeps up with (README, GPIO timing).
+pub const MIN_PATTERN_STEP: Duration = Duration::from_millis(1);
+
 fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, ConfigError> {
     let need = |v: Option<DurationStr>, field: &str| {
-        v.map(|d| d.0).filter(|d| !d.is_zero()).ok_or_else(|| {
-            invalid(
-                format!("{key}.{field}"),
-                "is required and must be above zero",
-            )
-        })
+        v.map(|d| d.0)
+            .filter(|d| *d >= MIN_PATTERN_STEP)
+            .ok_or_else(|| invalid(format!("{key}.{field}"), "is required and at least 1ms"))
     };
     let unexpected = |present: bool, field: &str| {
         if present {
@@ -2108,10 +2190,10 @@ fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, ConfigError> {
                 .into_iter()
                 .map(|(a, b)| (a.0, b.0))
                 .collect();
-            if steps.is_empty() || steps.iter().any(|(on, _)| on.is_zero()) {
+            if steps.is_empty() || steps.iter().any(|(on, _)| *on < MIN_PATTERN_STEP) {
                 return Err(invalid(
                     format!("{key}.steps"),
-                    "needs at least one [on, off] pair with on above zero",
+                    "needs at least one [on, off] pair, each on at least 1ms",
                 ));
             }
             Ok(Pattern::Sequence { steps })

@@ -113,6 +113,25 @@ impl KeyHasher {
     }
 }
 
+/// The fields `alert` lacks to have a dedup key ([`KeyHasher::key`] is `None` exactly when
+/// this is not empty): what a webhook, which must be deduplicated, answers 400 with.
+pub fn missing_key_fields(alert: &Alert) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    // VideoDB's real-time shape is keyed by its label instead (`KeyHasher::label_key`).
+    let by_label = !alert.data.contains_key("label") && alert.data.contains_key("event_label");
+    if alert.event_id.is_none() && !by_label {
+        missing.push("event_id");
+    }
+    if alert
+        .data
+        .get("timestamp")
+        .is_none_or(serde_json::Value::is_null)
+    {
+        missing.push("timestamp");
+    }
+    missing
+}
+
 /// The window of recent keys, in fixed memory.
 pub struct Window {
     states: FnvIndexMap<Key, u64, TABLE>,
@@ -243,6 +262,31 @@ mod tests {
             )),
             None
         );
+    }
+
+    #[test]
+    fn missing_fields_are_named_exactly_when_there_is_no_key() {
+        let h = KeyHasher::default();
+        let cases = [
+            (json!({"label": "x"}), vec!["event_id", "timestamp"]),
+            (json!({"label": "x", "event_id": "e"}), vec!["timestamp"]),
+            (json!({"label": "x", "timestamp": 5}), vec!["event_id"]),
+            (
+                json!({"label": "x", "event_id": 7, "timestamp": null}),
+                vec!["timestamp"],
+            ),
+            (
+                json!({"label": "x", "event_id": "e", "timestamp": "?"}),
+                vec![],
+            ),
+        ];
+        for (data, want) in cases {
+            let a = alert(data.clone());
+            assert_eq!(missing_key_fields(&a), want, "{data}");
+            assert_eq!(h.key(&a).is_none(), !want.is_empty(), "{data}");
+        }
+        let realtime = alert(json!({"event_label": "x", "timestamp": 1, "text": "t"}));
+        assert!(missing_key_fields(&realtime).is_empty() && h.key(&realtime).is_some());
     }
 
     #[test]

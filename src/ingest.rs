@@ -247,6 +247,14 @@ impl Ingest {
         }
     }
 
+    /// Arms or disarms rule `rule` (its index in `gpio.rules`); takes effect for the next alert.
+    pub fn set_armed(&self, rule: usize, armed: bool) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_armed(rule, armed);
+    }
+
     fn fire_gpio(&self, alert: &Alert, now: SystemTime) {
         let Some(tx) = &self.gpio else { return };
         let decision = self.rules.lock().unwrap_or_else(|p| p.into_inner()).decide(

@@ -15,6 +15,7 @@
 //! - [`topic`]: what MQTT and mosquitto accept in topics and strings; pure.
 //! - [`dedup`]: the cross-path dedup window used by [`ingest`]; pure.
 //! - [`webhook`] and [`http`]: the optional HTTP listener (webhook, healthz, metrics).
+//! - [`logging`]: the process logger, library targets that print secrets capped.
 //!
 //! [`run`] wires the stages and runs until the shutdown future resolves.
 
@@ -26,6 +27,7 @@ pub mod dedup;
 pub mod gpio;
 pub mod http;
 pub mod ingest;
+pub mod logging;
 pub mod publish;
 pub mod queue;
 pub mod rules;
@@ -93,6 +95,8 @@ pub async fn run_with(
             String::new()
         }
     );
+    // Records already queued are published again: marked replayed, kept off HA's event.
+    let replay_below = queue.first_unacked() + queue.gauges().depth_records;
     let mut backend = gpio::open_backend(&config.gpio)?;
     // Bind before anything runs, so a taken port fails the start with a clear error.
     let http_listener = match &config.http {
@@ -102,6 +106,7 @@ pub async fn run_with(
     let (queue, writer) = queue::spawn_writer(queue, stats.clone()).map_err(RunError::Thread)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut publish_links = publish::Links::new(&config);
+    publish_links.replay_below = replay_below;
 
     let (gpio_tx, gpio_task) =
         if config.gpio.backend != GpioBackendKind::None && !config.gpio.outputs.is_empty() {
@@ -129,12 +134,21 @@ pub async fn run_with(
         } else {
             (None, None)
         };
-    let ingest = ingest::Ingest::new(
-        rules::RuleEngine::new(config.gpio.rules.clone()),
-        gpio_tx,
-        queue.clone(),
-        stats.clone(),
-    );
+    // Arming and snooze as Home Assistant left them (the state file beside the queue).
+    let mut rule_engine = rules::RuleEngine::new(config.gpio.rules.clone());
+    for i in publish_links.disarmed_rules() {
+        rule_engine.set_armed(i, false);
+    }
+    if let (Some(tx), Some(left)) = (&gpio_tx, publish_links.snooze_left()) {
+        let _ = tx.try_send(gpio::GpioCommand::Snooze {
+            for_: left,
+            lights: config.gpio.snooze_lights,
+        });
+    }
+    let ingest = ingest::Ingest::new(rule_engine, gpio_tx.clone(), queue.clone(), stats.clone());
+    if gpio_tx.is_some() {
+        publish_links.ingest = Some(ingest.clone());
+    }
     let http_task = match (http_listener, &config.http) {
         (Some(listener), Some(cfg)) => Some(tokio::spawn(http::run(
             listener,

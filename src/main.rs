@@ -369,9 +369,7 @@ fn config_error(path: &std::path::Path, e: ConfigError) -> ExitCode {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_micros()
-        .init();
+    alert_relay::logging::init();
 }
 
 fn run(cfg: Config) -> ExitCode {

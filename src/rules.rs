@@ -30,7 +30,7 @@ pub struct LocalZone(Option<tz::TimeZone>);
 impl LocalZone {
     /// The system's zone: `TZ`, else /etc/localtime; UTC (logged) when neither is readable.
     pub fn system() -> LocalZone {
-        match tz::TimeZone::local() {
+        match crate::clock::system_zone() {
             Ok(z) => LocalZone(Some(z)),
             Err(e) => {
                 log::warn!("rules: cannot read the local time zone ({e}); quiet_hours use UTC");
@@ -46,7 +46,8 @@ impl LocalZone {
 
     /// Minutes after local midnight at `t`.
     pub fn minute_of_day(&self, t: SystemTime) -> u16 {
-        let secs = crate::clock::unix_micros(t) as i64 / 1_000_000;
+        // Below 2^64 µs, so the quotient fits an i64.
+        let secs = (crate::clock::unix_micros(t) / 1_000_000) as i64;
         let offset = self
             .0
             .as_ref()
@@ -76,11 +77,15 @@ pub struct Decision {
     pub cooling_down: u32,
     /// Outputs (indexes) a matching rule left silent because of its quiet hours.
     pub quiet: Vec<usize>,
+    /// Rules that matched but are disarmed.
+    pub disarmed: u32,
 }
 
 pub struct RuleEngine {
     rules: Vec<RuleConfig>,
     last_fired: Vec<Option<Instant>>,
+    /// Disarmed rules match but never fire (Home Assistant's rule switch, `rules/{name}/set`).
+    armed: Vec<bool>,
     zone: LocalZone,
 }
 
@@ -100,8 +105,20 @@ impl RuleEngine {
         RuleEngine {
             rules,
             last_fired: vec![None; n],
+            armed: vec![true; n],
             zone,
         }
+    }
+
+    /// Arms (`true`) or disarms rule `rule`; an index out of range is ignored.
+    pub fn set_armed(&mut self, rule: usize, armed: bool) {
+        if let Some(a) = self.armed.get_mut(rule) {
+            *a = armed;
+        }
+    }
+
+    pub fn is_armed(&self, rule: usize) -> bool {
+        self.armed.get(rule).copied().unwrap_or(false)
     }
 
     /// Decides what `alert` triggers. `received` is when the relay read it, used as its age
@@ -127,6 +144,10 @@ impl RuleEngine {
                 Confidence::Invalid => rule.min_confidence <= 0.0,
             };
             if !confident {
+                continue;
+            }
+            if !self.armed[i] {
+                d.disarmed += 1;
                 continue;
             }
             if let Some(want) = &rule.rtstream_id {
@@ -209,6 +230,7 @@ mod tests {
 
     fn rule(labels: &[&str], min_conf: f64, cooldown_ms: u64, max_age_s: u64) -> RuleConfig {
         RuleConfig {
+            name: None,
             labels: labels.iter().map(|s| s.to_string()).collect(),
             min_confidence: min_conf,
             fire_without_confidence: false,
@@ -294,6 +316,22 @@ mod tests {
             "a low score still counts"
         );
         assert_eq!(fires(&mut e, Confidence::Valid(0.9)), 1);
+    }
+
+    #[test]
+    fn disarmed_rules_match_but_never_fire_until_armed_again() {
+        let now = SystemTime::now();
+        let t = Instant::now();
+        let mut e = RuleEngine::new(vec![rule(&["x"], 0.0, 0, 30), rule(&["x"], 0.0, 0, 30)]);
+        let a = alert("x", Confidence::Valid(1.0), None);
+        e.set_armed(0, false);
+        e.set_armed(7, false);
+        let d = e.decide(&a, now, now, t);
+        assert_eq!(d.disarmed, 1);
+        assert_eq!(d.fires.iter().map(|f| f.rule).collect::<Vec<_>>(), [1]);
+        assert!(!e.is_armed(0) && e.is_armed(1) && !e.is_armed(7));
+        e.set_armed(0, true);
+        assert_eq!(e.decide(&a, now, now, t).fires.len(), 2);
     }
 
     #[test]

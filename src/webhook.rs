@@ -27,6 +27,10 @@ pub enum PayloadError {
     NotAnAlert(String),
     #[error(transparent)]
     Alert(#[from] AlertError),
+    /// The webhook is at-least-once (the sender retries until it gets a 200): an alert without
+    /// the dedup key would be relayed, and sounded, once per retry.
+    #[error("alert has no {}: a webhook alert needs `event_id` and `timestamp` so that a retried copy can be recognised (see README, Dedup)", .0.join(" and "))]
+    NoDedupKey(Vec<&'static str>),
 }
 
 /// Parses a webhook body. An object with a `data` object and no label of its own is an
@@ -67,7 +71,12 @@ pub fn parse_payload(body: &[u8]) -> Result<Alert, PayloadError> {
             data: obj,
         }
     };
-    Ok(Alert::from_envelope(envelope)?)
+    let alert = Alert::from_envelope(envelope)?;
+    let missing = crate::dedup::missing_key_fields(&alert);
+    if !missing.is_empty() {
+        return Err(PayloadError::NoDedupKey(missing));
+    }
+    Ok(alert)
 }
 
 /// The `token` parameter of a query string, percent-decoded. `None` when absent or malformed.
@@ -164,6 +173,27 @@ mod tests {
         assert_eq!(
             parse_payload(br#"{"event_id":"e"}"#).map(|_| ()),
             Err(PayloadError::Alert(AlertError::NoLabel))
+        );
+    }
+
+    #[test]
+    fn an_alert_that_cannot_be_deduplicated_is_refused_naming_the_fields() {
+        // Issue 13 item 10: this body used to be answered 200, once per retry.
+        let e = parse_payload(br#"{"label":"fire","confidence":0.9}"#).map(|_| ());
+        assert_eq!(
+            e,
+            Err(PayloadError::NoDedupKey(vec!["event_id", "timestamp"]))
+        );
+        let msg = e.expect_err("refused").to_string();
+        assert!(msg.contains("event_id and timestamp"), "{msg}");
+        assert_eq!(
+            parse_payload(br#"{"label":"fire","event_id":"ev"}"#).map(|_| ()),
+            Err(PayloadError::NoDedupKey(vec!["timestamp"]))
+        );
+        let envelope = br#"{"channel":"alert","data":{"label":"fire","timestamp":1}}"#;
+        assert_eq!(
+            parse_payload(envelope).map(|_| ()),
+            Err(PayloadError::NoDedupKey(vec!["event_id"]))
         );
     }
 

@@ -517,3 +517,134 @@ async fn stats_json_reports_each_output() {
     assert_eq!(red["max_on_cuts"], 1, "{snap}");
     assert_eq!(snap["gpio_outputs"]["buzzer"]["edges"], 0, "{snap}");
 }
+
+fn manual(output: usize, pattern: Option<&str>, priority: i32) -> GpioCommand {
+    GpioCommand::Manual {
+        output,
+        pattern: pattern
+            .map(|p| alert_relay::config::parse_pattern(p, "pattern").expect("pattern")),
+        priority,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_commands_obey_priority_and_max_on() {
+    let rules = rule(
+        "fire",
+        "red",
+        r#"{ kind = "solid", duration = "1s" }"#,
+        "priority = 200",
+    );
+    let mut rig = Rig::start(&rules, false, LocalZone::fixed(0)).await;
+    assert_eq!(rig.alert("fire", 1.0, Duration::ZERO).await, 1);
+    rig.at(100).await;
+    // A manual command of priority 100 neither replaces nor stops the priority-200 pattern.
+    rig.send(manual(
+        0,
+        Some(r#"{ kind = "solid", duration = "5s" }"#),
+        100,
+    ))
+    .await;
+    rig.send(manual(0, None, 100)).await;
+    rig.at(1500).await;
+    assert_eq!(rig.timeline(0), vec![(0, On), (1000, Off)]);
+    assert_eq!(rig.counter(0, |c| &c.ignored_lower_priority), 2);
+    // Free again: a manual "on for an hour" still ends at max_on (2s on "red").
+    rig.send(manual(
+        0,
+        Some(r#"{ kind = "solid", duration = "1h" }"#),
+        100,
+    ))
+    .await;
+    rig.at(5000).await;
+    assert_eq!(rig.timeline(0)[2..], [(1500, On), (3500, Off)]);
+    assert_eq!(rig.counter(0, |c| &c.max_on_cuts), 1);
+    // A manual off stops a manual on; silence stops everything.
+    rig.send(manual(
+        0,
+        Some(r#"{ kind = "solid", duration = "1s" }"#),
+        100,
+    ))
+    .await;
+    rig.at(5200).await;
+    rig.send(manual(0, None, 100)).await;
+    rig.send(manual(
+        1,
+        Some(r#"{ kind = "solid", duration = "1s" }"#),
+        100,
+    ))
+    .await;
+    rig.at(5300).await;
+    rig.send(GpioCommand::Silence).await;
+    rig.at(7000).await;
+    assert_eq!(rig.timeline(0)[4..], [(5000, On), (5200, Off)]);
+    assert_eq!(rig.timeline(1), vec![(5200, On), (5300, Off)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn snooze_holds_back_rules_on_buzzers_or_on_everything() {
+    let rules = rule("x", "red", r#"{ kind = "solid", duration = "100ms" }"#, "")
+        + &rule(
+            "x",
+            "buzzer",
+            r#"{ kind = "solid", duration = "100ms" }"#,
+            "",
+        );
+    let mut rig = Rig::start(&rules, false, LocalZone::fixed(0)).await;
+    // A running buzzer is silenced by the snooze itself.
+    rig.send(test_pattern(1, r#"{ kind = "solid", duration = "900ms" }"#))
+        .await;
+    rig.at(50).await;
+    rig.send(GpioCommand::Snooze {
+        for_: ms(1000),
+        lights: false,
+    })
+    .await;
+    rig.at(100).await;
+    rig.alert("x", 1.0, Duration::ZERO).await;
+    rig.at(500).await;
+    // The user's own command still acts while snoozed.
+    rig.send(manual(
+        1,
+        Some(r#"{ kind = "solid", duration = "100ms" }"#),
+        100,
+    ))
+    .await;
+    rig.at(1100).await;
+    rig.alert("x", 1.0, Duration::ZERO).await;
+    rig.at(1500).await;
+    assert_eq!(
+        rig.timeline(0),
+        vec![(100, On), (200, Off), (1100, On), (1200, Off)]
+    );
+    assert_eq!(
+        rig.timeline(1),
+        vec![
+            (0, On),
+            (50, Off),
+            (500, On),
+            (600, Off),
+            (1100, On),
+            (1200, Off)
+        ]
+    );
+    // Lights too: nothing; a zero snooze ends it early.
+    rig.send(GpioCommand::Snooze {
+        for_: Duration::from_secs(3600),
+        lights: true,
+    })
+    .await;
+    rig.alert("x", 1.0, Duration::ZERO).await;
+    rig.at(2000).await;
+    assert_eq!(rig.timeline(0).len(), 4);
+    assert_eq!(rig.timeline(1).len(), 6);
+    rig.send(GpioCommand::Snooze {
+        for_: Duration::ZERO,
+        lights: true,
+    })
+    .await;
+    rig.alert("x", 1.0, Duration::ZERO).await;
+    rig.at(2500).await;
+    assert_eq!(rig.timeline(0)[4..], [(2000, On), (2100, Off)]);
+    rig.shutdown().await;
+}

@@ -101,6 +101,16 @@ async fn webhook_errors_give_the_documented_status_codes() {
         "{}",
         no_label.text()
     );
+    // Issue 13 item 10: without event_id and timestamp a retried copy cannot be recognised.
+    let no_key = post_webhook(s.http, &s.token, r#"{"label":"fire","confidence":0.9}"#).await;
+    assert_eq!(no_key.status, 400, "{}", no_key.text());
+    assert!(
+        no_key.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no event_id and timestamp")),
+        "{}",
+        no_key.text()
+    );
     let not_object = post_webhook(s.http, &s.token, "[1,2]").await;
     assert_eq!(not_object.status, 400, "{}", not_object.text());
 
@@ -125,8 +135,9 @@ async fn webhook_errors_give_the_documented_status_codes() {
     assert_eq!(get_hook.header("allow"), Some("POST"));
 
     let st = &s.relay.stats;
-    assert_eq!(count(&st.webhook_requests), 9);
-    assert_eq!(count(&st.webhook_rejected), 8);
+    // Ten requests to /webhook (the no-key one included), all but the good one rejected.
+    assert_eq!(count(&st.webhook_requests), 10);
+    assert_eq!(count(&st.webhook_rejected), 9);
     assert_eq!(count(&st.queue_appended), 1, "only the good one was queued");
     s.relay.stop().await;
 }

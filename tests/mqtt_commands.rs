@@ -79,9 +79,13 @@ async fn command(port: u16, sub: &Subscriber, topic: &str, payload: &str) -> Val
     all[before].clone()
 }
 
+/// The last `active` / `idle` on `{prefix}/outputs/{output}` (not its `/state` for HA).
 fn last_state(sub: &Subscriber, output: &str) -> Option<String> {
-    sub.on(&format!("alert-relay/outputs/{output}"))
-        .last()
+    let topic = format!("alert-relay/outputs/{output}");
+    sub.on(&topic)
+        .into_iter()
+        .rev()
+        .find(|m| m.topic == topic)
         .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
 }
 
@@ -102,7 +106,11 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     // Retained: a consumer joining later sees the state at once.
     let late = Subscriber::start(port, "alert-relay/outputs/#").await;
     wait_until("retained output states", T, || {
-        let got = late.snapshot();
+        let got: Vec<Received> = late
+            .snapshot()
+            .into_iter()
+            .filter(|m| m.topic.matches('/').count() == 2)
+            .collect();
         got.len() >= 2 && got.iter().all(|m| m.retain && m.payload == b"idle")
     })
     .await;
@@ -262,5 +270,150 @@ async fn commands_without_gpio_are_answered_with_an_error() {
     );
     let a = command(port, &sub, "alert-relay/cmd/test/red", "").await;
     assert_eq!(a["status"], "error");
+    relay.stop().await;
+}
+
+const HA_GPIO: &str = r#"
+[gpio]
+backend = "sim"
+manual_priority = 50
+
+[gpio.patterns]
+alarm = { kind = "blink", on = "100ms", off = "100ms", duration = "20s" }
+
+[[gpio.outputs]]
+name = "red"
+kind = "light"
+max_on = "20s"
+
+[[gpio.rules]]
+name = "porch"
+labels = ["person"]
+output = "red"
+pattern = { kind = "solid", duration = "20s" }
+"#;
+
+fn last_json(sub: &Subscriber, topic: &str) -> Option<Value> {
+    sub.on(topic)
+        .into_iter()
+        .rev()
+        .find(|m| m.topic == topic)
+        .map(|m| m.json())
+}
+
+#[tokio::test]
+async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_restart() {
+    let broker = Broker::start(free_port());
+    let port = broker.port();
+    let sub = Subscriber::start(port, "alert-relay/#").await;
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = dir.path().join("queue");
+    let cfg = format!("{}{HA_GPIO}", relay_config(&ws.url(), port, &queue, ""));
+    let relay = Relay::start(&cfg);
+    let state = "alert-relay/outputs/red/state";
+    wait_until("red state OFF", T, || {
+        last_json(&sub, state).is_some_and(|v| v["state"] == "OFF")
+    })
+    .await;
+    // HA's JSON light: on with an effect; the state shows it; the answer echoes a transaction.
+    let a = command(
+        port,
+        &sub,
+        "alert-relay/outputs/red/set",
+        r#"{"state": "ON", "effect": "alarm", "transaction": "t-1"}"#,
+    )
+    .await;
+    assert_eq!(
+        a,
+        json!({"command": "outputs/red/set", "status": "ok", "transaction": "t-1"})
+    );
+    wait_until("red ON with its effect", T, || {
+        last_json(&sub, state).is_some_and(|v| v == json!({"state": "ON", "effect": "alarm"}))
+    })
+    .await;
+    let a = command(port, &sub, "alert-relay/outputs/red/set", "OFF").await;
+    assert_eq!(a["status"], "ok", "{a}");
+    wait_until("red OFF, no effect", T, || {
+        last_json(&sub, state).is_some_and(|v| v == json!({"state": "OFF", "effect": null}))
+    })
+    .await;
+    let a = command(
+        port,
+        &sub,
+        "alert-relay/outputs/red/set",
+        r#"{"duration": -3}"#,
+    )
+    .await;
+    assert_eq!(a["status"], "error", "{a}");
+
+    // Disarm the rule: its state is retained OFF and the alert does not light red.
+    let a = command(port, &sub, "alert-relay/rules/porch/set", "OFF").await;
+    assert_eq!(a["status"], "ok", "{a}");
+    let rule = "alert-relay/rules/porch/state";
+    wait_until("rule OFF", T, || {
+        sub.on(rule).last().is_some_and(|m| m.payload == b"OFF")
+    })
+    .await;
+    // Snooze: a retained until in the future.
+    let a = command(port, &sub, "alert-relay/cmd/snooze", r#"{"for": "10m"}"#).await;
+    assert_eq!(a["status"], "ok", "{a}");
+    wait_until("snoozed until", T, || {
+        last_json(&sub, "alert-relay/snooze").is_some_and(|v| v["until"].is_string())
+    })
+    .await;
+    relay.stop().await;
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("queue.state.json")).expect("state"))
+            .expect("state json");
+    assert_eq!(saved["disarmed"], json!(["porch"]));
+    assert!(saved["snoozed_until"].is_u64(), "{saved}");
+
+    // After a restart the rule is still disarmed (retained OFF again), still snoozed; an
+    // alert lights nothing. Ending the snooze and arming again brings the rule back.
+    let late = Subscriber::start(port, "alert-relay/#").await;
+    let relay = Relay::start(&cfg);
+    wait_until("rule OFF after restart", T, || {
+        late.on(rule).last().is_some_and(|m| m.payload == b"OFF")
+    })
+    .await;
+    wait_until("still snoozed after restart", T, || {
+        last_json(&late, "alert-relay/snooze").is_some_and(|v| v["until"].is_string())
+    })
+    .await;
+    ws.send_text(alert_frame("ev-disarmed", "person", 0.9));
+    wait_until("the alert went through", T, || {
+        !late.on("alert-relay/alerts/").is_empty()
+    })
+    .await;
+    let a = command(port, &late, "alert-relay/cmd/snooze", r#"{"for": 0}"#).await;
+    assert_eq!(a["status"], "ok", "{a}");
+    ws.send_text(alert_frame("ev-disarmed-2", "person", 0.9));
+    wait_until("second alert through", T, || {
+        late.on("alert-relay/alerts/").len() >= 2
+    })
+    .await;
+    assert!(
+        !late
+            .on("alert-relay/outputs/red")
+            .iter()
+            .any(|m| m.payload == b"active"),
+        "a disarmed rule lit red"
+    );
+    let a = command(
+        port,
+        &late,
+        "alert-relay/rules/porch/set",
+        r#"{"state": "ON"}"#,
+    )
+    .await;
+    assert_eq!(a["status"], "ok", "{a}");
+    ws.send_text(alert_frame("ev-armed", "person", 0.9));
+    wait_until("armed again: red active", T, || {
+        late.on("alert-relay/outputs/red")
+            .iter()
+            .any(|m| m.topic == "alert-relay/outputs/red" && m.payload == b"active")
+    })
+    .await;
     relay.stop().await;
 }

@@ -26,16 +26,6 @@ fn event_ids(msgs: &[Received]) -> HashSet<String> {
         .collect()
 }
 
-/// An alert whose explanation makes it about `bytes` long.
-fn big_alert(event_id: &str, bytes: usize) -> String {
-    serde_json::json!({
-        "channel": "alert",
-        "data": {"event_id": event_id, "label": "intrusion", "confidence": 0.9,
-                 "explanation": "x".repeat(bytes)}
-    })
-    .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_alert_is_lost_while_the_broker_restarts_every_second_or_two() {
     if !Mosquitto::available("no_alert_is_lost_while_the_broker_restarts_every_second_or_two") {
@@ -147,7 +137,7 @@ async fn one_oversize_alert_among_small_ones(
     for i in 0..5 {
         ws.send_text(alert_frame(&format!("small-{i}"), "intrusion", 0.9));
     }
-    ws.send_text(big_alert("big", big));
+    ws.send_text(sized_alert_frame("big", big));
     for i in 5..10 {
         ws.send_text(alert_frame(&format!("small-{i}"), "intrusion", 0.9));
     }

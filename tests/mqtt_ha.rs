@@ -61,6 +61,27 @@ const SENSOR_KEYS: &[&str] = &[
     "suggested_display_precision",
     "options",
 ];
+/// home-assistant.io/integrations/{light,siren,button,switch}.mqtt (JSON schema light).
+const LIGHT_KEYS: &[&str] = &[
+    "schema",
+    "command_topic",
+    "state_topic",
+    "supported_color_modes",
+    "effect",
+    "effect_list",
+    "optimistic",
+];
+const SIREN_KEYS: &[&str] = &[
+    "command_topic",
+    "state_topic",
+    "available_tones",
+    "support_duration",
+    "support_volume_set",
+    "state_value_template",
+    "optimistic",
+];
+const BUTTON_KEYS: &[&str] = &["command_topic", "payload_press", "command_template"];
+const SWITCH_KEYS: &[&str] = &["command_topic", "state_topic", "payload_on", "payload_off"];
 const DEVICE_KEYS: &[&str] = &[
     "configuration_url",
     "connections",
@@ -137,6 +158,10 @@ fn validate(topic: &str, cfg: &Value, node: &str) -> String {
         "event" => EVENT_KEYS,
         "binary_sensor" => BINARY_SENSOR_KEYS,
         "sensor" => SENSOR_KEYS,
+        "light" => LIGHT_KEYS,
+        "siren" => SIREN_KEYS,
+        "button" => BUTTON_KEYS,
+        "switch" => SWITCH_KEYS,
         other => panic!("unexpected platform {other}"),
     };
     let obj = cfg
@@ -180,7 +205,7 @@ fn validate(topic: &str, cfg: &Value, node: &str) -> String {
     assert_eq!(cfg["device"]["identifiers"], serde_json::json!([node]));
     assert_eq!(cfg["device"]["name"], "kitchen-relay");
     assert_eq!(cfg["device"]["model"], "alert-relay");
-    assert_eq!(cfg["device"]["manufacturer"], "alert-relay");
+    assert_eq!(cfg["device"]["manufacturer"], "alert-relay project");
     assert_eq!(cfg["device"]["sw_version"], env!("CARGO_PKG_VERSION"));
     if let Some(o) = cfg.get("origin") {
         for k in o.as_object().expect("origin object").keys() {
@@ -195,11 +220,12 @@ fn validate(topic: &str, cfg: &Value, node: &str) -> String {
         );
     }
     // Required per platform.
-    assert!(topic_without_wildcards(str_field(
-        cfg,
-        "state_topic",
-        topic
-    )));
+    let state_key = if platform == "button" {
+        "command_topic"
+    } else {
+        "state_topic"
+    };
+    assert!(topic_without_wildcards(str_field(cfg, state_key, topic)));
     match platform {
         "event" => {
             let types = cfg["event_types"].as_array().expect("event_types array");
@@ -211,10 +237,19 @@ fn validate(topic: &str, cfg: &Value, node: &str) -> String {
                 topic
             )));
         }
-        "binary_sensor" => {
+        "binary_sensor" if cfg.get("value_template").is_none() => {
             assert_eq!(str_field(cfg, "payload_on", topic), "active");
             assert_eq!(str_field(cfg, "payload_off", topic), "idle");
         }
+        "binary_sensor" => assert_eq!(cfg["device_class"], "connectivity"),
+        "light" | "siren" | "switch" => {
+            assert!(topic_without_wildcards(str_field(
+                cfg,
+                "command_topic",
+                topic
+            )));
+        }
+        "button" => {}
         "sensor" => {
             let vt = str_field(cfg, "value_template", topic);
             assert!(vt.starts_with("{{") && vt.ends_with("}}"), "{vt}");
@@ -264,7 +299,7 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
         .collect();
     let relay = Relay::start(&format!("{base}{CONFIG}"));
     let configs = || sub.on("homeassistant/");
-    wait_until("4 discovery configs", T, || configs().len() >= 4).await;
+    wait_until("15 discovery configs", T, || configs().len() >= 15).await;
 
     let mut platforms = Vec::new();
     let mut unique_ids = HashSet::new();
@@ -281,7 +316,23 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
     platforms.sort();
     assert_eq!(
         platforms,
-        ["binary_sensor", "binary_sensor", "event", "sensor"]
+        [
+            "binary_sensor",
+            "binary_sensor",
+            "binary_sensor",
+            "button",
+            "button",
+            "button",
+            "button",
+            "event",
+            "light",
+            "sensor",
+            "sensor",
+            "sensor",
+            "sensor",
+            "sensor",
+            "siren"
+        ]
     );
     let event = &by_platform["event"][0];
     assert_eq!(
@@ -293,30 +344,40 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
     let late = Subscriber::start(port, "homeassistant/#").await;
     wait_until("retained configs", T, || {
         let got = late.snapshot();
-        got.len() >= 4 && got.iter().all(|m| m.retain)
+        got.len() >= 15 && got.iter().all(|m| m.retain)
     })
     .await;
 
     // The binary sensors' state topics carry payload_off now.
-    for cfg in &by_platform["binary_sensor"] {
+    for cfg in by_platform["binary_sensor"]
+        .iter()
+        .filter(|c| c.get("value_template").is_none())
+    {
         let st = cfg["state_topic"].as_str().unwrap_or_default();
         wait_until(&format!("state on {st}"), T, || {
-            sub.on(st).last().is_some_and(|m| m.payload == b"idle")
+            sub.on(st)
+                .iter()
+                .rev()
+                .find(|m| m.topic == st)
+                .is_some_and(|m| m.payload == b"idle")
         })
         .await;
     }
-    // The sensor's value_template path exists in the stats JSON and is a number.
-    let sensor = &by_platform["sensor"][0];
-    assert_eq!(
-        sensor["value_template"],
-        "{{ value_json.queue.depth_records }}"
-    );
-    let st = sensor["state_topic"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    wait_until("stats", T, || !sub.on(&st).is_empty()).await;
-    assert!(sub.on(&st)[0].json()["queue"]["depth_records"].is_u64());
+    // The counters' value_template paths exist in the health JSON and are numbers.
+    let health = "alert-relay/health";
+    wait_until("health", T, || !sub.on(health).is_empty()).await;
+    let h = sub.on(health)[0].json();
+    assert_eq!(h["source_connected"], true, "{h}");
+    for sensor in by_platform["sensor"]
+        .iter()
+        .filter(|c| c["state_topic"] == health)
+    {
+        let vt = sensor["value_template"].as_str().unwrap_or_default();
+        let key = vt
+            .trim_start_matches("{{ value_json.")
+            .trim_end_matches(" }}");
+        assert!(h[key].is_u64(), "{vt} in {h}");
+    }
 
     // An alert becomes an event with an announced event_type and the alert's fields.
     ws.send_text(alert_frame("ev-ha-1", "intrusion", 0.93));
@@ -341,7 +402,7 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
     // Home Assistant restarts: discovery is sent again.
     let before = configs().len();
     say_ha_is_online(port).await;
-    wait_until("discovery re-sent", T, || configs().len() >= before + 4).await;
+    wait_until("discovery re-sent", T, || configs().len() >= before + 15).await;
     relay.stop().await;
 }
 

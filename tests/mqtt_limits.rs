@@ -27,16 +27,6 @@ fn event_ids(msgs: &[Received], prefix: &str) -> HashSet<String> {
         .collect()
 }
 
-/// An alert whose explanation makes its payload about `bytes` long.
-fn sized_alert(event_id: &str, bytes: usize) -> String {
-    serde_json::json!({
-        "channel": "alert",
-        "data": {"event_id": event_id, "label": "intrusion", "confidence": 0.9,
-                 "explanation": "x".repeat(bytes)}
-    })
-    .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_larger_than_max_packet_size_are_trimmed_and_no_alert_is_set_aside() {
     let test = "stats_larger_than_max_packet_size_are_trimmed_and_no_alert_is_set_aside";
@@ -53,7 +43,7 @@ async fn stats_larger_than_max_packet_size_are_trimmed_and_no_alert_is_set_aside
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
     for i in 0..20 {
-        ws.send_text(sized_alert(&format!("small-{i}"), 150));
+        ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
     }
     wait_until("the 20 small alerts", T, || {
         event_ids(&sub.snapshot(), "small-").len() == 20
@@ -124,13 +114,13 @@ async fn with_mqtt311_oversize_alerts_are_set_aside_fast_and_every_small_one_arr
     let mut big = 0;
     let start = Instant::now();
     for i in 0..SMALL {
-        ws.send_text(sized_alert(&format!("small-{i}"), 150));
+        ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
         if i % 10 == 9 {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let bytes = 1700 + (rng % 1300) as usize;
-            ws.send_text(sized_alert(&format!("big-{i}"), bytes));
+            ws.send_text(sized_alert_frame(&format!("big-{i}"), bytes));
             big += 1;
         }
     }
@@ -270,6 +260,16 @@ async fn a_single_relay_with_a_stable_connection_never_blames_its_client_id() {
             }
             assert!(Instant::now() < deadline, "round {round}: no alert arrives");
         }
+        // A restart as a broker goes through one: down long enough for the relay to be
+        // refused at least once (a mosquitto back within its first reconnect backoff would
+        // look exactly like a twin taking the session over).
+        let refused = || log.lock().expect("lock").matches("refused").count();
+        let before = refused();
+        broker.stop();
+        wait_until("the relay is refused by the stopped broker", T, || {
+            refused() > before
+        })
+        .await;
         broker.restart();
     }
     let _ = child.start_kill();
@@ -297,7 +297,7 @@ async fn with_mqtt5_stats_fit_the_connack_maximum_packet_size_without_a_single_d
         "protocol = \"5\"",
     ));
     for i in 0..5 {
-        ws.send_text(sized_alert(&format!("small-{i}"), 150));
+        ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
     }
     wait_until("the small alerts and two stats", T, || {
         event_ids(&sub.snapshot(), "small-").len() == 5 && sub.on("alert-relay/stats").len() >= 2
@@ -336,7 +336,14 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
     // What discovery would send unbounded: some of it is above the limit.
     let cfg = alert_relay::config::Config::parse(&text).expect("config");
     let links = alert_relay::publish::Links::new(&cfg);
-    let discovery = alert_relay::publish::ha::discovery(&cfg.mqtt, &[], &links.event_types);
+    let input = alert_relay::publish::ha::DiscoveryInput {
+        gpio: &cfg.gpio,
+        controls: false,
+        event_types: &links.event_types,
+        configuration_url: None,
+        snooze_for: alert_relay::publish::ha::SNOOZE_BUTTON_FOR,
+    };
+    let discovery = alert_relay::publish::ha::discovery(&cfg.mqtt, &input);
     let (fit, too_big): (Vec<_>, Vec<_>) = discovery
         .iter()
         .map(|(t, p)| (t.clone(), p.to_string().len()))
@@ -346,7 +353,7 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
         "no discovery message above {LIMIT} B: {discovery:?}"
     );
     let relay = Relay::start(&text);
-    ws.send_text(sized_alert("small-0", 100));
+    ws.send_text(sized_alert_frame("small-0", 100));
     wait_until(
         "the alert, two stats and the discovery that fits",
         T,

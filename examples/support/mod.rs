@@ -460,6 +460,16 @@ impl WsServer {
 }
 
 /// An alert envelope in VideoDB's shape.
+/// An alert frame whose explanation makes it (and its MQTT payload) about `bytes` long.
+pub fn sized_alert_frame(event_id: &str, bytes: usize) -> String {
+    serde_json::json!({
+        "channel": "alert",
+        "data": {"event_id": event_id, "label": "intrusion", "confidence": 0.9,
+                 "explanation": "x".repeat(bytes)}
+    })
+    .to_string()
+}
+
 pub fn alert_frame(event_id: &str, label: &str, confidence: f64) -> String {
     serde_json::json!({
         "channel": "alert",

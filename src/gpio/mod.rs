@@ -53,10 +53,24 @@ pub enum GpioCommand {
     Silence,
     /// Run `pattern` on output `output` now, pre-empting anything (installer test).
     Test { output: usize, pattern: Pattern },
+    /// A manual command (`outputs/{name}/set`, Home Assistant's siren and light): run
+    /// `pattern` (`None`: stop the output) with `priority`, like a rule of that priority: a
+    /// higher-priority pattern running on the output is neither pre-empted nor stopped.
+    /// Snooze does not hold it back: the user asked for it.
+    Manual {
+        output: usize,
+        pattern: Option<Pattern>,
+        priority: i32,
+    },
+    /// Silence now, and let no rule start a pattern for `for_` (zero ends a snooze): on
+    /// buzzers only, or on lights too when `lights`.
+    Snooze { for_: Duration, lights: bool },
 }
 
 /// The rule index of installer tests: never equal to a real rule, so never "extends".
 const TEST_RULE: usize = usize::MAX;
+/// The rule index of manual commands: a new command replaces the running one (no extension).
+const MANUAL_RULE: usize = usize::MAX - 1;
 
 struct Active {
     rule: usize,
@@ -82,6 +96,8 @@ struct Engine {
     level: Vec<Level>,
     /// Outputs whose "this backend cannot make tones" line was logged.
     tone_warned: Vec<bool>,
+    /// Until when rule fires are held back, and whether lights are held back too.
+    snoozed: Option<(Instant, bool)>,
 }
 
 /// Runs until `shutdown` turns true or every sender is dropped; then all outputs go safe.
@@ -102,6 +118,7 @@ pub async fn run_engine(
         active: (0..n).map(|_| None).collect(),
         level: vec![Level::Off; n],
         tone_warned: vec![false; n],
+        snoozed: None,
     };
     for i in 0..n {
         e.drive(i, Level::Off, true);
@@ -116,7 +133,19 @@ pub async fn run_engine(
             cmd = commands.recv() => {
                 match cmd {
                     None => break,
-                    Some(GpioCommand::Fire(f)) => e.fire(f, false),
+                    Some(GpioCommand::Fire(f)) => {
+                        if !e.snoozes(f.output) {
+                            e.fire(f, false);
+                        }
+                    }
+                    Some(GpioCommand::Manual { output, pattern: Some(pattern), priority }) => e.fire(
+                        Fire { output, rule: MANUAL_RULE, pattern, priority },
+                        true,
+                    ),
+                    Some(GpioCommand::Manual { output, pattern: None, priority }) => {
+                        e.stop(output, priority);
+                    }
+                    Some(GpioCommand::Snooze { for_, lights }) => e.snooze(for_, lights),
                     Some(GpioCommand::Test { output, pattern }) => e.fire(
                         Fire { output, rule: TEST_RULE, pattern, priority: i32::MAX },
                         true,
@@ -188,6 +217,63 @@ impl Engine {
             tone,
         });
         self.advance(i);
+    }
+
+    /// Whether a snooze holds back rule fires on output `i` now.
+    fn snoozes(&mut self, i: usize) -> bool {
+        let Some((until, lights)) = self.snoozed else {
+            return false;
+        };
+        if Instant::now() >= until {
+            self.snoozed = None;
+            log::info!("gpio: snooze over");
+            return false;
+        }
+        let held = lights
+            || self
+                .outputs
+                .get(i)
+                .is_some_and(|o| o.kind != crate::config::OutputKind::Light);
+        if held {
+            log::debug!(
+                "gpio: {} snoozed; rule pattern skipped",
+                self.outputs[i].name
+            );
+        }
+        held
+    }
+
+    fn snooze(&mut self, for_: Duration, lights: bool) {
+        if for_.is_zero() {
+            self.snoozed = None;
+            log::info!("gpio: snooze ended");
+            return;
+        }
+        self.silence();
+        // A duration too far ahead for the clock is as good as forever.
+        let until = Instant::now()
+            .checked_add(for_)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        self.snoozed = Some((until, lights));
+        log::info!("gpio: snoozed for {for_:?}");
+    }
+
+    /// Stops output `i` unless the pattern running there has a priority above `priority`.
+    fn stop(&mut self, i: usize, priority: i32) {
+        let Some(a) = self.active.get(i).and_then(Option::as_ref) else {
+            return;
+        };
+        if a.priority > priority {
+            self.count(i, |c| &c.ignored_lower_priority);
+            log::info!(
+                "gpio: {} keeps its higher-priority pattern (manual off ignored)",
+                self.outputs[i].name
+            );
+            return;
+        }
+        self.active[i] = None;
+        self.count(i, |c| &c.silenced);
+        self.drive(i, Level::Off, false);
     }
 
     fn silence(&mut self) {

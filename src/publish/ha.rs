@@ -2,23 +2,35 @@
 //! make the relay appear in Home Assistant as one device, and the payload of its alert events.
 //! Pure: the session publishes what these functions build.
 //!
-//! The device (identifiers = the node id, derived from `mqtt.client_id`) has:
-//! - an `event` entity "Alert" on `{prefix}/event`: every acknowledged alert is published there
-//!   as `{"event_type": <label>, ...the alert's fields}`. HA accepts only the announced
-//!   `event_types`: the rules' exact labels plus `mqtt.ha_event_types`, and `other` for any
-//!   label not among them;
-//! - a `binary_sensor` per GPIO output, on `{prefix}/outputs/{name}` (`active` / `idle`);
-//! - a `sensor` "Queue depth" from `{prefix}/stats` (`value_json.queue.depth_records`).
+//! The device (identifiers = the node id, derived from `mqtt.client_id`; named
+//! `mqtt.ha_device_name`, else the client id) has:
+//! - an `event` entity "Alert" on `{prefix}/event`: acknowledged alerts younger than
+//!   `mqtt.ha_event_max_age`, not replayed, as `{"event_type": <label>, ...the alert's fields}`.
+//!   The announced `event_types` are the rules' exact labels, `mqtt.ha_event_types`, the labels
+//!   seen so far (learned, persisted: [`super::ha_state`]) and `other`;
+//! - per output: a `binary_sensor` on `{prefix}/outputs/{name}` (`active` / `idle`); a `siren`
+//!   (buzzers; tones = the named patterns that fit) or a `light` (lights; effects = the named
+//!   patterns) driven through `{prefix}/outputs/{name}/set`, state on `{prefix}/outputs/{name}/state`;
+//!   a `button` "Test {name}" on `{prefix}/cmd/test/{name}`;
+//! - `button`s "Silence" (`cmd/silence`) and "Snooze 30m" (`cmd/snooze`), a
+//!   timestamp `sensor` "Silenced until" on `{prefix}/snooze`;
+//! - per named rule, a `switch` "Rule {name}" on `{prefix}/rules/{name}/set` and `/state`;
+//! - diagnostics from `{prefix}/health` (published on change, at most once a second): a
+//!   connectivity `binary_sensor` for the alert source, sensors for queue depth and the alerts
+//!   received, dropped and set aside.
 //!
 //! All are available while `{prefix}/status` is `online`. Discovery is re-sent whenever
-//! `{ha_prefix}/status` says `online` (Home Assistant restarted).
+//! `{ha_prefix}/status` says `online` (Home Assistant restarted) and when a label is learned.
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{MqttConfig, RuleConfig};
+use crate::config::{GpioConfig, MqttConfig, OutputKind, Pattern, RuleConfig};
 
 /// The event type for labels that were not announced.
 pub const OTHER_EVENT_TYPE: &str = "other";
+
+/// What the snooze button sends to `cmd/snooze` (any other length: publish there).
+pub const SNOOZE_BUTTON_FOR: &str = "30m";
 
 /// Home Assistant's birth topic.
 pub fn ha_status_topic(cfg: &MqttConfig) -> String {
@@ -28,6 +40,26 @@ pub fn ha_status_topic(cfg: &MqttConfig) -> String {
 /// Where alert events go (the event entity's state and attributes topic).
 pub fn event_topic(cfg: &MqttConfig) -> String {
     format!("{}/event", cfg.topic_prefix)
+}
+
+/// The retained state of output `name` for its siren or light.
+pub fn output_state_topic(prefix: &str, name: &str) -> String {
+    format!("{prefix}/outputs/{name}/state")
+}
+
+/// The retained state of a named rule (`ON` armed, `OFF` disarmed).
+pub fn rule_state_topic(prefix: &str, name: &str) -> String {
+    format!("{prefix}/rules/{name}/state")
+}
+
+/// The retained snooze state: `{"until": <RFC 3339> | null}`.
+pub fn snooze_topic(prefix: &str) -> String {
+    format!("{prefix}/snooze")
+}
+
+/// The retained health summary the diagnostic entities read.
+pub fn health_topic(prefix: &str) -> String {
+    format!("{prefix}/health")
 }
 
 /// The node id: the client id with everything but `[A-Za-z0-9_-]` replaced, as HA requires.
@@ -44,8 +76,9 @@ pub fn node_id(cfg: &MqttConfig) -> String {
         .collect()
 }
 
-/// The announced event types: exact labels of the rules (globs cannot be listed), the
-/// configured extras, and [`OTHER_EVENT_TYPE`]; sorted, without duplicates.
+/// The configured event types: exact labels of the rules (globs cannot be listed), the
+/// configured extras, and [`OTHER_EVENT_TYPE`]; sorted, without duplicates. Learned labels
+/// are added with [`with_learned`].
 pub fn event_types(cfg: &MqttConfig, rules: &[RuleConfig]) -> Vec<String> {
     let mut v: Vec<String> = rules
         .iter()
@@ -60,20 +93,54 @@ pub fn event_types(cfg: &MqttConfig, rules: &[RuleConfig]) -> Vec<String> {
     v
 }
 
-fn device(cfg: &MqttConfig) -> Value {
-    json!({
+/// `types` plus the learned labels, sorted, without duplicates.
+pub fn with_learned<'a>(
+    types: &'a [String],
+    learned: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let mut v: Vec<String> = types.iter().chain(learned).cloned().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn device(cfg: &MqttConfig, configuration_url: Option<&str>) -> Value {
+    let mut d = json!({
         "identifiers": [node_id(cfg)],
-        "name": cfg.client_id,
+        "name": cfg.ha_device_name.as_deref().unwrap_or(&cfg.client_id),
         "model": "alert-relay",
-        "manufacturer": "alert-relay",
+        "manufacturer": "alert-relay project",
         "sw_version": env!("CARGO_PKG_VERSION"),
-    })
+    });
+    if let (Some(url), Value::Object(m)) = (configuration_url, &mut d) {
+        m.insert("configuration_url".into(), json!(url));
+    }
+    d
+}
+
+/// What discovery needs besides the MQTT config.
+pub struct DiscoveryInput<'a> {
+    pub gpio: &'a GpioConfig,
+    /// Whether the GPIO engine runs (else no controls are announced).
+    pub controls: bool,
+    pub event_types: &'a [String],
+    /// `http://host:port/healthz` when the HTTP server is on.
+    pub configuration_url: Option<&'a str>,
+    /// The snooze button's duration, as `cmd/snooze` takes it (`"30m"`).
+    pub snooze_for: &'a str,
 }
 
 /// Fields every entity shares: identity, availability on `{prefix}/status`, the device, the
 /// origin. `default_entity_id` (`{platform}.{slug}`) replaced `object_id` in Home Assistant
-/// 2025.10 (`object_id` stops working in 2026.4), so only the new key is sent.
-fn common(cfg: &MqttConfig, platform: &str, object: &str, name: &str) -> Map<String, Value> {
+/// 2025.10 (`object_id` stops working in 2026.4), so only the new key is sent; older versions
+/// ignore it and derive the entity id from the device and entity names.
+fn common(
+    cfg: &MqttConfig,
+    url: Option<&str>,
+    platform: &str,
+    object: &str,
+    name: &str,
+) -> Map<String, Value> {
     let node = node_id(cfg);
     let slug: String = format!("{node}_{object}")
         .chars()
@@ -98,7 +165,7 @@ fn common(cfg: &MqttConfig, platform: &str, object: &str, name: &str) -> Map<Str
     );
     m.insert("payload_available".into(), json!("online"));
     m.insert("payload_not_available".into(), json!("offline"));
-    m.insert("device".into(), device(cfg));
+    m.insert("device".into(), device(cfg, url));
     m.insert(
         "origin".into(),
         json!({"name": "alert-relay", "sw_version": env!("CARGO_PKG_VERSION")}),
@@ -106,59 +173,265 @@ fn common(cfg: &MqttConfig, platform: &str, object: &str, name: &str) -> Map<Str
     m
 }
 
+/// Named patterns that output `kind` can play (tones only on a passive buzzer).
+pub fn patterns_for(gpio: &GpioConfig, kind: OutputKind) -> Vec<String> {
+    gpio.patterns
+        .iter()
+        .filter(|(_, p)| kind == OutputKind::PassiveBuzzer || !matches!(p, Pattern::Tone { .. }))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 /// Every discovery message: (retained config topic, JSON payload).
-pub fn discovery(
-    cfg: &MqttConfig,
-    outputs: &[String],
-    event_types: &[String],
-) -> Vec<(String, Value)> {
+pub fn discovery(cfg: &MqttConfig, input: &DiscoveryInput<'_>) -> Vec<(String, Value)> {
     let node = node_id(cfg);
     let ha = &cfg.ha_prefix;
     let prefix = &cfg.topic_prefix;
+    let url = input.configuration_url;
     let mut out = Vec::new();
-
-    let mut event = common(cfg, "event", "alert", "Alert");
-    event.insert("state_topic".into(), json!(event_topic(cfg)));
-    event.insert("event_types".into(), json!(event_types));
-    event.insert("json_attributes_topic".into(), json!(event_topic(cfg)));
-    out.push((
-        format!("{ha}/event/{node}/alert/config"),
-        Value::Object(event),
-    ));
-
-    for name in outputs {
-        let mut s = common(
-            cfg,
-            "binary_sensor",
-            &format!("output_{name}"),
-            &format!("Output {name}"),
-        );
-        s.insert(
-            "state_topic".into(),
-            json!(format!("{prefix}/outputs/{name}")),
-        );
-        s.insert("payload_on".into(), json!("active"));
-        s.insert("payload_off".into(), json!("idle"));
+    let mut push = |platform: &str, object: &str, entity: Map<String, Value>| {
         out.push((
-            format!("{ha}/binary_sensor/{node}/output_{name}/config"),
-            Value::Object(s),
+            format!("{ha}/{platform}/{node}/{object}/config"),
+            Value::Object(entity),
         ));
+    };
+    let entity = |platform: &str, object: &str, name: &str, fields: Value| {
+        let mut m = common(cfg, url, platform, object, name);
+        if let Value::Object(f) = fields {
+            m.extend(f);
+        }
+        m
+    };
+
+    push(
+        "event",
+        "alert",
+        entity(
+            "event",
+            "alert",
+            "Alert",
+            json!({
+                "state_topic": event_topic(cfg),
+                "event_types": input.event_types,
+                "json_attributes_topic": event_topic(cfg),
+                "icon": "mdi:cctv",
+            }),
+        ),
+    );
+
+    for o in &input.gpio.outputs {
+        let name = &o.name;
+        let object = format!("output_{name}");
+        push(
+            "binary_sensor",
+            &object,
+            entity(
+                "binary_sensor",
+                &object,
+                &format!("Output {name}"),
+                json!({
+                    "state_topic": format!("{prefix}/outputs/{name}"),
+                    "payload_on": "active",
+                    "payload_off": "idle",
+                    "device_class": "running",
+                    "entity_category": "diagnostic",
+                }),
+            ),
+        );
+        if !input.controls {
+            continue;
+        }
+        let set = format!("{prefix}/outputs/{name}/set");
+        let state = output_state_topic(prefix, name);
+        let named = patterns_for(input.gpio, o.kind);
+        if o.kind == OutputKind::Light {
+            let object = format!("light_{name}");
+            let mut fields = json!({
+                "schema": "json",
+                "command_topic": set,
+                "state_topic": state,
+                "supported_color_modes": ["onoff"],
+                "icon": "mdi:alarm-light",
+            });
+            if !named.is_empty() {
+                fields["effect"] = json!(true);
+                fields["effect_list"] = json!(named);
+            }
+            push("light", &object, entity("light", &object, name, fields));
+        } else {
+            let object = format!("siren_{name}");
+            let mut fields = json!({
+                "command_topic": set,
+                "state_topic": state,
+                "support_duration": true,
+                "support_volume_set": false,
+                "icon": "mdi:bullhorn",
+            });
+            if !named.is_empty() {
+                fields["available_tones"] = json!(named);
+            }
+            push("siren", &object, entity("siren", &object, name, fields));
+        }
+        let object = format!("test_{name}");
+        push(
+            "button",
+            &object,
+            entity(
+                "button",
+                &object,
+                &format!("Test {name}"),
+                json!({
+                    "command_topic": format!("{prefix}/cmd/test/{name}"),
+                    "payload_press": "",
+                    "device_class": "identify",
+                    "entity_category": "diagnostic",
+                }),
+            ),
+        );
     }
 
-    let mut depth = common(cfg, "sensor", "queue_depth", "Queue depth");
-    depth.insert("state_topic".into(), json!(format!("{prefix}/stats")));
-    depth.insert(
-        "value_template".into(),
-        json!("{{ value_json.queue.depth_records }}"),
+    if input.controls {
+        push(
+            "button",
+            "silence",
+            entity(
+                "button",
+                "silence",
+                "Silence",
+                json!({
+                    "command_topic": format!("{prefix}/cmd/silence"),
+                    "payload_press": "{}",
+                    "icon": "mdi:volume-off",
+                }),
+            ),
+        );
+        push(
+            "button",
+            "snooze",
+            entity(
+                "button",
+                "snooze",
+                &format!("Snooze {}", input.snooze_for),
+                json!({
+                    "command_topic": format!("{prefix}/cmd/snooze"),
+                    "payload_press": json!({"for": input.snooze_for}).to_string(),
+                    "icon": "mdi:alarm-snooze",
+                }),
+            ),
+        );
+        push(
+            "sensor",
+            "silenced_until",
+            entity(
+                "sensor",
+                "silenced_until",
+                "Silenced until",
+                json!({
+                    "state_topic": snooze_topic(prefix),
+                    "value_template": "{{ value_json.until }}",
+                    "device_class": "timestamp",
+                    "icon": "mdi:alarm-snooze",
+                }),
+            ),
+        );
+        for r in &input.gpio.rules {
+            let Some(name) = &r.name else { continue };
+            let object = format!("rule_{name}");
+            push(
+                "switch",
+                &object,
+                entity(
+                    "switch",
+                    &object,
+                    &format!("Rule {name}"),
+                    json!({
+                        "command_topic": format!("{prefix}/rules/{name}/set"),
+                        "state_topic": rule_state_topic(prefix, name),
+                        "payload_on": "ON",
+                        "payload_off": "OFF",
+                        "icon": "mdi:shield-check",
+                        "entity_category": "config",
+                    }),
+                ),
+            );
+        }
+    }
+
+    let health = health_topic(prefix);
+    push(
+        "binary_sensor",
+        "source",
+        entity(
+            "binary_sensor",
+            "source",
+            "Alert source",
+            json!({
+                "state_topic": health,
+                "value_template": "{{ 'ON' if value_json.source_connected else 'OFF' }}",
+                "device_class": "connectivity",
+                "entity_category": "diagnostic",
+            }),
+        ),
     );
-    depth.insert("unit_of_measurement".into(), json!("alerts"));
-    depth.insert("state_class".into(), json!("measurement"));
-    depth.insert("entity_category".into(), json!("diagnostic"));
-    out.push((
-        format!("{ha}/sensor/{node}/queue_depth/config"),
-        Value::Object(depth),
-    ));
+    for (object, name, key, class, icon) in [
+        (
+            "queue_depth",
+            "Queue depth",
+            "queue_depth",
+            "measurement",
+            "mdi:tray-full",
+        ),
+        (
+            "received",
+            "Alerts received",
+            "received",
+            "total_increasing",
+            "mdi:bell-ring",
+        ),
+        (
+            "dropped",
+            "Alerts dropped",
+            "dropped",
+            "total_increasing",
+            "mdi:delete-alert",
+        ),
+        (
+            "set_aside",
+            "Alerts set aside",
+            "set_aside",
+            "total_increasing",
+            "mdi:tray-remove",
+        ),
+    ] {
+        push(
+            "sensor",
+            object,
+            entity(
+                "sensor",
+                object,
+                name,
+                json!({
+                    "state_topic": health,
+                    "value_template": format!("{{{{ value_json.{key} }}}}"),
+                    "unit_of_measurement": "alerts",
+                    "state_class": class,
+                    "icon": icon,
+                    "entity_category": "diagnostic",
+                }),
+            ),
+        );
+    }
     out
+}
+
+/// Adds `"replayed": true` to the `relay` object that closes a rendered record
+/// (`...,"relay":{...}}`): the record was in the queue at start-up or was sent before a
+/// reconnect, so a consumer may have it already.
+pub fn mark_replayed(payload: &mut Vec<u8>) {
+    if payload.ends_with(b"}}") {
+        let at = payload.len() - 2;
+        payload.splice(at..at, b",\"replayed\":true".iter().copied());
+    }
 }
 
 /// The event entity's payload for one alert: `event_type` (the label when announced, else
@@ -235,6 +508,127 @@ output = "red"
         let v: Value = serde_json::from_slice(&p).expect("json");
         assert_eq!(v["event_type"], "other");
         assert_eq!(event_payload(b"[1]", "x", &types), None);
+    }
+
+    fn gpio_cfg() -> Config {
+        Config::parse(
+            r#"
+[source]
+url = "ws://127.0.0.1:1/"
+[mqtt]
+client_id = "relay1"
+ha_discovery = true
+ha_device_name = "Porch relay"
+[gpio]
+backend = "sim"
+[gpio.patterns]
+alarm = { kind = "blink", on = "100ms", off = "100ms", count = 5 }
+beep = { kind = "tone", frequency = 880, duration = "1s" }
+[[gpio.outputs]]
+name = "lamp"
+[[gpio.outputs]]
+name = "horn"
+kind = "buzzer"
+[[gpio.outputs]]
+name = "piezo"
+kind = "passive_buzzer"
+[[gpio.rules]]
+name = "porch"
+labels = ["person"]
+output = "lamp"
+[[gpio.rules]]
+labels = ["car"]
+output = "lamp"
+"#,
+        )
+        .expect("config")
+    }
+
+    fn find<'a>(d: &'a [(String, Value)], topic: &str) -> Option<&'a Value> {
+        d.iter().find(|(t, _)| t == topic).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn controls_are_sirens_lights_buttons_and_rule_switches() {
+        let c = gpio_cfg();
+        let types = vec!["other".to_string()];
+        let input = DiscoveryInput {
+            gpio: &c.gpio,
+            controls: true,
+            event_types: &types,
+            configuration_url: Some("http://relay:8787/healthz"),
+            snooze_for: SNOOZE_BUTTON_FOR,
+        };
+        let d = discovery(&c.mqtt, &input);
+        let light = find(&d, "homeassistant/light/relay1/light_lamp/config").expect("light");
+        assert_eq!(light["schema"], "json");
+        assert_eq!(light["command_topic"], "alert-relay/outputs/lamp/set");
+        assert_eq!(light["state_topic"], "alert-relay/outputs/lamp/state");
+        assert_eq!(
+            light["effect_list"],
+            json!(["alarm"]),
+            "no tones on a light"
+        );
+        assert_eq!(light["device"]["name"], "Porch relay");
+        assert_eq!(
+            light["device"]["configuration_url"],
+            "http://relay:8787/healthz"
+        );
+        let horn = find(&d, "homeassistant/siren/relay1/siren_horn/config").expect("siren");
+        assert_eq!(horn["available_tones"], json!(["alarm"]));
+        assert_eq!(horn["support_duration"], true);
+        let piezo = find(&d, "homeassistant/siren/relay1/siren_piezo/config").expect("siren");
+        assert_eq!(piezo["available_tones"], json!(["alarm", "beep"]));
+        let test = find(&d, "homeassistant/button/relay1/test_horn/config").expect("button");
+        assert_eq!(test["command_topic"], "alert-relay/cmd/test/horn");
+        assert_eq!(test["device_class"], "identify");
+        assert!(find(&d, "homeassistant/button/relay1/silence/config").is_some());
+        let snooze = find(&d, "homeassistant/button/relay1/snooze/config").expect("snooze");
+        assert_eq!(snooze["payload_press"], r#"{"for":"30m"}"#);
+        let rule = find(&d, "homeassistant/switch/relay1/rule_porch/config").expect("switch");
+        assert_eq!(rule["command_topic"], "alert-relay/rules/porch/set");
+        assert_eq!(rule["state_topic"], "alert-relay/rules/porch/state");
+        let switches = d.iter().filter(|(t, _)| t.contains("/switch/")).count();
+        assert_eq!(switches, 1, "only named rules are switches");
+        let source = find(&d, "homeassistant/binary_sensor/relay1/source/config").expect("source");
+        assert_eq!(source["device_class"], "connectivity");
+        let until = find(&d, "homeassistant/sensor/relay1/silenced_until/config").expect("until");
+        assert_eq!(until["device_class"], "timestamp");
+        for (topic, v) in &d {
+            assert!(v["unique_id"].is_string(), "{topic}");
+            assert_eq!(v["availability_topic"], "alert-relay/status", "{topic}");
+        }
+        // Without a GPIO engine nothing is offered that could not act.
+        let input = DiscoveryInput {
+            controls: false,
+            configuration_url: None,
+            ..input
+        };
+        let d = discovery(&c.mqtt, &input);
+        for platform in ["/light/", "/siren/", "/button/", "/switch/"] {
+            assert!(!d.iter().any(|(t, _)| t.contains(platform)), "{platform}");
+        }
+        assert!(d
+            .iter()
+            .all(|(_, v)| v["device"].get("configuration_url").is_none()));
+    }
+
+    #[test]
+    fn replayed_records_say_so_in_their_relay_object() {
+        let mut p = br#"{"label":"x","relay":{"seq":3,"via":"ws"}}"#.to_vec();
+        mark_replayed(&mut p);
+        let v: Value = serde_json::from_slice(&p).expect("json");
+        assert_eq!(v["relay"], json!({"seq": 3, "via": "ws", "replayed": true}));
+    }
+
+    #[test]
+    fn learned_labels_join_the_configured_types() {
+        let learned: std::collections::BTreeSet<String> =
+            ["zebra".to_string(), "other".to_string()].into();
+        assert_eq!(
+            with_learned(&["other".to_string(), "person".to_string()], &learned),
+            ["other", "person", "zebra"]
+        );
     }
 
     #[test]

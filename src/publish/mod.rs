@@ -42,6 +42,7 @@ pub mod client;
 pub mod commands;
 pub mod correlate;
 pub mod ha;
+pub mod ha_state;
 pub mod limit;
 pub mod pace;
 pub mod takeover;
@@ -50,12 +51,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::alert::QueuedMessage;
 use crate::backoff::Backoff;
-use crate::config::{Config, MqttConfig, MqttProtocol, OutputConfig, Qos};
+use crate::config::{Config, GpioConfig, MqttConfig, MqttProtocol, OutputConfig, OutputKind, Qos};
 use crate::gpio::GpioCommand;
 use crate::queue::{QueueHandle, Record};
 use crate::stats::{queue_json, Stats};
@@ -89,21 +91,98 @@ pub struct Links {
     pub activity: Option<watch::Receiver<Vec<bool>>>,
     /// The GPIO outputs, in the engine's order.
     pub outputs: Vec<OutputConfig>,
-    /// Event types announced to Home Assistant.
+    /// Event types announced to Home Assistant from the config (learned labels come on top).
     pub event_types: Vec<String>,
+    /// Named patterns, rules, manual priority, snooze scope: what commands need.
+    pub gpio_config: GpioConfig,
+    /// Where arming commands (`rules/{name}/set`) go; `None` when GPIO is off.
+    pub ingest: Option<crate::ingest::Ingest>,
+    /// What Home Assistant changed (arming, snooze, learned labels) and where it is kept.
+    pub state: ha_state::HaState,
+    pub state_path: std::path::PathBuf,
+    /// Records below this seq were in the queue when the relay started: published again, so
+    /// marked `relay.replayed` and kept off `{prefix}/event`.
+    pub replay_below: u64,
+    /// The highest seq handed to the broker by this process (replays after a reconnect).
+    sent_high: u64,
+    /// The named pattern each output was last told to run by a command (its light effect or
+    /// siren tone), shown while the output is active.
+    effects: Vec<Option<String>>,
+    /// `configuration_url` for Home Assistant, when the HTTP server is on.
+    pub configuration_url: Option<String>,
 }
 
 impl Links {
-    /// Links without a GPIO engine; the caller fills `gpio` and `activity` when it runs one.
+    /// Links without a GPIO engine; the caller fills `gpio`, `activity` and `ingest` when it
+    /// runs one. Reads the state file (see [`ha_state`]).
     pub fn new(config: &Config) -> Links {
+        let state_path = ha_state::path_for(&config.queue.dir);
         Links {
             gpio: None,
             activity: None,
             outputs: config.gpio.outputs.clone(),
             event_types: ha::event_types(&config.mqtt, &config.gpio.rules),
+            gpio_config: config.gpio.clone(),
+            ingest: None,
+            state: ha_state::HaState::load(&state_path),
+            state_path,
+            replay_below: 0,
+            sent_high: 0,
+            effects: vec![None; config.gpio.outputs.len()],
+            configuration_url: config.http.as_ref().map(|h| {
+                let host = if h.listen.ip().is_unspecified() {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "localhost".into())
+                } else {
+                    match h.listen.ip() {
+                        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                        ip => ip.to_string(),
+                    }
+                };
+                format!("http://{host}:{}/healthz", h.listen.port())
+            }),
         }
     }
+
+    /// Index of each named rule that the state file says is disarmed.
+    pub fn disarmed_rules(&self) -> Vec<usize> {
+        self.gpio_config
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.name
+                    .as_ref()
+                    .is_some_and(|n| self.state.disarmed.contains(n))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// How long the snooze in the state file still runs.
+    pub fn snooze_left(&self) -> Option<Duration> {
+        let until = self.state.snoozed_until?;
+        let now = crate::clock::unix_micros(std::time::SystemTime::now()) / 1_000_000;
+        (until > now).then(|| Duration::from_secs(until - now))
+    }
+
+    fn save_state(&self) {
+        if let Err(e) = self.state.save(&self.state_path) {
+            log::error!("state: cannot write {}: {e}", self.state_path.display());
+        }
+    }
+
+    /// The event types announced now: configured plus learned.
+    fn all_event_types(&self) -> Vec<String> {
+        ha::with_learned(&self.event_types, &self.state.labels)
+    }
 }
+
+/// How often `{prefix}/health` is looked at; it is published only when it changed.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true; then publishes `offline` and disconnects cleanly.
 pub async fn run(
@@ -344,6 +423,10 @@ struct Session<'a> {
     sizes: &'a mut SizeWatch,
     /// Set when the broker's DISCONNECT said the session was taken over.
     taken_over: bool,
+    /// Records up to this seq were handed to a broker before this connection: replays.
+    replay_upto: u64,
+    /// `{prefix}/health` last published.
+    health_published: Option<Value>,
 }
 
 impl<'a> Session<'a> {
@@ -357,6 +440,7 @@ impl<'a> Session<'a> {
         sizes: &'a mut SizeWatch,
     ) -> Session<'a> {
         let n = links.outputs.len();
+        let replay_upto = links.sent_high;
         Session {
             cfg,
             links,
@@ -377,6 +461,8 @@ impl<'a> Session<'a> {
             wire: Wire::default(),
             sizes,
             taken_over: false,
+            replay_upto,
+            health_published: None,
         }
     }
 
@@ -428,6 +514,8 @@ impl<'a> Session<'a> {
         self.on_connected();
         let mut stats_tick = tokio::time::interval(self.cfg.stats_interval);
         stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health_tick = tokio::time::interval(HEALTH_INTERVAL);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(e) = self.fill_window() {
                 self.stats.log_queue_error(&e);
@@ -451,6 +539,12 @@ impl<'a> Session<'a> {
                 _ = self.queue.readable(), if room => {}
                 _ = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 _ = stats_tick.tick() => self.publish_stats(),
+                _ = health_tick.tick() => {
+                    self.end_snooze_if_over();
+                    if self.cfg.ha_discovery {
+                        self.publish_health();
+                    }
+                }
                 Some((suffix, payload)) = live.recv() => {
                     // Best-effort channels: QoS 0, no queue record, no ack to track.
                     let topic = format!("{}/{suffix}", self.cfg.topic_prefix);
@@ -492,11 +586,14 @@ impl<'a> Session<'a> {
     /// the oldest unacknowledged record.
     fn on_connected(&mut self) {
         let prefix = &self.cfg.topic_prefix;
-        if let Err(e) = self
-            .client
-            .try_subscribe(format!("{prefix}/cmd/#"), Qos::AtLeastOnce)
-        {
-            log::warn!("mqtt: cannot subscribe to {prefix}/cmd/#: {e}");
+        for filter in [
+            format!("{prefix}/cmd/#"),
+            format!("{prefix}/outputs/+/set"),
+            format!("{prefix}/rules/+/set"),
+        ] {
+            if let Err(e) = self.client.try_subscribe(filter.clone(), Qos::AtLeastOnce) {
+                log::warn!("mqtt: cannot subscribe to {filter}: {e}");
+            }
         }
         if self.cfg.ha_discovery {
             if let Err(e) = self
@@ -514,7 +611,95 @@ impl<'a> Session<'a> {
             true,
         );
         self.publish_outputs();
+        self.publish_rule_states();
+        self.publish_snooze();
         self.queue.lock().rewind();
+    }
+
+    /// `{prefix}/rules/{name}/state` of every named rule, retained.
+    fn publish_rule_states(&mut self) {
+        let states: Vec<(String, bool)> = self
+            .links
+            .gpio_config
+            .rules
+            .iter()
+            .filter_map(|r| r.name.clone())
+            .map(|n| {
+                let armed = !self.links.state.disarmed.contains(&n);
+                (n, armed)
+            })
+            .collect();
+        for (name, armed) in states {
+            self.publish_rule_state(&name, armed);
+        }
+    }
+
+    fn publish_rule_state(&mut self, name: &str, armed: bool) {
+        self.publish_own(
+            ha::rule_state_topic(&self.cfg.topic_prefix, name),
+            if armed {
+                b"ON".to_vec()
+            } else {
+                b"OFF".to_vec()
+            },
+            Qos::AtLeastOnce,
+            true,
+        );
+    }
+
+    /// `{prefix}/snooze`, retained: `{"until": <RFC 3339>}` while snoozed, else `null`.
+    fn publish_snooze(&mut self) {
+        let until = self
+            .links
+            .snooze_left()
+            .and(self.links.state.snoozed_until)
+            .map(|s| crate::clock::rfc3339_micros(s.saturating_mul(1_000_000)));
+        self.publish_own(
+            ha::snooze_topic(&self.cfg.topic_prefix),
+            serde_json::json!({ "until": until })
+                .to_string()
+                .into_bytes(),
+            Qos::AtLeastOnce,
+            true,
+        );
+    }
+
+    fn end_snooze_if_over(&mut self) {
+        if self.links.state.snoozed_until.is_some() && self.links.snooze_left().is_none() {
+            self.links.state.snoozed_until = None;
+            self.links.save_state();
+            log::info!("mqtt: snooze over");
+            self.publish_snooze();
+        }
+    }
+
+    /// `{prefix}/health` (retained) when it changed: source connectivity, queue depth,
+    /// received, dropped and set-aside counts, for Home Assistant's diagnostic entities.
+    fn publish_health(&mut self) {
+        let snapshot = {
+            let q = self.queue.lock();
+            self.stats.snapshot(Some(queue_json(&q)))
+        };
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let q = &snapshot["queue"];
+        let health = serde_json::json!({
+            "source_connected": snapshot["source_connected"].as_bool().unwrap_or(false),
+            "queue_depth": n(&q["depth_records"]),
+            "received": n(&snapshot["alerts_received"]),
+            "dropped": n(&q["dropped_oldest"]) + n(&q["dropped_newest"])
+                + n(&q["dropped_max_age"]) + n(&q["dropped_io_error"]),
+            "set_aside": n(&snapshot["mqtt_set_aside"]),
+        });
+        if self.health_published.as_ref() == Some(&health) {
+            return;
+        }
+        self.publish_own(
+            ha::health_topic(&self.cfg.topic_prefix),
+            health.to_string().into_bytes(),
+            Qos::AtMostOnce,
+            true,
+        );
+        self.health_published = Some(health);
     }
 
     /// Reads as many records as the in-flight window has room for and publishes them.
@@ -554,7 +739,11 @@ impl<'a> Session<'a> {
         };
         let topic = format!("{}/{}", self.cfg.topic_prefix, msg.topic_suffix);
         let topic = crate::topic::safe_topic(&topic).into_owned();
-        let payload = msg.render(rec.seq, rec.accepted_us);
+        let mut payload = msg.render(rec.seq, rec.accepted_us);
+        let replayed = rec.seq < self.links.replay_below || rec.seq <= self.replay_upto;
+        if replayed {
+            ha::mark_replayed(&mut payload);
+        }
         if let Some(limit) = self.cfg.max_message_bytes {
             if payload.len() > limit {
                 let why = format!(
@@ -620,8 +809,20 @@ impl<'a> Session<'a> {
                 .as_ref()
                 .and_then(|m| m.label.clone())
                 .unwrap_or_default();
-            if let Some(ev) = ha::event_payload(&payload, &label, &self.links.event_types) {
-                self.ha_events.insert(rec.seq, ev);
+            // The alert that brings a new label goes out as `other`: Home Assistant may not
+            // have applied the re-sent discovery yet, and would warn about an unknown type.
+            let types = self.links.all_event_types();
+            if self.links.state.learn(&label) {
+                log::info!("mqtt: new alert label {label:?}: announcing it as an event type");
+                self.links.save_state();
+                self.publish_discovery();
+            }
+            let now_us = crate::clock::unix_micros(std::time::SystemTime::now());
+            let age = Duration::from_micros(now_us.saturating_sub(rec.accepted_us));
+            if !replayed && age <= self.cfg.ha_event_max_age {
+                if let Some(ev) = ha::event_payload(&payload, &label, &types) {
+                    self.ha_events.insert(rec.seq, ev);
+                }
             }
         }
         match self
@@ -632,6 +833,7 @@ impl<'a> Session<'a> {
                 self.corr.sent(Some(rec.seq));
                 self.wire.sent(size, Some(rec.seq));
                 self.stats.inc(&self.stats.mqtt_published);
+                self.links.sent_high = self.links.sent_high.max(rec.seq);
             }
             Err(e) => {
                 // The request channel has room for the whole window, so this is a bug or a
@@ -750,12 +952,43 @@ impl<'a> Session<'a> {
             );
             let payload = if active { "active" } else { "idle" };
             self.publish_own(topic, payload.as_bytes().to_vec(), Qos::AtLeastOnce, true);
+            if !active {
+                self.links.effects[i] = None;
+            }
+            self.publish_output_state(i, active);
         }
     }
 
+    /// `{prefix}/outputs/{name}/state`, retained, as Home Assistant's JSON light and siren
+    /// read it: `{"state": "ON", "effect": <pattern>}` (`"tone"` for a siren).
+    fn publish_output_state(&mut self, i: usize, active: bool) {
+        let o = &self.links.outputs[i];
+        let key = if o.kind == OutputKind::Light {
+            "effect"
+        } else {
+            "tone"
+        };
+        let mut v = serde_json::json!({ "state": if active { "ON" } else { "OFF" } });
+        match (&self.links.effects[i], o.kind) {
+            (Some(e), _) if active => v[key] = Value::from(e.clone()),
+            // A light clears its effect; a siren's tone stays until the next one.
+            (_, OutputKind::Light) => v[key] = Value::Null,
+            _ => {}
+        }
+        let topic = ha::output_state_topic(&self.cfg.topic_prefix, &o.name);
+        self.publish_own(topic, v.to_string().into_bytes(), Qos::AtLeastOnce, true);
+    }
+
     fn publish_discovery(&mut self) {
-        let names: Vec<String> = self.links.outputs.iter().map(|o| o.name.clone()).collect();
-        for (topic, payload) in ha::discovery(self.cfg, &names, &self.links.event_types) {
+        let types = self.links.all_event_types();
+        let input = ha::DiscoveryInput {
+            gpio: &self.links.gpio_config,
+            controls: self.links.gpio.is_some(),
+            event_types: &types,
+            configuration_url: self.links.configuration_url.as_deref(),
+            snooze_for: ha::SNOOZE_BUTTON_FOR,
+        };
+        for (topic, payload) in ha::discovery(self.cfg, &input) {
             self.publish_own(
                 topic,
                 payload.to_string().into_bytes(),
@@ -769,7 +1002,7 @@ impl<'a> Session<'a> {
         self.stats.inc(&self.stats.mqtt_acked);
         self.acked_any = true;
         if let Some(ev) = self.ha_events.remove(&seq) {
-            self.publish_own(ha::event_topic(self.cfg), ev, Qos::AtMostOnce, false);
+            self.publish_own(ha::event_topic(self.cfg), ev, self.cfg.qos, false);
         }
         if let Err(e) = self.queue.lock().ack(seq) {
             log::error!("queue: {e}");
@@ -839,9 +1072,12 @@ impl<'a> Session<'a> {
             }
             return;
         }
-        let Some((command, parsed)) =
-            commands::parse(&self.cfg.topic_prefix, topic, payload, &self.links.outputs)
-        else {
+        let Some(parsed) = commands::parse(
+            &self.cfg.topic_prefix,
+            topic,
+            payload,
+            &self.links.gpio_config,
+        ) else {
             return;
         };
         if retain {
@@ -849,15 +1085,8 @@ impl<'a> Session<'a> {
             return;
         }
         self.stats.inc(&self.stats.mqtt_commands);
-        let result = parsed.and_then(|cmd| match &self.links.gpio {
-            None => Err("gpio is off (gpio.backend = \"none\" or no outputs)".to_string()),
-            Some(tx) => tx.try_send(cmd).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    "the gpio engine is busy; try again".to_string()
-                }
-                mpsc::error::TrySendError::Closed(_) => "the gpio engine has stopped".to_string(),
-            }),
-        });
+        let command = parsed.name;
+        let result = parsed.command.and_then(|c| self.execute(c));
         match &result {
             Ok(()) => log::info!("mqtt: command {command} accepted"),
             Err(e) => {
@@ -868,13 +1097,88 @@ impl<'a> Session<'a> {
                 );
             }
         }
-        let answer = commands::answer(&command, &result);
+        let answer = commands::answer(&command, parsed.transaction.as_ref(), &result);
         self.publish_own(
             commands::result_topic(&self.cfg.topic_prefix),
             answer,
             Qos::AtLeastOnce,
             false,
         );
+    }
+
+    fn send_gpio(&self, cmd: GpioCommand) -> Result<(), String> {
+        match &self.links.gpio {
+            None => Err("gpio is off (gpio.backend = \"none\" or no outputs)".to_string()),
+            Some(tx) => tx.try_send(cmd).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "the gpio engine is busy; try again".to_string()
+                }
+                mpsc::error::TrySendError::Closed(_) => "the gpio engine has stopped".to_string(),
+            }),
+        }
+    }
+
+    /// Carries out one parsed command; what it changed is published (retained state topics)
+    /// and, for arming and snooze, kept in the state file.
+    fn execute(&mut self, c: commands::Command) -> Result<(), String> {
+        match c {
+            commands::Command::Gpio(cmd) => self.send_gpio(cmd),
+            commands::Command::Output {
+                output,
+                pattern,
+                effect,
+            } => {
+                let on = pattern.is_some();
+                self.send_gpio(GpioCommand::Manual {
+                    output,
+                    pattern,
+                    priority: self.links.gpio_config.manual_priority,
+                })?;
+                if on {
+                    self.links.effects[output] = effect;
+                    // Already active: the activity does not change, the effect does.
+                    if self.outputs_published[output] == Some(true) {
+                        self.publish_output_state(output, true);
+                    }
+                }
+                Ok(())
+            }
+            commands::Command::Arm { rule, armed } => {
+                let Some(ingest) = &self.links.ingest else {
+                    return Err("gpio is off (gpio.backend = \"none\" or no outputs)".into());
+                };
+                ingest.set_armed(rule, armed);
+                let Some(name) = self.links.gpio_config.rules[rule].name.clone() else {
+                    return Ok(());
+                };
+                let changed = if armed {
+                    self.links.state.disarmed.remove(&name)
+                } else {
+                    self.links.state.disarmed.insert(name.clone())
+                };
+                if changed {
+                    self.links.save_state();
+                }
+                log::info!(
+                    "mqtt: rule {name} {}",
+                    if armed { "armed" } else { "disarmed" }
+                );
+                self.publish_rule_state(&name, armed);
+                Ok(())
+            }
+            commands::Command::Snooze(for_) => {
+                self.send_gpio(GpioCommand::Snooze {
+                    for_,
+                    lights: self.links.gpio_config.snooze_lights,
+                })?;
+                let now = crate::clock::unix_micros(std::time::SystemTime::now()) / 1_000_000;
+                self.links.state.snoozed_until =
+                    (!for_.is_zero()).then(|| now.saturating_add(for_.as_secs().max(1)));
+                self.links.save_state();
+                self.publish_snooze();
+                Ok(())
+            }
+        }
     }
 
     async fn shutdown(&mut self, el: &mut EventLoop) {

@@ -10,8 +10,8 @@
 //! (SPEC §2), only WebSocket pings.
 //!
 //! Bad input never ends the connection: every skipped frame is counted and logged
-//! rate-limited. An oversize frame is skipped; only frames beyond the transport limit (kept
-//! [`TRANSPORT_LIMIT_FACTOR`] times above `max_frame_bytes`) make the socket fail.
+//! rate-limited. An oversize frame or message, of any declared size, is discarded as it
+//! streams ([`frames`]: tungstenite does the handshake, the relay reads the frames itself).
 //!
 //! # Liveness
 //! A ping goes out every `ping_interval`; if nothing at all (pong or data) arrives within
@@ -20,6 +20,7 @@
 //! connection runs.
 
 pub mod admin;
+pub mod frames;
 pub mod http;
 pub mod tls;
 pub mod videodb;
@@ -27,13 +28,11 @@ pub mod videodb;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 
@@ -46,8 +45,6 @@ use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
 
-/// The transport's own message limit, as a multiple of the relay's frame limit.
-pub const TRANSPORT_LIMIT_FACTOR: usize = 16;
 /// A best-effort channel message: topic below the prefix, payload.
 pub type LiveMessage = (String, Vec<u8>);
 /// Best-effort messages waiting for the publisher. Transcripts come a few per second per
@@ -262,29 +259,21 @@ async fn connect_and_read(
     }
 
     // 2. Connect.
-    let transport_limit = cfg.max_frame_bytes.saturating_mul(TRANSPORT_LIMIT_FACTOR);
-    let ws_cfg = WebSocketConfig::default()
-        .max_message_size(Some(transport_limit))
-        .max_frame_size(Some(transport_limit));
-    let connector = if url.starts_with("wss://") {
-        if cfg.tls.insecure_skip_verify {
-            log::warn!("source: {}", tls::insecure_warning(&shown));
-        }
-        Some(Connector::Rustls(ctx.tls.clone()))
-    } else {
-        None
-    };
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_cfg), true, connector);
-    let (mut ws, _resp) = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+    if url.starts_with("wss://") && cfg.tls.insecure_skip_verify {
+        log::warn!("source: {}", tls::insecure_warning(&shown));
+    }
+    let connect = frames::connect(request, ctx.tls.clone());
+    let mut ws = match tokio::time::timeout(cfg.connect_timeout, connect).await {
         Err(_) => {
             return Err(SourceError::Timeout {
                 url: shown,
                 after: cfg.connect_timeout,
             })
         }
-        Ok(Err(e)) => return Err(connect_err(tls::explain(&e.to_string()))),
-        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(connect_err(tls::explain(&e))),
+        Ok(Ok((stream, tail))) => {
+            frames::FrameStream::new(stream, &tail, cfg.max_frame_bytes, stats)
+        }
     };
 
     // 3. VideoDB: the first message is the connection_id, which the alerts are bound to.
@@ -319,10 +308,8 @@ async fn connect_and_read(
                 Message::Close(_) => return Ok(End::Closed),
                 _ => continue,
             };
-            if let Some(id) = (bytes.len() <= cfg.max_frame_bytes)
-                .then(|| connection_id_of(bytes))
-                .flatten()
-            {
+            // `frames` never delivers a message above `max_frame_bytes`.
+            if let Some(id) = connection_id_of(bytes) {
                 stats.inc(&stats.frames_received);
                 connection_id = Some(id);
             } else {
@@ -355,6 +342,7 @@ async fn connect_and_read(
     // 5. Read, ping, and watch for silence.
     let mut next_ping = Instant::now() + cfg.ping_interval;
     let mut pong_due: Option<Instant> = None;
+    let mut read_at_ping = 0;
     loop {
         tokio::select! {
             msg = ws.next() => {
@@ -389,18 +377,25 @@ async fn connect_and_read(
                 pong_due = Some(now + cfg.pong_timeout);
                 next_ping = now + cfg.ping_interval;
                 stats.inc(&stats.source_pings);
+                read_at_ping = ws.bytes_read();
                 // A peer that stopped reading can leave the send stuck behind a full buffer.
-                if tokio::time::timeout(cfg.pong_timeout, ws.send(Message::Ping(Default::default())))
-                    .await
-                    .is_err()
-                {
-                    stats.inc(&stats.source_ping_timeouts);
-                    return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                match tokio::time::timeout(cfg.pong_timeout, ws.send_ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(SourceError::Read { url: shown, reason: e.to_string() }),
+                    Err(_) => {
+                        stats.inc(&stats.source_ping_timeouts);
+                        return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                    }
                 }
             }
             _ = sleep_until_opt(pong_due), if pong_due.is_some() => {
-                stats.inc(&stats.source_ping_timeouts);
-                return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                // Bytes of a frame still streaming in (an oversize one being skipped) are
+                // proof of life too, though no message came out of them.
+                if ws.bytes_read() == read_at_ping {
+                    stats.inc(&stats.source_ping_timeouts);
+                    return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                }
+                pong_due = None;
             }
             () = &mut binding => {}
         }
@@ -453,24 +448,13 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Counts, size-checks and parses one text or binary frame and passes it on; returns the
+/// Counts and parses one text or binary message and passes it on; returns the
 /// `connection_id` when the frame was a plain hello (`{"connection_id"}` and no channel).
 /// Never fails: bad input is counted; a binary frame that is not JSON counts as binary.
+/// Oversize messages never get here: `frames` discards and counts them as they stream.
 async fn on_message(text: &[u8], binary: bool, ctx: &Ctx<'_>) -> Option<String> {
     let stats = ctx.stats;
     stats.inc(&stats.frames_received);
-    if text.len() > ctx.cfg.max_frame_bytes {
-        stats.inc(&stats.frames_oversize);
-        stats.warn_limited(
-            "oversize",
-            format_args!(
-                "source: skipped a {} byte frame (limit source.max_frame_bytes = {})",
-                text.len(),
-                ctx.cfg.max_frame_bytes
-            ),
-        );
-        return None;
-    }
     match parse_frame_bytes(text) {
         Ok(Frame::Hello { connection_id }) => return Some(connection_id),
         Ok(Frame::Envelope(env)) if env.channel == "alert" => match Alert::from_envelope(env) {
