@@ -95,6 +95,18 @@ use std::time::{Instant, SystemTime};
 
 use crate::config::{FsyncPolicy, OnFull, QueueConfig};
 
+/// The first seq of the block after the one holding `seq`: seqs skip ahead only to such a
+/// boundary (see [`SEQ_BLOCK`]), so recovery tells a gap made on purpose from lost records.
+fn next_block(seq: u64) -> u64 {
+    (seq / SEQ_BLOCK + 1) * SEQ_BLOCK
+}
+
+/// The reservation taken when `seq` is about to be issued: at least a block ahead, ending on
+/// a block boundary, so a restart above it starts on one.
+fn block_after(seq: u64) -> u64 {
+    next_block(seq + SEQ_BLOCK - 1)
+}
+
 /// Every segment starts with this, so an all-NUL or foreign file is recognised at once.
 const SEGMENT_MAGIC: &[u8; 8] = b"ARQSEG01";
 const MAGIC_LEN: u64 = SEGMENT_MAGIC.len() as u64;
@@ -411,6 +423,20 @@ impl Queue {
                 let walked = self.retry_io(&path, || walk_headers(&*fs, &path, first, bytes))?;
                 // A torn or corrupt record: the reader finds, counts and skips it.
                 let end = walked.unwrap_or(next);
+                if end < next && next % SEQ_BLOCK != 0 {
+                    // Seqs jump only to a block boundary (a restart above the reservation, a
+                    // burned write): any other gap is records lost whole with this segment's
+                    // tail (a power cut with `fsync = "never"` can cut exactly between two).
+                    let lost = self.unacked_in(end.max(self.acked_upto), next);
+                    if lost > 0 {
+                        log::error!(
+                            "queue: records seq {end}..{next} at the end of {} are missing ({lost} unacknowledged lost; power cut before they were synced?)",
+                            path.display()
+                        );
+                        self.counters.corrupt_regions += 1;
+                        self.counters.corrupt_records += lost;
+                    }
+                }
                 self.segments.push_back(Segment {
                     first_seq: first,
                     next_seq: end.clamp(first, next.max(first)),
@@ -645,7 +671,7 @@ impl Queue {
         // After the roll, which may have freed space: the reservation is the one write here
         // that may need a new block (the first time, when the `seq` file is created).
         if self.next_seq >= self.reserved_upto {
-            if let Err(e) = self.reserve(self.next_seq + SEQ_BLOCK) {
+            if let Err(e) = self.reserve(block_after(self.next_seq)) {
                 self.counters.dropped_io_error += 1;
                 self.append_failed(&e);
                 return Err(e);
@@ -793,6 +819,9 @@ impl Queue {
             // Written now, fsynced by the next group commit's job outside the lock, and
             // readable only once that has succeeded.
             match self.commit() {
+                // With `never` nothing is synced: written is readable, now (the next commit
+                // may have nothing to hand back, if this roll fails).
+                Ok(Some(job)) if self.fsync == FsyncPolicy::Never => self.mark_durable(&job),
                 Ok(Some(job)) => {
                     self.unsynced.extend(job.extra);
                     self.unsynced.extend(job.file);
@@ -899,7 +928,9 @@ impl Queue {
                     self.next_seq = self.pending_first_seq;
                 } else {
                     // A short write that could not be cut back may have left some of them in
-                    // the file: their seqs are burned, never issued again.
+                    // the file: their seqs are burned, never issued again. The sequence goes
+                    // on at the next block boundary, the one mark of a gap made on purpose.
+                    self.next_seq = next_block(self.next_seq);
                     self.pending_first_seq = self.next_seq;
                 }
                 self.pending.clear();

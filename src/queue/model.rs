@@ -275,9 +275,10 @@ fn check_reopen(q: &mut Queue, m: &mut Model, clean: bool) -> Result<(), TestCas
             );
         }
     }
-    for seq in now_present.keys() {
-        m.acked.remove(seq);
-    }
+    // What this reopen replayed is unacknowledged again; acknowledged records it did not
+    // bring back are gone for good (their segment was deleted, or they are below the ack
+    // position now on disk): no later reopen may be asked to replay them.
+    m.acked.clear();
     m.present = now_present;
     m.maybe.clear();
     m.outstanding.clear();
@@ -315,7 +316,11 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                 let failed_before = disk.failed();
                 for len in lens {
                     let p = m.payload(len);
-                    match q.append(&p, 0) {
+                    let r = q.append(&p, 0);
+                    // `drop_oldest` may have made room before the append failed for another
+                    // reason (a failed roll): those records are gone (counted) either way.
+                    m.dropped_below(q.first_unacked());
+                    match r {
                         Ok(seq) => {
                             m.issued(seq)?;
                             // Enforced at append (a crash may replay acked records above it).
@@ -488,10 +493,24 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
             Op::CrashWithPending(n) => {
                 for _ in 0..n {
                     let p = m.payload(10);
-                    if let Ok(seq) = q.append(&p, 0) {
-                        m.issued(seq)?;
-                        m.dropped_below(q.first_unacked());
-                        m.maybe.insert(seq, p);
+                    let r = q.append(&p, 0);
+                    m.dropped_below(q.first_unacked());
+                    match r {
+                        Ok(seq) => {
+                            m.issued(seq)?;
+                            m.maybe.insert(seq, p);
+                        }
+                        // A failed roll took the buffered records with it, before any was
+                        // written: their seqs are handed out again.
+                        Err(_) => {
+                            let mut buffered: Vec<(u64, Vec<u8>)> = m
+                                .maybe
+                                .range(q.next_seq..)
+                                .map(|(s, p)| (*s, p.clone()))
+                                .collect();
+                            m.rolled_back(q.next_seq, &mut buffered);
+                            m.maybe.retain(|s, _| *s < q.next_seq);
+                        }
                     }
                 }
                 drop(q);
@@ -655,4 +674,27 @@ fn nth_operation_fails_in_turn() {
             );
         }
     }
+}
+
+/// Found by the fault proptest: with `fsync = "never"`, a roll wrote the buffered records into
+/// the old segment, then failed to create the new one (disk full); the records were written
+/// but never made readable, so they were lost while the sender had been told "accepted".
+#[test]
+fn records_a_failed_roll_wrote_are_delivered_with_fsync_never() {
+    let fs = FaultFs::new();
+    let s = Setup {
+        segment_bytes: 128,
+        max_bytes: 1 << 20,
+        max_records: Some(16),
+        on_full: OnFull::DropOldest,
+        fsync: FsyncPolicy::Never,
+    };
+    let ops = vec![
+        Op::Append(vec![0, 0]),
+        Op::DiskFull(76),
+        Op::Append(vec![0, 18]),
+        Op::Append(vec![0, 10, 0]),
+        Op::Read(3),
+    ];
+    run(s, ops, Disk::Faulty(fs)).unwrap();
 }
