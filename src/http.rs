@@ -417,6 +417,14 @@ const GAUGES: &[(&str, &str)] = &[
         "1 while queue appends fail with an I/O error (ENOSPC, EROFS, EACCES, EIO).",
     ),
     (
+        "queue_log_fs_short_bytes",
+        "How far the queue filesystem's free space plus the queue falls short of queue.max_bytes (0: it fits).",
+    ),
+    (
+        "queue_log_fs_free_bytes",
+        "Free bytes on the queue's filesystem, reported while it cannot hold queue.max_bytes.",
+    ),
+    (
         "fsync_latency_us_avg",
         "Mean fsync latency since start, microseconds.",
     ),

@@ -339,4 +339,10 @@ impl Filesystem for FaultFs {
     fn exists(&self, path: &Path) -> bool {
         self.lock().names.contains_key(path)
     }
+    fn available_bytes(&self, _dir: &Path) -> io::Result<u64> {
+        let st = self.lock();
+        Ok(st
+            .capacity
+            .map_or(u64::MAX, |c| c.saturating_sub(st.used())))
+    }
 }

@@ -45,6 +45,8 @@ pub trait Filesystem: Send + Sync + std::fmt::Debug {
     /// File names in `dir`.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn exists(&self, path: &Path) -> bool;
+    /// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64>;
 }
 
 /// The real filesystem.
@@ -119,5 +121,9 @@ impl Filesystem for OsFs {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
+        let st = rustix::fs::statvfs(dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 }

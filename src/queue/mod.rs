@@ -753,6 +753,15 @@ impl Queue {
             .map(|m| (m / SEGMENTS_PER_RECORD_BOUND).max(1))
     }
 
+    /// The queue's filesystem cannot hold `max_bytes`: `Some((free, short))` when its free
+    /// space plus what the queue already holds is `short` bytes below the bound (appends will
+    /// fail with ENOSPC before the bound is reached). `None` when it fits or is unknown.
+    pub fn space_short(&self) -> Option<(u64, u64)> {
+        let free = self.fs.available_bytes(&self.dir).ok()?;
+        let room = free.saturating_add(self.total_bytes());
+        (room < self.max_bytes).then(|| (free, self.max_bytes - room))
+    }
+
     fn total_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
     }

@@ -698,3 +698,19 @@ fn records_a_failed_roll_wrote_are_delivered_with_fsync_never() {
     ];
     run(s, ops, Disk::Faulty(fs)).unwrap();
 }
+
+#[test]
+fn space_short_says_how_far_the_filesystem_falls_below_max_bytes() {
+    let fs = FaultFs::new();
+    let c = fault_cfg();
+    let mut q = open_on(&c, &Disk::Faulty(fs.clone()));
+    q.append_durable(b"one record", 0).expect("append");
+    assert_eq!(q.space_short(), None, "no capacity limit: it fits");
+    let held = q.gauges().depth_bytes.max(q.total_bytes());
+    fs.set_capacity(Some(fs.used_bytes() + 1000));
+    let (free, short) = q.space_short().expect("1000 bytes free cannot hold 4096");
+    assert_eq!(free, 1000);
+    assert_eq!(short, c.max_bytes - 1000 - held);
+    fs.set_capacity(Some(fs.used_bytes() + c.max_bytes));
+    assert_eq!(q.space_short(), None, "room for the whole bound");
+}
