@@ -1827,7 +1827,9 @@ fn list_segments(fs: &dyn Filesystem, dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Creates, fsyncs and removes a probe file in `dir`: the queue can write there.
 fn probe_writable(dir: &Path) -> Result<(), QueueError> {
-    let path = dir.join(".probe");
+    // Named by PID: two relays started at once must not delete each other's probe (the
+    // loser of the lock then says so, instead of blaming the directory).
+    let path = dir.join(format!(".probe-{}", std::process::id()));
     let made = std::fs::File::create(&path)
         .and_then(|f| f.sync_all())
         .and_then(|()| std::fs::remove_file(&path));
