@@ -116,6 +116,9 @@ struct Model {
     /// Acknowledged and not brought back by a reopen (their segment was deleted): a power cut
     /// that undoes the unlink may still bring them back, but no reopen must.
     acked_gone: BTreeMap<u64, Vec<u8>>,
+    /// Told "failed" (their fsync failed or never ran), then delivered all the same: kept
+    /// like any other record, but a power cut before the next start may take them.
+    fragile: std::collections::BTreeSet<u64>,
     /// Next sequence number a read may return.
     cursor: u64,
     /// Read and not yet acknowledged, in read order.
@@ -286,6 +289,8 @@ fn check_reopen(q: &mut Queue, m: &mut Model, clean: bool) -> Result<(), TestCas
         m.acked_gone.remove(seq);
     }
     m.acked_gone.append(&mut m.acked);
+    // Recovery synced what it found before handing it out.
+    m.fragile.clear();
     m.present = now_present;
     m.maybe.clear();
     m.outstanding.clear();
@@ -316,7 +321,23 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
     let mut full = false;
     let mut q = open_on(&c, &disk);
     let mut m = Model::default();
+    // QUEUE_MODEL_TRACE=1 prints every operation with the queue's segments (to debug a
+    // minimal failing input).
+    let trace = std::env::var_os("QUEUE_MODEL_TRACE").is_some();
     for op in ops {
+        if trace {
+            eprintln!(
+                "{op:?}: next_seq {} acked_upto {} segments {:?} model present {:?} maybe {:?}",
+                q.next_seq,
+                q.acked_upto,
+                q.segments
+                    .iter()
+                    .map(|s| (s.first_seq, s.next_seq, s.bytes, s.durable_bytes))
+                    .collect::<Vec<_>>(),
+                m.present.keys().collect::<Vec<_>>(),
+                m.maybe.keys().collect::<Vec<_>>()
+            );
+        }
         match op {
             Op::Append(lens) => {
                 let mut added = Vec::new();
@@ -398,6 +419,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                 for r in &got {
                     if let Some(p) = m.maybe.remove(&r.seq) {
                         m.present.insert(r.seq, p);
+                        m.fragile.insert(r.seq);
                     }
                 }
                 let want: Vec<(u64, Vec<u8>)> = m
@@ -482,6 +504,11 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                     // Under `never` a power cut may lose anything: only a crash is modelled.
                     if s.fsync != FsyncPolicy::Never {
                         f.power_cut(keep, torn);
+                        for seq in std::mem::take(&mut m.fragile) {
+                            if let Some(p) = m.present.remove(&seq) {
+                                m.maybe.insert(seq, p);
+                            }
+                        }
                         // Unsynced records are gone, came back torn, or (a torn tail long
                         // enough) came back whole: they stay "maybe".
                     }
