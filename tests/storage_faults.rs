@@ -269,8 +269,8 @@ async fn a_tmpfs_smaller_than_one_segment_at_default_sizes_drains_then_accepts_a
                 200 => break,
                 503 => {
                     assert!(
-                        t0.elapsed() < Duration::from_secs(5),
-                        "{id} refused for 5 s with the broker draining; log:\n{}",
+                        t0.elapsed() < Duration::from_secs(10),
+                        "{id} refused for 10 s with the broker draining; log:\n{}",
                         log_of(&log)
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
