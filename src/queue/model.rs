@@ -730,7 +730,7 @@ fn records_a_failed_roll_wrote_are_delivered_with_fsync_never() {
         Op::Append(vec![0, 10, 0]),
         Op::Read(3),
     ];
-    run(s, ops, Disk::Faulty(fs)).unwrap();
+    run(s, ops, Disk::Faulty(fs)).expect("the failing input found by the proptest");
 }
 
 #[test]
