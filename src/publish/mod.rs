@@ -61,7 +61,7 @@ use crate::config::{Config, GpioConfig, MqttConfig, MqttProtocol, OutputConfig, 
 use crate::gpio::GpioCommand;
 use crate::queue::{QueueHandle, Record};
 use crate::stats::{queue_json, Stats};
-use client::{Client, Ev, EventLoop, Props};
+use client::{Client, Ev, EventLoop, Props, Reply};
 use correlate::{Correlator, Outcome, PoisonWatch};
 use limit::{SizeWatch, Verdict, Wire};
 use pace::Pacer;
@@ -790,6 +790,7 @@ impl<'a> Session<'a> {
                 json: true,
                 expiry_secs: Some(self.cfg.message_expiry.as_secs().min(u32::MAX as u64) as u32),
                 user,
+                correlation: None,
             }
         });
         let size = limit::packet_size(
@@ -892,7 +893,29 @@ impl<'a> Session<'a> {
     /// then it is skipped with a warning, never sent to get the connection closed.
     fn publish_own(&mut self, topic: String, payload: Vec<u8>, q: Qos, retain: bool) {
         let json = payload.first() == Some(&b'{');
-        let size = self.own_packet_size(&topic, payload.len(), json, q);
+        let props = Props {
+            json,
+            ..Props::default()
+        };
+        self.publish_own_props(topic, payload, q, retain, props);
+    }
+
+    /// An own message with MQTT 5 properties (an answer's correlation data), never retained.
+    fn publish_own_with(&mut self, topic: String, payload: Vec<u8>, q: Qos, props: Props) {
+        self.publish_own_props(topic, payload, q, false, props);
+    }
+
+    fn publish_own_props(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        q: Qos,
+        retain: bool,
+        props: Props,
+    ) {
+        let json = props.json;
+        let size = self.own_packet_size(&topic, payload.len(), json, q)
+            + props.correlation.as_ref().map_or(0, |c| c.len() + 3);
         let too_big = self
             .cfg
             .max_message_bytes
@@ -908,10 +931,7 @@ impl<'a> Session<'a> {
             );
             return;
         }
-        let props = (self.is_v5() && json).then(|| Props {
-            json: true,
-            ..Props::default()
-        });
+        let props = (self.is_v5() && (json || props.correlation.is_some())).then_some(props);
         match self.client.try_publish(topic, q, retain, payload, props) {
             Ok(()) => {
                 self.corr.sent(None);
@@ -1079,8 +1099,9 @@ impl<'a> Session<'a> {
             Ev::Message {
                 topic,
                 payload,
+                reply,
                 retain,
-            } => self.on_message(&topic, &payload, retain),
+            } => self.on_message(&topic, &payload, reply, retain),
             Ev::BrokerDisconnect(reason) => {
                 self.taken_over = reason.contains("SessionTakenOver");
                 return Err(reason);
@@ -1094,7 +1115,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+    fn on_message(&mut self, topic: &str, payload: &[u8], reply: Option<Reply>, retain: bool) {
         if self.cfg.ha_discovery && topic == ha::ha_status_topic(self.cfg) {
             if payload == b"online" {
                 log::info!("mqtt: Home Assistant is online; sending discovery");
@@ -1128,6 +1149,26 @@ impl<'a> Session<'a> {
             }
         }
         let answer = commands::answer(&command, parsed.transaction.as_ref(), &result);
+        // MQTT 5 request/response: the answer also goes where the request asked, with its
+        // correlation data (a topic with wildcards cannot be published to: ignored, logged).
+        if let Some(reply) = reply {
+            if commands::valid_reply_topic(&reply.topic) {
+                let props = Props {
+                    json: true,
+                    correlation: reply.correlation,
+                    ..Props::default()
+                };
+                self.publish_own_with(reply.topic, answer.clone(), Qos::AtLeastOnce, props);
+            } else {
+                self.stats.warn_limited(
+                    "reply_topic",
+                    format_args!(
+                        "mqtt: command {command}: response topic {:?} is not a topic one can publish to; answered on cmd/result only",
+                        reply.topic
+                    ),
+                );
+            }
+        }
         self.publish_own(
             commands::result_topic(&self.cfg.topic_prefix),
             answer,
