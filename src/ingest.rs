@@ -255,6 +255,13 @@ impl Ingest {
             .set_armed(rule, armed);
     }
 
+    /// Replaces the rules (a config reload), carrying arming and cooldowns over by rule name
+    /// ([`RuleEngine::reloaded`]); the next alert is decided by the new rules.
+    pub fn replace_rules(&self, rules: Vec<crate::config::RuleConfig>) {
+        let mut engine = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        *engine = engine.reloaded(rules);
+    }
+
     fn fire_gpio(&self, alert: &Alert, now: SystemTime) {
         let Some(tx) = &self.gpio else { return };
         let decision = self.rules.lock().unwrap_or_else(|p| p.into_inner()).decide(

@@ -6,7 +6,7 @@ mod signals;
 mod subcommands;
 mod systemd;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use alert_relay::config::{Config, ConfigError};
@@ -62,15 +62,15 @@ fn main() -> ExitCode {
         Command::Run(path) => {
             alert_relay::logging::init();
             match Config::load(&path) {
-                Ok(cfg) => run(cfg),
+                Ok(cfg) => run(cfg, path),
                 Err(e) => config_error(&path, e),
             }
         }
     }
 }
 
-/// `run`: the relay in the foreground until SIGTERM, SIGINT, SIGHUP or SIGQUIT.
-fn run(cfg: Config) -> ExitCode {
+/// `run`: the relay in the foreground until SIGTERM, SIGINT or SIGQUIT; SIGHUP reloads `path`.
+fn run(cfg: Config, path: PathBuf) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -78,12 +78,17 @@ fn run(cfg: Config) -> ExitCode {
     log::info!("alert-relay {} starting", env!("CARGO_PKG_VERSION"));
     // Handlers go in before the queue directory exists: a SIGTERM right after start must
     // stop the daemon cleanly, not kill it with the default action.
-    let shutdown = {
+    let (shutdown, requests) = {
         let _in_runtime = rt.enter();
-        signals::stop(signals::Hangup::Stops)
+        (signals::stop(signals::Hangup::Reloads), signals::reloads())
+    };
+    let reload = alert_relay::reload::Reload {
+        path,
+        requests,
+        notify: systemd::reloading,
     };
     let stats = std::sync::Arc::new(alert_relay::stats::Stats::default());
-    let relay = alert_relay::run_with(cfg, shutdown, stats, systemd::ready);
+    let relay = alert_relay::run_reloading(cfg, Some(reload), shutdown, stats, systemd::ready);
     let result = rt.block_on(systemd::watched(relay));
     systemd::stopping();
     match result {
@@ -95,8 +100,9 @@ fn run(cfg: Config) -> ExitCode {
     }
 }
 
+/// Prints what `check-config` prints for a bad file (a reload logs the same words).
 fn config_error(path: &Path, e: ConfigError) -> ExitCode {
-    eprintln!("alert-relay: bad config {}: {e}", path.display());
+    eprintln!("alert-relay: {}", alert_relay::reload::bad_config(path, &e));
     ExitCode::from(2)
 }
 

@@ -121,6 +121,35 @@ impl RuleEngine {
         self.armed.get(rule).copied().unwrap_or(false)
     }
 
+    /// The engine for `rules` after a config reload. What a rule carries over is keyed by its
+    /// name (unnamed rules carry nothing): a disarmed rule stays disarmed, and a rule whose
+    /// definition did not change keeps its cooldown (a reload must not let a cooling-down
+    /// rule fire again at once). A changed rule starts afresh.
+    pub fn reloaded(&self, rules: Vec<RuleConfig>) -> RuleEngine {
+        let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) && self.zone.0.is_none() {
+            LocalZone::system()
+        } else {
+            self.zone.clone()
+        };
+        let mut next = RuleEngine::with_zone(rules, zone);
+        for (i, rule) in next.rules.iter().enumerate() {
+            let Some(name) = &rule.name else { continue };
+            let Some(j) = self
+                .rules
+                .iter()
+                .position(|r| r.name.as_ref() == Some(name))
+            else {
+                continue;
+            };
+            next.armed[i] = self.armed[j];
+            // RuleConfig has no PartialEq (config owns it); its Debug form shows every field.
+            if format!("{rule:?}") == format!("{:?}", self.rules[j]) {
+                next.last_fired[i] = self.last_fired[j];
+            }
+        }
+        next
+    }
+
     /// Decides what `alert` triggers. `received` is when the relay read it, used as its age
     /// when the alert carries no readable timestamp.
     pub fn decide(

@@ -13,6 +13,7 @@
 use std::future::Future;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 
 /// Whether SIGHUP stops (one-shot subcommands) or is left to [`reloads`] (the daemon).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,4 +58,24 @@ pub fn stop(hangup: Hangup) -> impl Future<Output = ()> {
         .await;
         log::info!("{name} received");
     }
+}
+
+/// SIGHUP as reload requests. Several SIGHUPs while a reload runs coalesce into one more
+/// (the file is read after the last of them). Without a handler (an error, logged) SIGHUP is
+/// ignored rather than left at its default, which would kill the relay with outputs on.
+/// Must be called inside the runtime.
+pub fn reloads() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    log::info!("SIGHUP received: reloading the config");
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => log::warn!("cannot handle SIGHUP ({e}): reload needs a restart"),
+    }
+    rx
 }

@@ -1,4 +1,4 @@
-//! systemd's notify protocol (`Type=notify`): READY, WATCHDOG, STOPPING. Outside
+//! systemd's notify protocol (`Type=notify`): READY, RELOADING, WATCHDOG, STOPPING. Outside
 //! systemd (no `NOTIFY_SOCKET`) every call does nothing.
 //!
 //! Owns: what the binary tells systemd and when. Never does: decide when the relay is ready
@@ -6,11 +6,31 @@
 
 use std::future::Future;
 
+use alert_relay::reload::Phase;
+
 /// The relay is up: the queue is recovered and every stage runs.
 pub fn ready() {
     match sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         Ok(()) => log::debug!("systemd: READY=1 sent (if NOTIFY_SOCKET is set)"),
         Err(e) => log::warn!("systemd: cannot send READY=1: {e}"),
+    }
+}
+
+/// A reload starts (`RELOADING=1` with the monotonic time systemd 253+ asks for) or ends
+/// (`READY=1`), so `systemctl status` shows it.
+pub fn reloading(phase: Phase) {
+    let r = match phase {
+        Phase::Started => {
+            let mut states = vec![sd_notify::NotifyState::Reloading];
+            if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                states.push(now);
+            }
+            sd_notify::notify(&states)
+        }
+        Phase::Done => sd_notify::notify(&[sd_notify::NotifyState::Ready]),
+    };
+    if let Err(e) = r {
+        log::warn!("systemd: cannot report the reload: {e}");
     }
 }
 

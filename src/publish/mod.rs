@@ -45,6 +45,7 @@ pub mod ha;
 pub mod ha_state;
 pub mod limit;
 pub mod pace;
+pub mod reconfigure;
 pub mod takeover;
 
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ use client::{Client, Ev, EventLoop, Props};
 use correlate::{Correlator, Outcome, PoisonWatch};
 use limit::{SizeWatch, Verdict, Wire};
 use pace::Pacer;
+pub use reconfigure::Reconfigure;
 
 /// How long after the first unpersisted ack the ack position is written to disk: the window of
 /// re-published duplicates after a crash, traded against SD card wear.
@@ -192,16 +194,18 @@ pub async fn run(
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
     mut live: mpsc::Receiver<crate::source::LiveMessage>,
+    mut reconf: mpsc::Receiver<Reconfigure>,
 ) {
+    let mut cfg = cfg;
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let mut poison = PoisonWatch::default();
     let mut sizes = SizeWatch::default();
     let mut twins = takeover::TakeoverWatch::default();
-    let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
         let started = Instant::now();
         let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
             Err(e) => SessionEnd::Lost {
@@ -216,7 +220,7 @@ pub async fn run(
                 let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
                 let window = poison.window(cfg.max_inflight as usize);
                 let mut session = Session::new(
-                    &cfg,
+                    cfg.clone(),
                     &mut links,
                     client,
                     queue.clone(),
@@ -224,13 +228,27 @@ pub async fn run(
                     window,
                     &mut sizes,
                 );
-                session.run(&mut el, &mut shutdown, &mut live).await
+                let end = session
+                    .run(&mut el, &mut shutdown, &mut live, &mut reconf)
+                    .await;
+                // A reload may have changed it in place.
+                cfg = session.cfg.clone();
+                end
             }
         };
         stats.set_broker_connected(false);
         persist_ack(&queue).await;
         match end {
             SessionEnd::Shutdown => return,
+            SessionEnd::Reconnect => {
+                log::info!(
+                    "mqtt: reconnecting to {}:{} with the reloaded settings",
+                    cfg.host,
+                    cfg.port
+                );
+                backoff.reset();
+                continue;
+            }
             SessionEnd::Lost {
                 reason,
                 connected,
@@ -286,6 +304,12 @@ pub async fn run(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
+                    Some(r) = reconf.recv() => {
+                        // Not connected: take it all and try the new settings at once.
+                        links.reconfigure(&r);
+                        cfg = r.mqtt;
+                        backoff.reset();
+                    }
                 }
             }
         }
@@ -350,6 +374,8 @@ fn set_aside(queue: &QueueHandle, stats: &Stats, seq: u64, why: &str) {
 
 enum SessionEnd {
     Shutdown,
+    /// A reload changed a connection key: disconnected cleanly, connect again at once.
+    Reconnect,
     Lost {
         reason: String,
         /// Whether the CONNACK arrived.
@@ -396,7 +422,7 @@ fn record_meta(msg: &QueuedMessage) -> RecordMeta {
 }
 
 struct Session<'a> {
-    cfg: &'a MqttConfig,
+    cfg: MqttConfig,
     links: &'a mut Links,
     client: Client,
     queue: QueueHandle,
@@ -431,7 +457,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(
-        cfg: &'a MqttConfig,
+        cfg: MqttConfig,
         links: &'a mut Links,
         client: Client,
         queue: QueueHandle,
@@ -441,13 +467,17 @@ impl<'a> Session<'a> {
     ) -> Session<'a> {
         let n = links.outputs.len();
         let replay_upto = links.sent_high;
+        let corr = Correlator::new(cfg.qos == Qos::AtMostOnce);
+        let pacer = cfg
+            .max_publish_rate
+            .map(|rate| Pacer::new(rate, Instant::now()));
         Session {
             cfg,
             links,
             client,
             queue,
             stats,
-            corr: Correlator::new(cfg.qos == Qos::AtMostOnce),
+            corr,
             ha_events: HashMap::new(),
             broker_max_packet: None,
             outputs_published: vec![None; n],
@@ -455,9 +485,7 @@ impl<'a> Session<'a> {
             ack_flush_at: None,
             broken: None,
             window,
-            pacer: cfg
-                .max_publish_rate
-                .map(|rate| Pacer::new(rate, Instant::now())),
+            pacer,
             wire: Wire::default(),
             sizes,
             taken_over: false,
@@ -488,6 +516,7 @@ impl<'a> Session<'a> {
         el: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
         live: &mut mpsc::Receiver<crate::source::LiveMessage>,
+        reconf: &mut mpsc::Receiver<Reconfigure>,
     ) -> SessionEnd {
         // Connect: poll until CONNACK.
         loop {
@@ -501,6 +530,12 @@ impl<'a> Session<'a> {
                     Err(e) => return self.lost(e, false),
                 },
                 _ = shutdown.changed() => return SessionEnd::Shutdown,
+                Some(r) = reconf.recv() => {
+                    // Nothing is in flight yet: connect again with the new settings.
+                    self.links.reconfigure(&r);
+                    self.cfg = r.mqtt;
+                    return SessionEnd::Reconnect;
+                }
             }
         }
         self.stats.inc(&self.stats.mqtt_connects);
@@ -574,6 +609,17 @@ impl<'a> Session<'a> {
                         self.links.activity = None;
                     }
                 }
+                Some(r) = reconf.recv() => {
+                    let interval = self.cfg.stats_interval;
+                    if self.reconfigure(r) {
+                        self.disconnect(el).await;
+                        return SessionEnd::Reconnect;
+                    }
+                    if self.cfg.stats_interval != interval {
+                        stats_tick = tokio::time::interval(self.cfg.stats_interval);
+                        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
                 _ = shutdown.changed() => {
                     self.shutdown(el).await;
                     return SessionEnd::Shutdown;
@@ -598,14 +644,14 @@ impl<'a> Session<'a> {
         if self.cfg.ha_discovery {
             if let Err(e) = self
                 .client
-                .try_subscribe(ha::ha_status_topic(self.cfg), Qos::AtLeastOnce)
+                .try_subscribe(ha::ha_status_topic(&self.cfg), Qos::AtLeastOnce)
             {
                 log::warn!("mqtt: cannot subscribe to Home Assistant's status: {e}");
             }
             self.publish_discovery();
         }
         self.publish_own(
-            status_topic(self.cfg),
+            status_topic(&self.cfg),
             b"online".to_vec(),
             Qos::AtLeastOnce,
             true,
@@ -988,7 +1034,7 @@ impl<'a> Session<'a> {
             configuration_url: self.links.configuration_url.as_deref(),
             snooze_for: ha::SNOOZE_BUTTON_FOR,
         };
-        for (topic, payload) in ha::discovery(self.cfg, &input) {
+        for (topic, payload) in ha::discovery(&self.cfg, &input) {
             self.publish_own(
                 topic,
                 payload.to_string().into_bytes(),
@@ -1002,7 +1048,7 @@ impl<'a> Session<'a> {
         self.stats.inc(&self.stats.mqtt_acked);
         self.acked_any = true;
         if let Some(ev) = self.ha_events.remove(&seq) {
-            self.publish_own(ha::event_topic(self.cfg), ev, self.cfg.qos, false);
+            self.publish_own(ha::event_topic(&self.cfg), ev, self.cfg.qos, false);
         }
         if let Err(e) = self.queue.lock().ack(seq) {
             log::error!("queue: {e}");
@@ -1065,7 +1111,7 @@ impl<'a> Session<'a> {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
-        if self.cfg.ha_discovery && topic == ha::ha_status_topic(self.cfg) {
+        if self.cfg.ha_discovery && topic == ha::ha_status_topic(&self.cfg) {
             if payload == b"online" {
                 log::info!("mqtt: Home Assistant is online; sending discovery");
                 self.publish_discovery();
@@ -1183,11 +1229,17 @@ impl<'a> Session<'a> {
 
     async fn shutdown(&mut self, el: &mut EventLoop) {
         self.publish_own(
-            status_topic(self.cfg),
+            status_topic(&self.cfg),
             b"offline".to_vec(),
             Qos::AtLeastOnce,
             true,
         );
+        self.disconnect(el).await;
+    }
+
+    /// Sends DISCONNECT (no Last Will) and gives what is queued in rumqttc, acks included,
+    /// [`SHUTDOWN_GRACE`] to go through.
+    async fn disconnect(&mut self, el: &mut EventLoop) {
         let _ = self.client.try_disconnect();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         loop {
