@@ -372,6 +372,7 @@ pub fn health(snapshot: &Value, queue_max_bytes: u64) -> (bool, Value) {
         "reasons": reasons,
         "source_connected": source,
         "broker_connected": broker,
+        "clock_synced": flag("clock_synced"),
         "queue": {
             "depth_records": depth_records,
             "depth_bytes": depth_bytes,

@@ -17,6 +17,7 @@
 //! - [`webhook`] and [`http`]: the optional HTTP listener (webhook, healthz, metrics).
 //! - [`logging`]: the process logger, library targets that print secrets capped.
 //! - [`reload`]: SIGHUP: the config file read again and applied stage by stage.
+//! - [`timesync`]: whether the wall clock is synchronised; a jump-proof clock for ages.
 //!
 //! [`run`] wires the stages and runs until the shutdown future resolves.
 
@@ -35,6 +36,7 @@ pub mod reload;
 pub mod rules;
 pub mod source;
 pub mod stats;
+pub mod timesync;
 pub mod topic;
 pub mod webhook;
 
