@@ -33,7 +33,7 @@ fn config(
         mqtt,
         &dir.join("q"),
         &format!(
-            r#"topic_prefix = "reload"
+            r#"topic_prefix = "reload{mqtt}"
 [gpio]
 backend = "sim"
 sim_trace = {trace:?}
@@ -106,10 +106,14 @@ impl Daemon {
         let before = self.count("reloaded ");
         let t = Instant::now();
         self.signal("HUP");
-        wait_until("the reloaded line", WAIT, || {
-            self.count("reloaded ") > before
-        })
-        .await;
+        while self.count("reloaded ") <= before {
+            assert!(
+                t.elapsed() < WAIT,
+                "no reloaded line within {WAIT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         t.elapsed()
     }
 
@@ -154,7 +158,11 @@ fn ons(trace: &Path, output: &str) -> usize {
 /// How many times each event id arrived on `{prefix}/alerts/...`.
 fn published(sub: &Subscriber) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for m in sub.on("reload/alerts/") {
+    for m in sub
+        .snapshot()
+        .into_iter()
+        .filter(|m| m.topic.contains("/alerts/"))
+    {
         if let Some(id) = m.json()["event_id"].as_str() {
             *seen.entry(id.to_string()).or_insert(0) += 1;
         }
@@ -175,7 +183,7 @@ async fn setup() -> Setup {
     let port = support::free_port();
     let broker = Broker::start(port);
     let ws = WsServer::start().await;
-    let sub = Subscriber::start(port, "reload/alerts/#").await;
+    let sub = Subscriber::start(port, &format!("reload{port}/alerts/#")).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.toml");
     Setup {
@@ -199,6 +207,17 @@ impl Setup {
             label,
             extra,
         );
+        // One client id for every version of the file: a new one is a connection key.
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("client_id = ") {
+                    format!("client_id = \"reload-test-{}\"\n", self.port)
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
         std::fs::write(&self.path, text).expect("write config");
     }
     fn trace(&self) -> PathBuf {
@@ -276,23 +295,28 @@ async fn sighup_applies_a_new_rule_and_pin_without_losing_or_repeating_an_alert(
     })
     .await;
     // Wait for the relay to have nothing in flight, then look for doubles.
-    let stats = Subscriber::start(s.port, "reload/stats").await;
+    let stats = Subscriber::start(s.port, &format!("reload{}/stats", s.port)).await;
     wait_until("an idle queue in stats", WAIT, || {
         stats
-            .on("reload/stats")
+            .on(&format!("reload{}/stats", s.port))
             .last()
             .is_some_and(|m| m.json()["queue"]["depth_records"] == 0)
     })
     .await;
     let p = published(&s.sub);
     let doubled: Vec<_> = p.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(doubled.is_empty(), "published more than once: {doubled:?}");
+    assert!(
+        doubled.is_empty(),
+        "published more than once: {doubled:?}\n{}",
+        relay.log()
+    );
     assert_eq!(p.len(), want.len(), "{p:?}");
     // The WebSocket was not touched: the source did not reconnect.
     assert_eq!(
         s.ws.connections.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+    assert_eq!(relay.count("mqtt: connected"), 1, "{}", relay.log());
     relay.stop();
     let e = edges(&trace);
     assert_eq!(e.last().map(|(_, on)| *on), Some(false), "{e:?}");
@@ -412,4 +436,85 @@ async fn a_closed_terminal_neither_stops_nor_crashes_the_relay() {
     assert!(status.success(), "{status:?}");
     let e = edges(&s.trace());
     assert_eq!(e.last().map(|(_, on)| *on), Some(false), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_settings_change_in_place_and_connection_keys_reconnect() {
+    let s = setup().await;
+    s.write("red17", 17, "person", "");
+    let slow = std::fs::read_to_string(&s.path).expect("read");
+    std::fs::write(
+        &s.path,
+        slow.replace("stats_interval = \"1s\"", "stats_interval = \"30s\""),
+    )
+    .expect("write");
+    let relay = Daemon::start(&s.path);
+    wait_until("source and broker connected", WAIT, || {
+        relay.count("source: connected") >= 1 && relay.count("mqtt: connected") >= 1
+    })
+    .await;
+    let stats = Subscriber::start(s.port, &format!("reload{}/stats", s.port)).await;
+    let text = std::fs::read_to_string(&s.path).expect("read");
+
+    // In place: a faster stats interval and a publish rate, on the same connection.
+    std::fs::write(
+        &s.path,
+        text.replace(
+            "stats_interval = \"30s\"",
+            "stats_interval = \"1s\"\nmax_publish_rate = 500",
+        ),
+    )
+    .expect("write");
+    relay.reload().await;
+    assert_eq!(
+        relay.count("mqtt: reloaded settings applied on the running connection"),
+        1,
+        "{}",
+        relay.log()
+    );
+    let before = stats.on(&format!("reload{}/stats", s.port)).len();
+    let t = Instant::now();
+    wait_until("3 more stats messages", WAIT, || {
+        stats.on(&format!("reload{}/stats", s.port)).len() >= before + 3
+    })
+    .await;
+    // At the old 30 s interval three more take a minute at least.
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    s.ws.send_text(alert_frame("m-1", "person", 0.9));
+    wait_until("m-1 published", WAIT, || {
+        published(&s.sub).contains_key("m-1")
+    })
+    .await;
+    assert_eq!(relay.count("mqtt: connected"), 1, "{}", relay.log());
+
+    // A connection key: a new client id reconnects, and nothing is lost.
+    let text = std::fs::read_to_string(&s.path).expect("read");
+    let id_line = text
+        .lines()
+        .find(|l| l.starts_with("client_id = "))
+        .expect("client_id line")
+        .to_string();
+    std::fs::write(
+        &s.path,
+        text.replace(&id_line, "client_id = \"reload-test-renamed\""),
+    )
+    .expect("write");
+    relay.reload().await;
+    wait_until("a second connection", WAIT, || {
+        relay.count("mqtt: connected") == 2
+    })
+    .await;
+    s.ws.send_text(alert_frame("m-2", "person", 0.9));
+    wait_until("m-2 published", WAIT, || {
+        published(&s.sub).contains_key("m-2")
+    })
+    .await;
+    let p = published(&s.sub);
+    assert_eq!((p.get("m-1"), p.get("m-2")), (Some(&1), Some(&1)), "{p:?}");
+    // The WebSocket stayed up throughout.
+    assert_eq!(
+        s.ws.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    relay.stop();
 }

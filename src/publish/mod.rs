@@ -612,6 +612,7 @@ impl<'a> Session<'a> {
                 Some(r) = reconf.recv() => {
                     let interval = self.cfg.stats_interval;
                     if self.reconfigure(r) {
+                        self.drain(el).await;
                         self.disconnect(el).await;
                         return SessionEnd::Reconnect;
                     }
@@ -1235,6 +1236,23 @@ impl<'a> Session<'a> {
             true,
         );
         self.disconnect(el).await;
+    }
+
+    /// Reads the broker's answers until every record in flight is acknowledged (or
+    /// [`SHUTDOWN_GRACE`] is up), publishing nothing new: a reconnect for a reload then sends
+    /// nothing twice that the broker already took.
+    async fn drain(&mut self, el: &mut EventLoop) {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.corr.records_in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Ok(Ok(ev)) => {
+                    if self.on_event(ev).is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
     }
 
     /// Sends DISCONNECT (no Last Will) and gives what is queued in rumqttc, acks included,

@@ -10,8 +10,9 @@
 //!
 //! Reconnect (a clean DISCONNECT, no Last Will, then a connect with the new settings): a
 //! change of host, port, client_id, topic_prefix, qos, keep_alive, max_inflight, protocol,
-//! username, password or `[mqtt.tls]`. Records in flight then are sent again from the queue on
-//! the new connection (at least once, as after any reconnect). TLS files are read for every
+//! username, password or `[mqtt.tls]`. The records in flight get [`super::SHUTDOWN_GRACE`] to be
+//! acknowledged first; any still unacknowledged are sent again on the new connection (at least
+//! once, as after any reconnect). TLS files are read for every
 //! connection, so a renewed certificate at the same path is used from the next one.
 
 use tokio::sync::watch;
