@@ -23,7 +23,7 @@
 //! - `[mqtt]`: see [`crate::publish::reconfigure`] (most keys in place; connection keys
 //!   reconnect).
 //! - `[source]` (URL, headers, VideoDB key and bindings, TLS, timeouts) or the contents of its
-//!   CA file: the source stops cleanly and starts again with the new settings (a new
+//!   CA file: the source stops cleanly, then starts again with the new settings (a new
 //!   connection; VideoDB alerts are bound to it as at start). Unchanged: untouched.
 //! - `[http]`: the webhook token, `max_body_bytes` and `request_timeout` apply from the next
 //!   request.
@@ -234,6 +234,15 @@ impl SourceStage {
         }
     }
 
+    /// A stand-in with nothing running, for the moment between two sources.
+    fn idle() -> SourceStage {
+        SourceStage {
+            stop: watch::channel(false).0,
+            task: tokio::spawn(async {}),
+            ca: None,
+        }
+    }
+
     pub fn begin_stop(&self) {
         let _ = self.stop.send(true);
     }
@@ -388,13 +397,12 @@ impl Running {
         }
         if p.source {
             log::info!("source: restarting with the reloaded settings");
-            let old = std::mem::replace(
-                &mut self.source,
-                SourceStage::start(&new.source, &self.ingest, &self.live_tx, &self.stats),
-            );
-            // The new one may connect before the old one has closed: both feed the same
-            // ingest, and dedup drops an alert seen on both.
+            // The old one closes first (an alert being read is appended): with VideoDB both
+            // would otherwise bind and unbind alerts in the same state file at once. The gap is
+            // one reconnect, as after any dropped connection.
+            let old = std::mem::replace(&mut self.source, SourceStage::idle());
             old.stop().await;
+            self.source = SourceStage::start(&new.source, &self.ingest, &self.live_tx, &self.stats);
         }
         self.config = new;
         let changed = p.changed();

@@ -518,3 +518,41 @@ async fn mqtt_settings_change_in_place_and_connection_keys_reconnect() {
     );
     relay.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_key_reconnects_the_source_and_nothing_else() {
+    let s = setup().await;
+    s.write("red17", 17, "person", "");
+    let relay = Daemon::start(&s.path);
+    wait_until("source and broker connected", WAIT, || {
+        relay.count("source: connected") >= 1 && relay.count("mqtt: connected") >= 1
+    })
+    .await;
+    s.ws.send_text(alert_frame("s-1", "person", 0.9));
+    wait_until("s-1 published", WAIT, || {
+        published(&s.sub).contains_key("s-1")
+    })
+    .await;
+    let text = std::fs::read_to_string(&s.path).expect("read");
+    std::fs::write(
+        &s.path,
+        text.replace("max_frame_bytes = \"16KiB\"", "max_frame_bytes = \"32KiB\""),
+    )
+    .expect("write");
+    relay.reload().await;
+    wait_until("a second WebSocket connection", WAIT, || {
+        s.ws.connections.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    s.ws.send_text(alert_frame("s-2", "person", 0.9));
+    wait_until("s-2 published", WAIT, || {
+        published(&s.sub).contains_key("s-2")
+    })
+    .await;
+    let p = published(&s.sub);
+    assert_eq!((p.get("s-1"), p.get("s-2")), (Some(&1), Some(&1)), "{p:?}");
+    // The broker connection and the outputs were not touched.
+    assert_eq!(relay.count("mqtt: connected"), 1, "{}", relay.log());
+    assert_eq!(relay.count("gpio: all outputs in their safe state"), 0);
+    relay.stop();
+}
