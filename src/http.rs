@@ -366,6 +366,12 @@ pub fn health(snapshot: &Value, queue_max_bytes: u64) -> (bool, Value) {
             HEALTH_QUEUE_FILL_LIMIT * 100.0
         ));
     }
+    if let Some(e) = snapshot
+        .pointer("/queue/append_error")
+        .and_then(Value::as_str)
+    {
+        reasons.push(format!("queue appends failing: {e}"));
+    }
     let healthy = reasons.is_empty();
     let doc = json!({
         "status": if healthy { "ok" } else { "unhealthy" },
@@ -413,6 +419,18 @@ pub const METRIC_PREFIX: &str = "alert_relay_";
 
 /// Snapshot fields (flattened with `_`) that are gauges; every other number is a counter.
 const GAUGES: &[(&str, &str)] = &[
+    (
+        "queue_log_appends_failing",
+        "1 while queue appends fail with an I/O error (ENOSPC, EROFS, EACCES, EIO).",
+    ),
+    (
+        "queue_log_fs_short_bytes",
+        "How far the queue filesystem's free space plus the queue falls short of queue.max_bytes (0: it fits).",
+    ),
+    (
+        "queue_log_fs_free_bytes",
+        "Free bytes on the queue's filesystem, reported while it cannot hold queue.max_bytes.",
+    ),
     (
         "fsync_latency_us_avg",
         "Mean fsync latency since start, microseconds.",

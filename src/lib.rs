@@ -111,6 +111,13 @@ pub async fn run_reloading(
             String::new()
         }
     );
+    if let Some((free, short)) = queue.space_short() {
+        log::warn!(
+            "queue: {} has {free} bytes free, {short} bytes short of queue.max_bytes ({}): alerts will be refused (disk full) before the queue reaches its bound; free space or lower max_bytes",
+            config.queue.dir.display(),
+            config.queue.max_bytes
+        );
+    }
     // Records already queued are published again: marked replayed, kept off HA's event.
     let replay_below = queue.first_unacked() + queue.gauges().depth_records;
     let backend = gpio::open_backend(&config.gpio)?;

@@ -295,6 +295,7 @@ impl Stats {
 pub fn queue_json(q: &crate::queue::Queue) -> Value {
     let c = q.counters();
     let g = q.gauges();
+    let space = q.space_short();
     let amplification = if c.payload_bytes > 0 {
         c.bytes_written as f64 / c.payload_bytes as f64
     } else {
@@ -323,5 +324,11 @@ pub fn queue_json(q: &crate::queue::Queue) -> Value {
         "bytes_written": c.bytes_written,
         "payload_bytes": c.payload_bytes,
         "write_amplification": (amplification * 1000.0).round() / 1000.0,
+        "appends_failing": q.append_failure().is_some(),
+        "append_error": q.append_failure(),
+        "append_io_errors": c.append_io_errors,
+        "read_errors": c.read_errors,
+        "fs_free_bytes": space.map(|(free, _)| free),
+        "fs_short_bytes": space.map_or(0, |(_, short)| short),
     })
 }

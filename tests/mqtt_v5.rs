@@ -92,3 +92,98 @@ async fn mqtt5_alerts_carry_content_type_user_properties_and_expiry() {
     assert_eq!(support::count(&relay.stats.mqtt_set_aside), 0);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_with_a_response_topic_is_answered_there_with_its_correlation_data() {
+    let test = "a_command_with_a_response_topic_is_answered_there_with_its_correlation_data";
+    if !Mosquitto::available(test) {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let port = broker.port();
+    let status = v5_subscriber(port, "alert-relay/status").await;
+    let replies = v5_subscriber(port, "app/replies/#").await;
+    let results = v5_subscriber(port, "alert-relay/cmd/result").await;
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&relay_config(
+        &ws.url(),
+        port,
+        dir.path(),
+        "protocol = \"5\"",
+    ));
+    wait_until("the relay online", T, || {
+        status
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| &p.payload[..] == b"online")
+    })
+    .await;
+
+    // A requester as MQTT 5 describes it: response topic + correlation data on the request.
+    let opts = MqttOptions::new(format!("v5-req-{}", free_port()), "127.0.0.1", port);
+    let (client, mut el) = AsyncClient::new(opts, 10);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let request = |topic: &'static str, reply_to: &'static str, corr: &'static [u8]| {
+        let client = client.clone();
+        async move {
+            let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                response_topic: Some(reply_to.to_string()),
+                correlation_data: Some(corr.to_vec().into()),
+                ..Default::default()
+            };
+            client
+                .publish_with_properties(
+                    topic,
+                    QoS::AtLeastOnce,
+                    false,
+                    b"{\"transaction\":\"t-9\"}".to_vec(),
+                    props,
+                )
+                .await
+                .expect("publish the request");
+        }
+    };
+    request(
+        "alert-relay/cmd/silence",
+        "app/replies/7",
+        b"\x00corr-7\xff",
+    )
+    .await;
+    wait_until("the answer on the response topic", T, || {
+        !replies.lock().expect("lock").is_empty()
+    })
+    .await;
+    let answer = replies.lock().expect("lock")[0].clone();
+    assert_eq!(answer.topic, "app/replies/7");
+    let body: serde_json::Value = serde_json::from_slice(&answer.payload).expect("json");
+    // (No GPIO in this config: the answer is an error, which is answered all the same.)
+    assert_eq!(body["command"], "silence", "{body}");
+    assert_eq!(body["transaction"], "t-9", "{body}");
+    let props = answer.properties.expect("MQTT 5 properties");
+    assert_eq!(
+        props.correlation_data.as_deref(),
+        Some(&b"\x00corr-7\xff"[..]),
+        "correlation data echoed byte for byte"
+    );
+    // cmd/result still gets every answer, for consumers that do not use request/response.
+    wait_until("the answer on cmd/result too", T, || {
+        !results.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert_eq!(results.lock().expect("lock")[0].payload, answer.payload);
+
+    // A response topic one cannot publish to: answered on cmd/result only, relay unharmed.
+    request("alert-relay/cmd/silence", "app/+/bad", b"c2").await;
+    wait_until("the second answer on cmd/result", T, || {
+        results.lock().expect("lock").len() >= 2
+    })
+    .await;
+    assert_eq!(
+        replies.lock().expect("lock").len(),
+        1,
+        "nothing published to a wildcard"
+    );
+    relay.stop().await;
+}

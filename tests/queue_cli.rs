@@ -124,3 +124,66 @@ fn bad_queue_bounds_are_rejected_naming_the_key() {
     assert!(text.contains("max_records = 5000"), "{text}");
     assert!(text.contains("max_age = \"7200s\""), "{text}");
 }
+
+/// Two real relays on one queue directory: the second exits 1 naming the directory and the
+/// PID of the first, which keeps running; `queue stats` works beside it (it takes no lock).
+#[test]
+fn a_second_relay_on_the_same_queue_dir_exits_1_naming_the_holder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = dir.path().join("queue");
+    // Nothing listens on either port: the relay keeps retrying and holds its queue.
+    let config = support::relay_config(
+        &format!("ws://127.0.0.1:{}/", support::free_port()),
+        support::free_port(),
+        &queue,
+        "",
+    );
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut first = relay()
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("first relay");
+    let lock = queue.join("lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid = first.id().to_string();
+    while std::fs::read_to_string(&lock)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        != Some(pid.clone())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first relay never wrote its PID into {}",
+            lock.display()
+        );
+        assert!(
+            first.try_wait().expect("wait").is_none(),
+            "first relay exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = relay()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("second relay");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "second relay: {err}");
+    assert!(
+        err.contains(&queue.display().to_string()) && err.contains(&format!("PID {pid}")),
+        "the message names neither the directory nor the holder: {err}"
+    );
+    let stats = support::run_ok(relay().args(["queue", "stats", "--dir"]).arg(&queue));
+    let summary: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats json");
+    assert_eq!(summary["bad_segments"], 0, "{summary}");
+    assert!(
+        first.try_wait().expect("wait").is_none(),
+        "the first relay died"
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -5,6 +5,7 @@
 #[path = "../examples/support/mod.rs"]
 mod support;
 
+use alert_relay::queue::SEQ_BLOCK;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -304,13 +305,28 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
     let pubs = published(&sub);
     let first = check_order(&pubs);
     let missing: Vec<u64> = (1..=last_seq).filter(|s| !first.contains_key(s)).collect();
+    // Seqs are reserved durably at least a block (SEQ_BLOCK) ahead, up to a block boundary;
+    // after a SIGKILL the relay goes on above the reservation, so the unused rest of it is
+    // never issued (SPEC: seqs strictly increase, gaps allowed): a run of missing seqs ends on
+    // a block boundary and is under two blocks long. Anything else missing is a durable
+    // record never published.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &s in &missing {
+        match runs.last_mut() {
+            Some((_, end)) if *end == s => *end = s + 1,
+            _ => runs.push((s, s + 1)),
+        }
+    }
     assert!(
-        missing.is_empty(),
-        "durable seqs never published: {missing:?}"
+        runs.len() as u64 <= kills
+            && runs
+                .iter()
+                .all(|(a, b)| b % SEQ_BLOCK == 0 && b - a < 2 * SEQ_BLOCK),
+        "durable seqs never published (more than one unissued reservation per SIGKILL): {runs:?}"
     );
     assert_eq!(
         first.len() as u64,
-        last_seq,
+        last_seq - missing.len() as u64,
         "nothing published beyond the log"
     );
     for (seq, ev) in &on_disk {
@@ -324,8 +340,8 @@ async fn every_durable_alert_is_published_despite_repeated_sigkills() {
     eprintln!(
         "{kills} SIGKILLs: {sent} alerts sent, {last_seq} made durable, all published \
          ({} duplicates replayed); {} lost upstream while the relay was down or dying",
-        pubs.len() as u64 - last_seq,
-        sent - last_seq
+        pubs.len() as u64 - first.len() as u64,
+        sent - first.len() as u64
     );
     assert!(kills >= 9);
     let log = std::fs::read_to_string(&log).unwrap_or_default();

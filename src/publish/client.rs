@@ -114,6 +114,15 @@ pub struct Props {
     pub json: bool,
     pub expiry_secs: Option<u32>,
     pub user: Vec<(String, String)>,
+    /// MQTT 5 correlation data, echoed on an answer to a request.
+    pub correlation: Option<Vec<u8>>,
+}
+
+/// Where an MQTT 5 request wants its answer: its response topic and correlation data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub topic: String,
+    pub correlation: Option<Vec<u8>>,
 }
 
 /// What the event loop reported, the same for both protocol versions.
@@ -138,6 +147,8 @@ pub enum Ev {
     Message {
         topic: String,
         payload: Vec<u8>,
+        /// MQTT 5 only: the sender asked for the answer on this topic.
+        reply: Option<Reply>,
         retain: bool,
     },
     /// Our DISCONNECT went out.
@@ -255,6 +266,7 @@ impl Client {
                             message_expiry_interval: p.expiry_secs,
                             content_type: p.json.then(|| "application/json".to_string()),
                             user_properties: p.user,
+                            correlation_data: p.correlation.map(hyper::body::Bytes::from),
                             ..Default::default()
                         },
                     ),
@@ -297,6 +309,7 @@ impl EventLoop {
                     Event::Incoming(Packet::Publish(p)) => Ev::Message {
                         topic: p.topic,
                         payload: p.payload.to_vec(),
+                        reply: None,
                         retain: p.retain,
                     },
                     Event::Incoming(Packet::Disconnect) => {
@@ -335,6 +348,12 @@ impl EventLoop {
                     Event::Incoming(Packet::Publish(p)) => Ev::Message {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload.to_vec(),
+                        reply: p.properties.as_ref().and_then(|props| {
+                            props.response_topic.as_ref().map(|t| Reply {
+                                topic: t.clone(),
+                                correlation: props.correlation_data.as_ref().map(|c| c.to_vec()),
+                            })
+                        }),
                         retain: p.retain,
                     },
                     Event::Incoming(Packet::Disconnect(d)) => Ev::BrokerDisconnect(format!(

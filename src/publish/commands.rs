@@ -35,6 +35,15 @@ pub fn result_topic(prefix: &str) -> String {
     format!("{prefix}/cmd/result")
 }
 
+/// An MQTT 5 response topic we may publish an answer to: a topic name (no wildcards, no NUL,
+/// not empty, at most 65 535 bytes: MQTT 5 §3.3.2.3.5), and not a broker's `$` topic.
+pub fn valid_reply_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 65_535
+        && !topic.starts_with('$')
+        && !topic.contains(['+', '#', '\0'])
+}
+
 /// What a command asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -432,6 +441,17 @@ pub fn answer(command: &str, transaction: Option<&Value>, result: &Result<(), St
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reply_topics_with_wildcards_nul_or_dollar_are_refused() {
+        use super::valid_reply_topic as ok;
+        assert!(ok("app/replies/42"));
+        assert!(ok("a"));
+        for bad in ["", "app/+/x", "app/#", "$SYS/x", "a\0b"] {
+            assert!(!ok(bad), "{bad:?}");
+        }
+        assert!(!ok(&"x".repeat(65_536)));
+    }
+
     use super::*;
     use crate::config::Config;
 

@@ -62,7 +62,7 @@ use crate::config::{Config, GpioConfig, MqttConfig, MqttProtocol, OutputConfig, 
 use crate::gpio::GpioCommand;
 use crate::queue::{QueueHandle, Record};
 use crate::stats::{queue_json, Stats};
-use client::{Client, Ev, EventLoop, Props};
+use client::{Client, Ev, EventLoop, Props, Reply};
 use correlate::{Correlator, Outcome, PoisonWatch};
 use limit::{SizeWatch, Verdict, Wire};
 use pace::Pacer;
@@ -77,6 +77,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Most payload bytes read from the queue in one go (memory bound of a refill).
 const READ_BATCH_BYTES: usize = 1 << 20;
+/// How long after sending discovery events wait: Home Assistant subscribes to the event topic
+/// only once it has applied the discovery (about half a second measured against HA 2025.4),
+/// and an event before that is lost to the event entity.
+const DISCOVERY_SETTLE: Duration = Duration::from_secs(1);
+/// Events held at most while a discovery settles; beyond that they go out at once.
+const MAX_HELD_EVENTS: usize = 256;
+
 /// Room in rumqttc's request channel for our own messages (status, stats, discovery, command
 /// answers) on top of the in-flight window and one state message per output.
 const OWN_MESSAGE_ROOM: usize = 64;
@@ -430,6 +437,10 @@ struct Session<'a> {
     corr: Correlator,
     /// Alerts in flight whose Home Assistant event goes out once the broker has them.
     ha_events: HashMap<u64, Vec<u8>>,
+    /// Events due while Home Assistant may still be applying a discovery just sent (it
+    /// subscribes to the event topic only then): published when `events_held_until` passes.
+    held_events: Vec<Vec<u8>>,
+    events_held_until: Option<Instant>,
     /// The broker's maximum packet size (MQTT 5 CONNACK).
     broker_max_packet: Option<usize>,
     /// Output states last published, to publish only changes.
@@ -479,6 +490,8 @@ impl<'a> Session<'a> {
             stats,
             corr,
             ha_events: HashMap::new(),
+            held_events: Vec::new(),
+            events_held_until: None,
             broker_max_packet: None,
             outputs_published: vec![None; n],
             acked_any: false,
@@ -560,6 +573,7 @@ impl<'a> Session<'a> {
             }
             let room = self.corr.records_in_flight() < self.window;
             let flush_at = self.ack_flush_at;
+            let held_until = self.events_held_until;
             let paced_until = self.pacer.as_ref().and_then(Pacer::next_at);
             let watching = self.links.activity.is_some();
             tokio::select! {
@@ -597,6 +611,7 @@ impl<'a> Session<'a> {
                         Err(_) => self.stats.inc(&self.stats.channel_dropped),
                     }
                 }
+                _ = sleep_until_opt(held_until), if held_until.is_some() => self.release_held_events(),
                 _ = sleep_until_opt(flush_at), if flush_at.is_some() => {
                     self.ack_flush_at = None;
                     persist_ack(&self.queue).await;
@@ -822,6 +837,7 @@ impl<'a> Session<'a> {
                 json: true,
                 expiry_secs: Some(self.cfg.message_expiry.as_secs().min(u32::MAX as u64) as u32),
                 user,
+                correlation: None,
             }
         });
         let size = limit::packet_size(
@@ -856,14 +872,14 @@ impl<'a> Session<'a> {
                 .as_ref()
                 .and_then(|m| m.label.clone())
                 .unwrap_or_default();
-            // The alert that brings a new label goes out as `other`: Home Assistant may not
-            // have applied the re-sent discovery yet, and would warn about an unknown type.
-            let types = self.links.all_event_types();
+            // The alert that brings a new label fires as that type: the discovery announcing
+            // it goes out first, and events wait until Home Assistant has applied it.
             if self.links.state.learn(&label) {
                 log::info!("mqtt: new alert label {label:?}: announcing it as an event type");
                 self.links.save_state();
                 self.publish_discovery();
             }
+            let types = self.links.all_event_types();
             let now_us = crate::clock::unix_micros(std::time::SystemTime::now());
             let age = Duration::from_micros(now_us.saturating_sub(rec.accepted_us));
             if !replayed && age <= self.cfg.ha_event_max_age {
@@ -924,7 +940,29 @@ impl<'a> Session<'a> {
     /// then it is skipped with a warning, never sent to get the connection closed.
     fn publish_own(&mut self, topic: String, payload: Vec<u8>, q: Qos, retain: bool) {
         let json = payload.first() == Some(&b'{');
-        let size = self.own_packet_size(&topic, payload.len(), json, q);
+        let props = Props {
+            json,
+            ..Props::default()
+        };
+        self.publish_own_props(topic, payload, q, retain, props);
+    }
+
+    /// An own message with MQTT 5 properties (an answer's correlation data), never retained.
+    fn publish_own_with(&mut self, topic: String, payload: Vec<u8>, q: Qos, props: Props) {
+        self.publish_own_props(topic, payload, q, false, props);
+    }
+
+    fn publish_own_props(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        q: Qos,
+        retain: bool,
+        props: Props,
+    ) {
+        let json = props.json;
+        let size = self.own_packet_size(&topic, payload.len(), json, q)
+            + props.correlation.as_ref().map_or(0, |c| c.len() + 3);
         let too_big = self
             .cfg
             .max_message_bytes
@@ -940,10 +978,7 @@ impl<'a> Session<'a> {
             );
             return;
         }
-        let props = (self.is_v5() && json).then(|| Props {
-            json: true,
-            ..Props::default()
-        });
+        let props = (self.is_v5() && (json || props.correlation.is_some())).then_some(props);
         match self.client.try_publish(topic, q, retain, payload, props) {
             Ok(()) => {
                 self.corr.sent(None);
@@ -1026,7 +1061,16 @@ impl<'a> Session<'a> {
         self.publish_own(topic, v.to_string().into_bytes(), Qos::AtLeastOnce, true);
     }
 
+    /// Publishes the events held while a discovery settled, in order.
+    fn release_held_events(&mut self) {
+        self.events_held_until = None;
+        for ev in std::mem::take(&mut self.held_events) {
+            self.publish_own(ha::event_topic(&self.cfg), ev, self.cfg.qos, false);
+        }
+    }
+
     fn publish_discovery(&mut self) {
+        self.events_held_until = Some(Instant::now() + DISCOVERY_SETTLE);
         let types = self.links.all_event_types();
         let input = ha::DiscoveryInput {
             gpio: &self.links.gpio_config,
@@ -1049,7 +1093,13 @@ impl<'a> Session<'a> {
         self.stats.inc(&self.stats.mqtt_acked);
         self.acked_any = true;
         if let Some(ev) = self.ha_events.remove(&seq) {
-            self.publish_own(ha::event_topic(&self.cfg), ev, self.cfg.qos, false);
+            if self.events_held_until.is_some_and(|t| Instant::now() < t)
+                && self.held_events.len() < MAX_HELD_EVENTS
+            {
+                self.held_events.push(ev);
+            } else {
+                self.publish_own(ha::event_topic(&self.cfg), ev, self.cfg.qos, false);
+            }
         }
         if let Err(e) = self.queue.lock().ack(seq) {
             log::error!("queue: {e}");
@@ -1096,8 +1146,9 @@ impl<'a> Session<'a> {
             Ev::Message {
                 topic,
                 payload,
+                reply,
                 retain,
-            } => self.on_message(&topic, &payload, retain),
+            } => self.on_message(&topic, &payload, reply, retain),
             Ev::BrokerDisconnect(reason) => {
                 self.taken_over = reason.contains("SessionTakenOver");
                 return Err(reason);
@@ -1111,7 +1162,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn on_message(&mut self, topic: &str, payload: &[u8], retain: bool) {
+    fn on_message(&mut self, topic: &str, payload: &[u8], reply: Option<Reply>, retain: bool) {
         if self.cfg.ha_discovery && topic == ha::ha_status_topic(&self.cfg) {
             if payload == b"online" {
                 log::info!("mqtt: Home Assistant is online; sending discovery");
@@ -1145,6 +1196,26 @@ impl<'a> Session<'a> {
             }
         }
         let answer = commands::answer(&command, parsed.transaction.as_ref(), &result);
+        // MQTT 5 request/response: the answer also goes where the request asked, with its
+        // correlation data (a topic with wildcards cannot be published to: ignored, logged).
+        if let Some(reply) = reply {
+            if commands::valid_reply_topic(&reply.topic) {
+                let props = Props {
+                    json: true,
+                    correlation: reply.correlation,
+                    ..Props::default()
+                };
+                self.publish_own_with(reply.topic, answer.clone(), Qos::AtLeastOnce, props);
+            } else {
+                self.stats.warn_limited(
+                    "reply_topic",
+                    format_args!(
+                        "mqtt: command {command}: response topic {:?} is not a topic one can publish to; answered on cmd/result only",
+                        reply.topic
+                    ),
+                );
+            }
+        }
         self.publish_own(
             commands::result_topic(&self.cfg.topic_prefix),
             answer,

@@ -8,6 +8,7 @@
 use std::fs;
 use std::path::Path;
 
+use super::fs::OsFs;
 use super::{list_segments, read_ack_file, scan_segment, segment_magic_ok, QueueError, Record};
 
 /// One record as `queue dump` sees it.
@@ -59,7 +60,7 @@ pub fn inspect_dir(
         source,
     };
     let mut sum = DirSummary {
-        ack_position: read_ack_file(&dir.join("ack")).unwrap_or(1).max(1),
+        ack_position: read_ack_file(&OsFs, &dir.join("ack")).unwrap_or(1).max(1),
         ..DirSummary::default()
     };
     for entry in fs::read_dir(dir).map_err(io)?.flatten() {
@@ -68,10 +69,10 @@ pub fn inspect_dir(
         }
     }
     let ack = sum.ack_position;
-    for first in list_segments(dir).map_err(io)? {
+    for first in list_segments(&OsFs, dir).map_err(io)? {
         let path = dir.join(super::Segment::file_name(first));
         sum.segments += 1;
-        if !segment_magic_ok(&path).map_err(super::io_err(&path))? {
+        if !segment_magic_ok(&OsFs, &path).map_err(super::io_err(&path))? {
             sum.bad_segments += 1;
             continue;
         }
@@ -88,8 +89,8 @@ pub fn inspect_dir(
             }
             visit(&DumpedRecord { record, acked });
         };
-        let scan =
-            scan_segment(&path, first, Some(&mut on_record)).map_err(super::io_err(&path))?;
+        let scan = scan_segment(&OsFs, &path, first, Some(&mut on_record))
+            .map_err(super::io_err(&path))?;
         sum.segment_bytes += scan.file_bytes;
         sum.torn_tail_bytes += scan.file_bytes - scan.valid_bytes;
         for (start, end) in scan.holes {

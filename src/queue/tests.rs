@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::{FsyncPolicy, OnFull, QueueConfig};
+use std::fs;
 
 fn cfg(dir: &Path, max_bytes: u64, segment_bytes: u64, on_full: OnFull) -> QueueConfig {
     QueueConfig {
@@ -433,6 +434,8 @@ fn corrupt_record_in_newest_segment_middle_keeps_the_records_after_it() {
         for i in 0..20 {
             q.append_durable(&payload(i), i).expect("append");
         }
+        // Closed cleanly: the unused seq reservation is given back, seqs continue at 21.
+        q.close().expect("close");
     }
     let seg = segment_files(dir.path()).remove(0);
     let layout = record_layout(dir.path());

@@ -174,18 +174,32 @@ impl QueueHandle {
         let Some(flush) = self.lock().begin_flush() else {
             return Ok(());
         };
-        let (took, result) = flush.run(super::AckFlush::UNLOCKED_TMP);
+        let (took, result) = flush.run();
         self.lock()
             .end_flush(&flush, took, flush.write && result.is_ok());
         result
     }
 
+    /// Reads durable records; after a read failed with an I/O error, the reader is woken
+    /// again when the retry is due.
     pub fn read_batch(
         &self,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, QueueError> {
-        self.lock().read_batch(max_records, max_bytes)
+        let mut q = self.lock();
+        let r = q.read_batch(max_records, max_bytes);
+        if r.is_err() {
+            if let (Some(wait), Ok(rt)) = (q.read_retry_in(), tokio::runtime::Handle::try_current())
+            {
+                let readable = self.readable.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    readable.notify_one();
+                });
+            }
+        }
+        r
     }
 }
 
@@ -272,7 +286,10 @@ fn writer_loop(
                         lock().mark_durable(&job);
                         Ok(())
                     }
-                    Err(e) => Err(Arc::new(e)),
+                    Err(e) => {
+                        lock().sync_failed(&e);
+                        Err(Arc::new(e))
+                    }
                 }
             }
             Ok(None) => Ok(()),
@@ -309,7 +326,10 @@ fn writer_loop(
 
 fn commit_and_sync(q: &mut Queue, policy: FsyncPolicy) -> Result<(), Arc<QueueError>> {
     if let Some(job) = q.commit().map_err(Arc::new)? {
-        job.sync(policy).map_err(Arc::new)?;
+        if let Err(e) = job.sync(policy) {
+            q.sync_failed(&e);
+            return Err(Arc::new(e));
+        }
         q.mark_durable(&job);
     }
     Ok(())

@@ -294,8 +294,12 @@ def main():
     wait("raccoon is an event type",
          lambda: "raccoon" in (state(event)["attributes"].get("event_types") or []), timeout=20)
     check("a new label becomes an event type", True)
-    # The first raccoon alert went out as "other" (HA may not have applied the new discovery
-    # yet); wait for the second one by its event_id.
+    # The alert that brought the new label fires as its own type: the relay holds events
+    # until HA has applied the discovery announcing it (no first-alert gap).
+    wait("the first raccoon event",
+         lambda: state(event)["attributes"].get("event_id") == "ev-new-label", timeout=15)
+    check("the alert that brings a new label fires as its own type",
+          state(event)["attributes"].get("event_type") == "raccoon", str(state(event)["attributes"]))
     post_alert("raccoon", "ev-new-label-2")
     wait("the second raccoon event",
          lambda: state(event)["attributes"].get("event_id") == "ev-new-label-2", timeout=15)
