@@ -71,7 +71,10 @@ pub enum HttpError {
 /// What request handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    pub cfg: HttpConfig,
+    /// The `[http]` section, replaced by a config reload: the token, `max_body_bytes` and
+    /// `request_timeout` apply from the next request; `listen` and `max_connections` need a
+    /// restart (the listener and its slots are made once).
+    pub cfg: watch::Receiver<HttpConfig>,
     pub ingest: Ingest,
     pub queue: QueueHandle,
     pub queue_max_bytes: u64,
@@ -88,7 +91,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
 /// [`SHUTDOWN_GRACE`] to finish and cuts the rest. Returns once every connection task (and so
 /// every queue handle it held) is gone.
 pub async fn run(listener: TcpListener, state: HttpState, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(state.cfg.max_connections));
+    let max_connections = state.cfg.borrow().max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
     let mut conns = JoinSet::new();
     let state = Arc::new(state);
     if let Ok(addr) = listener.local_addr() {
@@ -112,7 +116,7 @@ pub async fn run(listener: TcpListener, state: HttpState, mut shutdown: watch::R
                     s.inc(&s.http_connections_refused);
                     s.warn_limited("http_busy", format_args!(
                         "http: {} connections open (http.max_connections); refusing more",
-                        state.cfg.max_connections));
+                        max_connections));
                     // Best effort, never waits: a full socket buffer just gets the close.
                     let _ = tcp.try_write(BUSY_RESPONSE);
                     continue;
@@ -145,6 +149,7 @@ async fn serve_connection(
     state: Arc<HttpState>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let request_timeout = state.cfg.borrow().request_timeout;
     let served = Arc::new(AtomicU32::new(0));
     let st = state.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -162,7 +167,7 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.cfg.request_timeout)
+        .header_read_timeout(request_timeout)
         .max_buf_size(READ_BUFFER_BYTES)
         .max_header_size(MAX_HEADER_BYTES)
         .max_headers(MAX_HEADERS)
@@ -183,7 +188,7 @@ async fn serve_connection(
     }
     // Finish the request in progress, if any, then close.
     conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(state.cfg.request_timeout, conn).await;
+    let _ = tokio::time::timeout(request_timeout, conn).await;
 }
 
 async fn route(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes>> {
@@ -230,6 +235,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
 }
 
 async fn handle_webhook(req: Request<Incoming>, state: &HttpState) -> Response<Full<Bytes>> {
+    let cfg = state.cfg.borrow().clone();
     let s = &state.stats;
     s.inc(&s.webhook_requests);
     let reject = |status: StatusCode, reason: &dyn std::fmt::Display, close: bool| {
@@ -244,7 +250,7 @@ async fn handle_webhook(req: Request<Incoming>, state: &HttpState) -> Response<F
             error(status, reason)
         }
     };
-    let Some(expected) = &state.cfg.token else {
+    let Some(expected) = &cfg.token else {
         return reject(
             StatusCode::NOT_FOUND,
             &"the webhook is off: set http.token_env or http.token_file",
@@ -266,7 +272,7 @@ async fn handle_webhook(req: Request<Incoming>, state: &HttpState) -> Response<F
             true,
         );
     }
-    let max = state.cfg.max_body_bytes;
+    let max = cfg.max_body_bytes;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -280,7 +286,7 @@ async fn handle_webhook(req: Request<Incoming>, state: &HttpState) -> Response<F
         );
     }
     let body = Limited::new(req.into_body(), max);
-    let body = match tokio::time::timeout(state.cfg.request_timeout, body.collect()).await {
+    let body = match tokio::time::timeout(cfg.request_timeout, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return reject(
@@ -301,7 +307,7 @@ async fn handle_webhook(req: Request<Incoming>, state: &HttpState) -> Response<F
                 StatusCode::REQUEST_TIMEOUT,
                 &format_args!(
                     "body not received within {:?} (http.request_timeout)",
-                    state.cfg.request_timeout
+                    cfg.request_timeout
                 ),
                 true,
             )
@@ -372,6 +378,7 @@ pub fn health(snapshot: &Value, queue_max_bytes: u64) -> (bool, Value) {
         "reasons": reasons,
         "source_connected": source,
         "broker_connected": broker,
+        "clock_synced": flag("clock_synced"),
         "queue": {
             "depth_records": depth_records,
             "depth_bytes": depth_bytes,

@@ -255,15 +255,46 @@ impl Ingest {
             .set_armed(rule, armed);
     }
 
+    /// Replaces the rules (a config reload), carrying arming and cooldowns over by rule name
+    /// ([`RuleEngine::reloaded`]); the next alert is decided by the new rules.
+    pub fn replace_rules(&self, rules: Vec<crate::config::RuleConfig>) {
+        let mut engine = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        *engine = engine.reloaded(rules);
+    }
+
     fn fire_gpio(&self, alert: &Alert, now: SystemTime) {
         let Some(tx) = &self.gpio else { return };
-        let decision = self.rules.lock().unwrap_or_else(|p| p.into_inner()).decide(
-            alert,
-            now,
-            now,
-            Instant::now(),
-        );
+        let synced = crate::timesync::synced();
+        let decision = self
+            .rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .decide_at(alert, now, now, Instant::now(), synced);
         let s = &self.stats;
+        if decision.age_by_timestamp {
+            s.inc(&s.gpio_age_by_timestamp);
+        } else {
+            s.inc(&s.gpio_age_by_receipt);
+        }
+        for _ in &decision.quiet_unsynced {
+            s.inc(&s.gpio_quiet_unsynced);
+        }
+        if decision.stale > 0 {
+            log::debug!(
+                "alert {:?}: older than max_age by {} (clock {})",
+                alert.label,
+                if decision.age_by_timestamp {
+                    "its own timestamp"
+                } else {
+                    "its receipt time"
+                },
+                if synced {
+                    "synchronised"
+                } else {
+                    "not synchronised"
+                }
+            );
+        }
         for _ in 0..decision.stale {
             s.inc(&s.gpio_skipped_stale);
         }

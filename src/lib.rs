@@ -16,6 +16,8 @@
 //! - [`dedup`]: the cross-path dedup window used by [`ingest`]; pure.
 //! - [`webhook`] and [`http`]: the optional HTTP listener (webhook, healthz, metrics).
 //! - [`logging`]: the process logger, library targets that print secrets capped.
+//! - [`reload`]: SIGHUP: the config file read again and applied stage by stage.
+//! - [`timesync`]: whether the wall clock is synchronised; a jump-proof clock for ages.
 //!
 //! [`run`] wires the stages and runs until the shutdown future resolves.
 
@@ -30,9 +32,11 @@ pub mod ingest;
 pub mod logging;
 pub mod publish;
 pub mod queue;
+pub mod reload;
 pub mod rules;
 pub mod source;
 pub mod stats;
+pub mod timesync;
 pub mod topic;
 pub mod webhook;
 
@@ -41,7 +45,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use config::{Config, GpioBackendKind};
+use config::Config;
 use stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,18 @@ pub async fn run_with(
     stats: Arc<Stats>,
     on_ready: impl FnOnce(),
 ) -> Result<(), RunError> {
+    run_reloading(config, None, shutdown, stats, on_ready).await
+}
+
+/// [`run_with`], reading the config file again on every request of `reload` (the binary's
+/// SIGHUP) and applying it to the running stages ([`reload`]).
+pub async fn run_reloading(
+    config: Config,
+    reload: Option<reload::Reload>,
+    shutdown: impl Future<Output = ()>,
+    stats: Arc<Stats>,
+    on_ready: impl FnOnce(),
+) -> Result<(), RunError> {
     let (queue, report) = queue::Queue::open(&config.queue)?;
     log::info!(
         "queue: {} segments, {} unacknowledged records in {}{}",
@@ -104,7 +120,7 @@ pub async fn run_with(
     }
     // Records already queued are published again: marked replayed, kept off HA's event.
     let replay_below = queue.first_unacked() + queue.gauges().depth_records;
-    let mut backend = gpio::open_backend(&config.gpio)?;
+    let backend = gpio::open_backend(&config.gpio)?;
     // Bind before anything runs, so a taken port fails the start with a clear error.
     let http_listener = match &config.http {
         Some(h) => Some(http::bind(h.listen).await?),
@@ -115,32 +131,20 @@ pub async fn run_with(
     let mut publish_links = publish::Links::new(&config);
     publish_links.replay_below = replay_below;
 
-    let (gpio_tx, gpio_task) =
-        if config.gpio.backend != GpioBackendKind::None && !config.gpio.outputs.is_empty() {
-            log::info!(
-                "gpio: backend {} with {} outputs",
-                backend.name(),
-                config.gpio.outputs.len()
-            );
-            let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
-            gpio::watch_ack_button(&config.gpio, &mut *backend, &tx)?;
-            // Which outputs run a pattern; MQTT mirrors it on {prefix}/outputs/{name}.
-            let (activity, activity_rx) = watch::channel(vec![false; config.gpio.outputs.len()]);
-            // MQTT commands (`cmd/silence`, `cmd/test/{output}`) reach the engine here.
-            publish_links.gpio = Some(tx.clone());
-            publish_links.activity = Some(activity_rx);
-            let task = tokio::spawn(gpio::run_engine(
-                config.gpio.outputs.clone(),
-                backend,
-                rx,
-                stop_rx.clone(),
-                stats.clone(),
-                activity,
-            ));
-            (Some(tx), Some(task))
-        } else {
-            (None, None)
-        };
+    let gpio_stage = if reload::gpio_enabled(&config.gpio) {
+        let (tx, rx) = mpsc::channel(gpio::FIRE_CHANNEL_CAPACITY);
+        let (stage, activity_rx) =
+            reload::GpioStage::start(&config.gpio, backend, rx, tx, stats.clone())
+                .map_err(|(e, _)| e)?;
+        // MQTT commands (`cmd/silence`, `cmd/test/{output}`) reach the engine here.
+        publish_links.gpio = Some(stage.tx.clone());
+        // Which outputs run a pattern; MQTT mirrors it on {prefix}/outputs/{name}.
+        publish_links.activity = Some(activity_rx);
+        Some(stage)
+    } else {
+        None
+    };
+    let gpio_tx = gpio_stage.as_ref().map(|s| s.tx.clone());
     // Arming and snooze as Home Assistant left them (the state file beside the queue).
     let mut rule_engine = rules::RuleEngine::new(config.gpio.rules.clone());
     for i in publish_links.disarmed_rules() {
@@ -156,29 +160,28 @@ pub async fn run_with(
     if gpio_tx.is_some() {
         publish_links.ingest = Some(ingest.clone());
     }
-    let http_task = match (http_listener, &config.http) {
-        (Some(listener), Some(cfg)) => Some(tokio::spawn(http::run(
-            listener,
-            http::HttpState {
-                cfg: cfg.clone(),
-                ingest: ingest.clone(),
-                queue: queue.clone(),
-                queue_max_bytes: config.queue.max_bytes,
-                stats: stats.clone(),
-            },
-            stop_rx.clone(),
-        ))),
-        _ => None,
+    let (http_cfg, http_task) = match (http_listener, &config.http) {
+        (Some(listener), Some(cfg)) => {
+            let (cfg_tx, cfg_rx) = watch::channel(cfg.clone());
+            let task = tokio::spawn(http::run(
+                listener,
+                http::HttpState {
+                    cfg: cfg_rx,
+                    ingest: ingest.clone(),
+                    queue: queue.clone(),
+                    queue_max_bytes: config.queue.max_bytes,
+                    stats: stats.clone(),
+                },
+                stop_rx.clone(),
+            ));
+            (Some(cfg_tx), Some(task))
+        }
+        _ => (None, None),
     };
     // Best-effort channel messages (not durable) go straight from the source to the publisher.
     let (live_tx, live_rx) = mpsc::channel(source::LIVE_CHANNEL_CAPACITY);
-    let source_task = tokio::spawn(source::run(
-        config.source.clone(),
-        ingest,
-        live_tx,
-        stats.clone(),
-        stop_rx.clone(),
-    ));
+    let source = reload::SourceStage::start(&config.source, &ingest, &live_tx, &stats);
+    let (publish_tx, publish_rx) = mpsc::channel(1);
     let publish_task = tokio::spawn(publish::run(
         config.mqtt.clone(),
         publish_links,
@@ -186,22 +189,43 @@ pub async fn run_with(
         stats.clone(),
         stop_rx,
         live_rx,
+        publish_rx,
     ));
     drop(queue);
 
     on_ready();
-    shutdown.await;
+    let mut running = reload::Running {
+        config,
+        stats,
+        ingest,
+        live_tx,
+        source,
+        gpio: gpio_stage,
+        publish: publish_tx,
+        http: http_cfg,
+    };
+    match reload {
+        Some(r) => running.serve(r, shutdown).await,
+        None => shutdown.await,
+    }
     log::info!("shutting down");
     let _ = stop_tx.send(true);
+    running.source.begin_stop();
+    if let Some(g) = &running.gpio {
+        g.begin_stop();
+    }
     // The source stops first (no new alerts), then the publisher says offline, GPIO goes safe.
-    let _ = source_task.await;
+    running.source.stop().await;
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    drop(running.publish);
     let _ = publish_task.await;
-    if let Some(t) = gpio_task {
-        let _ = t.await;
+    if let Some(g) = running.gpio {
+        g.stop().await;
     }
+    drop(running.ingest);
+    drop(running.live_tx);
     // Every QueueHandle is gone now: the writer drains, syncs, persists the ack position.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     log::info!("stopped");

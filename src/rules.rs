@@ -80,6 +80,12 @@ pub struct Decision {
     pub quiet: Vec<usize>,
     /// Rules that matched but are disarmed.
     pub disarmed: u32,
+    /// Whether `max_age` was judged by the alert's own timestamp (clock synchronised, the
+    /// alert has one) rather than by when the relay received it.
+    pub age_by_timestamp: bool,
+    /// Outputs (indexes) that sounded although the (unsynchronised) clock read inside their
+    /// rule's quiet hours: an untrusted clock silences nothing.
+    pub quiet_unsynced: Vec<usize>,
 }
 
 pub struct RuleEngine {
@@ -125,8 +131,37 @@ impl RuleEngine {
         self.armed.get(rule).copied().unwrap_or(false)
     }
 
-    /// Decides what `alert` triggers. `received` is when the relay read it, used as its age
-    /// when the alert carries no readable timestamp.
+    /// The engine for `rules` after a config reload. What a rule carries over is keyed by its
+    /// name (unnamed rules carry nothing): a disarmed rule stays disarmed, and a rule whose
+    /// definition did not change keeps its cooldown (a reload must not let a cooling-down
+    /// rule fire again at once). A changed rule starts afresh.
+    pub fn reloaded(&self, rules: Vec<RuleConfig>) -> RuleEngine {
+        let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) && self.zone.0.is_none() {
+            LocalZone::system()
+        } else {
+            self.zone.clone()
+        };
+        let mut next = RuleEngine::with_zone(rules, zone);
+        for (i, rule) in next.rules.iter().enumerate() {
+            let Some(name) = &rule.name else { continue };
+            let Some(j) = self
+                .rules
+                .iter()
+                .position(|r| r.name.as_ref() == Some(name))
+            else {
+                continue;
+            };
+            next.armed[i] = self.armed[j];
+            // RuleConfig has no PartialEq (config owns it); its Debug form shows every field.
+            if format!("{rule:?}") == format!("{:?}", self.rules[j]) {
+                next.last_fired[i] = self.last_fired[j];
+            }
+        }
+        next
+    }
+
+    /// Decides what `alert` triggers, with the wall clock synchronised. `received` is when
+    /// the relay read it, used as its age when the alert carries no readable timestamp.
     pub fn decide(
         &mut self,
         alert: &Alert,
@@ -134,8 +169,28 @@ impl RuleEngine {
         now_wall: SystemTime,
         now: Instant,
     ) -> Decision {
+        self.decide_at(alert, received, now_wall, now, true)
+    }
+
+    /// [`RuleEngine::decide`], saying whether the wall clock is synchronised. Unsynchronised,
+    /// the alert's own timestamp is not compared with a clock that may be days off (the age
+    /// counts from `received`), and quiet hours silence nothing ([`crate::timesync`]).
+    pub fn decide_at(
+        &mut self,
+        alert: &Alert,
+        received: SystemTime,
+        now_wall: SystemTime,
+        now: Instant,
+        synced: bool,
+    ) -> Decision {
         let mut d = Decision::default();
-        let born = alert.timestamp.unwrap_or(received);
+        let born = match alert.timestamp {
+            Some(t) if synced => {
+                d.age_by_timestamp = true;
+                t
+            }
+            _ => received,
+        };
         // A timestamp in the future (clock skew between camera cloud and device) counts as new.
         let age = now_wall.duration_since(born).unwrap_or(Duration::ZERO);
         for (i, rule) in self.rules.iter().enumerate() {
@@ -180,8 +235,12 @@ impl RuleEngine {
             let mut fired = false;
             for (j, &output) in rule.outputs.iter().enumerate() {
                 if quiet && rule.audible.get(j).copied().unwrap_or(true) {
-                    d.quiet.push(output);
-                    continue;
+                    if !synced {
+                        d.quiet_unsynced.push(output);
+                    } else {
+                        d.quiet.push(output);
+                        continue;
+                    }
                 }
                 fired = true;
                 d.fires.push(Fire {
@@ -425,5 +484,56 @@ mod tests {
             end_min: 13 * 60,
         };
         assert!(day.contains(12 * 60 + 30) && !day.contains(13 * 60));
+    }
+
+    #[test]
+    fn an_unsynchronised_clock_judges_max_age_by_receipt_and_says_so() {
+        let mut e = RuleEngine::new(vec![rule(&["x"], 0.0, 0, 10)]);
+        let now = SystemTime::now();
+        // Stamped an hour ago by the sender (max_age 10 s): stale by a synchronised clock.
+        let a = alert(
+            "x",
+            Confidence::Valid(0.9),
+            Some(now - Duration::from_secs(3600)),
+        );
+        let synced = e.decide_at(&a, now, now, Instant::now(), true);
+        assert_eq!((synced.stale, synced.fires.len()), (1, 0));
+        assert!(synced.age_by_timestamp);
+        // The same alert while the local clock is unsynchronised: its age is since receipt.
+        let unsynced = e.decide_at(&a, now, now, Instant::now(), false);
+        assert_eq!((unsynced.stale, unsynced.fires.len()), (0, 1));
+        assert!(!unsynced.age_by_timestamp);
+        // Received long ago (a replay) is stale either way.
+        let mut e = RuleEngine::new(vec![rule(&["x"], 0.0, 0, 10)]);
+        let old = now - Duration::from_secs(3600);
+        let replay = e.decide_at(
+            &alert("x", Confidence::Valid(0.9), None),
+            old,
+            now,
+            Instant::now(),
+            false,
+        );
+        assert_eq!(replay.stale, 1);
+    }
+
+    #[test]
+    fn quiet_hours_silence_nothing_while_the_clock_is_unsynchronised() {
+        let mut r = rule(&["x"], 0.0, 0, 10);
+        r.quiet_hours = vec![crate::config::QuietWindow {
+            start_min: 0,
+            end_min: 24 * 60 - 1,
+        }];
+        r.outputs = vec![0];
+        r.audible = vec![true];
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(12 * 3600);
+        let a = alert("x", Confidence::Valid(0.9), None);
+        let mut e = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(0));
+        let d = e.decide_at(&a, t, t, Instant::now(), true);
+        assert_eq!((d.fires.len(), d.quiet.clone()), (0, vec![0]));
+        let mut e = RuleEngine::with_zone(vec![r], LocalZone::fixed(0));
+        let d = e.decide_at(&a, t, t, Instant::now(), false);
+        assert_eq!(d.fires.len(), 1);
+        assert!(d.quiet.is_empty());
+        assert_eq!(d.quiet_unsynced, vec![0]);
     }
 }

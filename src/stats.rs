@@ -85,6 +85,9 @@ counters! {
     channel_dropped: "Best-effort channel messages dropped because MQTT was not keeping up.",
     transcripts_interim_dropped: "Interim transcripts (is_final = false) not relayed.",
     gpio_skipped_quiet: "Buzzer fires skipped because their rule was in quiet hours.",
+    gpio_quiet_unsynced: "Buzzer fires not held back by quiet hours because the clock was not synchronised.",
+    gpio_age_by_timestamp: "Alerts whose max_age was judged by their own timestamp (clock synchronised).",
+    gpio_age_by_receipt: "Alerts whose max_age was judged by their receipt time (clock not synchronised, or no timestamp).",
     gpio_silenced: "Silence commands (MQTT or the acknowledge button).",
 }
 
@@ -275,6 +278,7 @@ impl Stats {
             "broker_connected".into(),
             json!(self.broker_connected.load(Ordering::Relaxed) == 1),
         );
+        m.insert("clock_synced".into(), json!(crate::timesync::synced()));
         m.insert("source".into(), self.source_json());
         if let Some(outs) = self.gpio_outputs.get() {
             let o: Map<String, Value> = outs.iter().map(|c| (c.name.clone(), c.json())).collect();

@@ -135,8 +135,13 @@ fn sigterm_stops_the_daemon_cleanly() {
 }
 
 #[test]
-fn sighup_stops_the_daemon_cleanly() {
-    signal_stops_the_daemon_cleanly("HUP");
+fn sigint_stops_the_daemon_cleanly() {
+    signal_stops_the_daemon_cleanly("INT");
+}
+
+#[test]
+fn sigquit_stops_the_daemon_cleanly() {
+    signal_stops_the_daemon_cleanly("QUIT");
 }
 
 fn signal_stops_the_daemon_cleanly(signal: &str) {

@@ -80,7 +80,7 @@ struct Rig {
     stop: watch::Sender<bool>,
     stats: Arc<Stats>,
     activity: watch::Receiver<Vec<bool>>,
-    engine: JoinHandle<()>,
+    engine: JoinHandle<tokio::sync::mpsc::Receiver<GpioCommand>>,
     rules: RuleEngine,
 }
 

@@ -100,7 +100,9 @@ struct Engine {
     snoozed: Option<(Instant, bool)>,
 }
 
-/// Runs until `shutdown` turns true or every sender is dropped; then all outputs go safe.
+/// Runs until `shutdown` turns true or every sender is dropped; then all outputs go safe and
+/// the backend is dropped (its pins released). Returns the command channel, so a config
+/// reload can start the next engine on it while every sender stays valid.
 pub async fn run_engine(
     outputs: Vec<OutputConfig>,
     backend: Box<dyn Backend>,
@@ -108,7 +110,7 @@ pub async fn run_engine(
     mut shutdown: watch::Receiver<bool>,
     stats: Arc<Stats>,
     activity: watch::Sender<Vec<bool>>,
-) {
+) -> mpsc::Receiver<GpioCommand> {
     stats.register_outputs(outputs.iter().map(|o| o.name.as_str()));
     let n = outputs.len();
     let mut e = Engine {
@@ -167,7 +169,9 @@ pub async fn run_engine(
         e.drive(i, Level::Off, true);
     }
     publish_activity(&activity, &e.active);
+    drop(e);
     log::info!("gpio: all outputs in their safe state");
+    commands
 }
 
 impl Engine {

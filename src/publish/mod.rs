@@ -45,6 +45,7 @@ pub mod ha;
 pub mod ha_state;
 pub mod limit;
 pub mod pace;
+pub mod reconfigure;
 pub mod takeover;
 
 use std::collections::HashMap;
@@ -65,6 +66,7 @@ use client::{Client, Ev, EventLoop, Props, Reply};
 use correlate::{Correlator, Outcome, PoisonWatch};
 use limit::{SizeWatch, Verdict, Wire};
 use pace::Pacer;
+pub use reconfigure::Reconfigure;
 
 /// How long after the first unpersisted ack the ack position is written to disk: the window of
 /// re-published duplicates after a crash, traded against SD card wear.
@@ -199,16 +201,18 @@ pub async fn run(
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
     mut live: mpsc::Receiver<crate::source::LiveMessage>,
+    mut reconf: mpsc::Receiver<Reconfigure>,
 ) {
+    let mut cfg = cfg;
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     let mut poison = PoisonWatch::default();
     let mut sizes = SizeWatch::default();
     let mut twins = takeover::TakeoverWatch::default();
-    let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
         let started = Instant::now();
         let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
             Err(e) => SessionEnd::Lost {
@@ -223,7 +227,7 @@ pub async fn run(
                 let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
                 let window = poison.window(cfg.max_inflight as usize);
                 let mut session = Session::new(
-                    &cfg,
+                    cfg.clone(),
                     &mut links,
                     client,
                     queue.clone(),
@@ -231,13 +235,27 @@ pub async fn run(
                     window,
                     &mut sizes,
                 );
-                session.run(&mut el, &mut shutdown, &mut live).await
+                let end = session
+                    .run(&mut el, &mut shutdown, &mut live, &mut reconf)
+                    .await;
+                // A reload may have changed it in place.
+                cfg = session.cfg.clone();
+                end
             }
         };
         stats.set_broker_connected(false);
         persist_ack(&queue).await;
         match end {
             SessionEnd::Shutdown => return,
+            SessionEnd::Reconnect => {
+                log::info!(
+                    "mqtt: reconnecting to {}:{} with the reloaded settings",
+                    cfg.host,
+                    cfg.port
+                );
+                backoff.reset();
+                continue;
+            }
             SessionEnd::Lost {
                 reason,
                 connected,
@@ -293,6 +311,12 @@ pub async fn run(
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
+                    Some(r) = reconf.recv() => {
+                        // Not connected: take it all and try the new settings at once.
+                        links.reconfigure(&r);
+                        cfg = r.mqtt;
+                        backoff.reset();
+                    }
                 }
             }
         }
@@ -357,6 +381,8 @@ fn set_aside(queue: &QueueHandle, stats: &Stats, seq: u64, why: &str) {
 
 enum SessionEnd {
     Shutdown,
+    /// A reload changed a connection key: disconnected cleanly, connect again at once.
+    Reconnect,
     Lost {
         reason: String,
         /// Whether the CONNACK arrived.
@@ -403,7 +429,7 @@ fn record_meta(msg: &QueuedMessage) -> RecordMeta {
 }
 
 struct Session<'a> {
-    cfg: &'a MqttConfig,
+    cfg: MqttConfig,
     links: &'a mut Links,
     client: Client,
     queue: QueueHandle,
@@ -442,7 +468,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(
-        cfg: &'a MqttConfig,
+        cfg: MqttConfig,
         links: &'a mut Links,
         client: Client,
         queue: QueueHandle,
@@ -452,13 +478,17 @@ impl<'a> Session<'a> {
     ) -> Session<'a> {
         let n = links.outputs.len();
         let replay_upto = links.sent_high;
+        let corr = Correlator::new(cfg.qos == Qos::AtMostOnce);
+        let pacer = cfg
+            .max_publish_rate
+            .map(|rate| Pacer::new(rate, Instant::now()));
         Session {
             cfg,
             links,
             client,
             queue,
             stats,
-            corr: Correlator::new(cfg.qos == Qos::AtMostOnce),
+            corr,
             ha_events: HashMap::new(),
             held_events: Vec::new(),
             events_held_until: None,
@@ -468,9 +498,7 @@ impl<'a> Session<'a> {
             ack_flush_at: None,
             broken: None,
             window,
-            pacer: cfg
-                .max_publish_rate
-                .map(|rate| Pacer::new(rate, Instant::now())),
+            pacer,
             wire: Wire::default(),
             sizes,
             taken_over: false,
@@ -501,6 +529,7 @@ impl<'a> Session<'a> {
         el: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
         live: &mut mpsc::Receiver<crate::source::LiveMessage>,
+        reconf: &mut mpsc::Receiver<Reconfigure>,
     ) -> SessionEnd {
         // Connect: poll until CONNACK.
         loop {
@@ -514,6 +543,12 @@ impl<'a> Session<'a> {
                     Err(e) => return self.lost(e, false),
                 },
                 _ = shutdown.changed() => return SessionEnd::Shutdown,
+                Some(r) = reconf.recv() => {
+                    // Nothing is in flight yet: connect again with the new settings.
+                    self.links.reconfigure(&r);
+                    self.cfg = r.mqtt;
+                    return SessionEnd::Reconnect;
+                }
             }
         }
         self.stats.inc(&self.stats.mqtt_connects);
@@ -589,6 +624,18 @@ impl<'a> Session<'a> {
                         self.links.activity = None;
                     }
                 }
+                Some(r) = reconf.recv() => {
+                    let interval = self.cfg.stats_interval;
+                    if self.reconfigure(r) {
+                        self.drain(el).await;
+                        self.disconnect(el).await;
+                        return SessionEnd::Reconnect;
+                    }
+                    if self.cfg.stats_interval != interval {
+                        stats_tick = tokio::time::interval(self.cfg.stats_interval);
+                        stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
                 _ = shutdown.changed() => {
                     self.shutdown(el).await;
                     return SessionEnd::Shutdown;
@@ -613,14 +660,14 @@ impl<'a> Session<'a> {
         if self.cfg.ha_discovery {
             if let Err(e) = self
                 .client
-                .try_subscribe(ha::ha_status_topic(self.cfg), Qos::AtLeastOnce)
+                .try_subscribe(ha::ha_status_topic(&self.cfg), Qos::AtLeastOnce)
             {
                 log::warn!("mqtt: cannot subscribe to Home Assistant's status: {e}");
             }
             self.publish_discovery();
         }
         self.publish_own(
-            status_topic(self.cfg),
+            status_topic(&self.cfg),
             b"online".to_vec(),
             Qos::AtLeastOnce,
             true,
@@ -1018,7 +1065,7 @@ impl<'a> Session<'a> {
     fn release_held_events(&mut self) {
         self.events_held_until = None;
         for ev in std::mem::take(&mut self.held_events) {
-            self.publish_own(ha::event_topic(self.cfg), ev, self.cfg.qos, false);
+            self.publish_own(ha::event_topic(&self.cfg), ev, self.cfg.qos, false);
         }
     }
 
@@ -1032,7 +1079,7 @@ impl<'a> Session<'a> {
             configuration_url: self.links.configuration_url.as_deref(),
             snooze_for: ha::SNOOZE_BUTTON_FOR,
         };
-        for (topic, payload) in ha::discovery(self.cfg, &input) {
+        for (topic, payload) in ha::discovery(&self.cfg, &input) {
             self.publish_own(
                 topic,
                 payload.to_string().into_bytes(),
@@ -1051,7 +1098,7 @@ impl<'a> Session<'a> {
             {
                 self.held_events.push(ev);
             } else {
-                self.publish_own(ha::event_topic(self.cfg), ev, self.cfg.qos, false);
+                self.publish_own(ha::event_topic(&self.cfg), ev, self.cfg.qos, false);
             }
         }
         if let Err(e) = self.queue.lock().ack(seq) {
@@ -1116,7 +1163,7 @@ impl<'a> Session<'a> {
     }
 
     fn on_message(&mut self, topic: &str, payload: &[u8], reply: Option<Reply>, retain: bool) {
-        if self.cfg.ha_discovery && topic == ha::ha_status_topic(self.cfg) {
+        if self.cfg.ha_discovery && topic == ha::ha_status_topic(&self.cfg) {
             if payload == b"online" {
                 log::info!("mqtt: Home Assistant is online; sending discovery");
                 self.publish_discovery();
@@ -1254,11 +1301,34 @@ impl<'a> Session<'a> {
 
     async fn shutdown(&mut self, el: &mut EventLoop) {
         self.publish_own(
-            status_topic(self.cfg),
+            status_topic(&self.cfg),
             b"offline".to_vec(),
             Qos::AtLeastOnce,
             true,
         );
+        self.disconnect(el).await;
+    }
+
+    /// Reads the broker's answers until every record in flight is acknowledged (or
+    /// [`SHUTDOWN_GRACE`] is up), publishing nothing new: a reconnect for a reload then sends
+    /// nothing twice that the broker already took.
+    async fn drain(&mut self, el: &mut EventLoop) {
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.corr.records_in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, el.poll()).await {
+                Ok(Ok(ev)) => {
+                    if self.on_event(ev).is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Sends DISCONNECT (no Last Will) and gives what is queued in rumqttc, acks included,
+    /// [`SHUTDOWN_GRACE`] to go through.
+    async fn disconnect(&mut self, el: &mut EventLoop) {
         let _ = self.client.try_disconnect();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         loop {

@@ -6,13 +6,14 @@ use super::*;
 impl Queue {
     /// Reads durable records from the read position, at most `max_records` or about
     /// `max_bytes` of payload, and advances the read position past them. Records older than
-    /// `max_age` are dropped (acknowledged and counted) instead of returned.
+    /// `max_age` are dropped (acknowledged and counted) instead of returned, judged by a clock
+    /// that a forward jump cannot age them by ([`crate::timesync::queue_now_us`]).
     pub fn read_batch(
         &mut self,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, QueueError> {
-        let now = crate::clock::unix_micros(SystemTime::now());
+        let now = crate::timesync::queue_now_us();
         self.read_batch_at(max_records, max_bytes, now)
     }
 
