@@ -52,5 +52,29 @@ open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("homeassistant/p
 PYEOF
 in_chroot "$v/bin/pip" install -q -c /opt/ha/constraints.txt \
     "/opt/ha/wheels/$whl" paho-mqtt home-assistant-frontend
+# run.sh starts hass with --skip-pip, and 2026.x sets up integrations at start (camera,
+# conversation, tts, assist_pipeline, analytics, ...) whose requirements the wheel does not pull
+# in; without them the MQTT config flow fails to load (aiohasupervisor). Install the
+# requirements of those integrations and of their dependencies, at the versions they pin.
+# Not assist_pipeline/assist_satellite: pymicro-vad and pyspeex-noise have no Python 3.14 wheel
+# and would need a C++ toolchain; HA logs their setup failure, which has nothing to do with MQTT.
+in_chroot "$v/bin/python" - > "$HA_CHROOT/opt/ha/requirements.txt" <<'PYEOF'
+import json, pathlib, homeassistant.components as c
+root = pathlib.Path(c.__file__).parent
+seed = ["mqtt", "hassio", "analytics", "camera", "stream", "conversation", "tts", "ffmpeg",
+        "ai_task", "image_processing", "infrared",
+        "radio_frequency", "onboarding", "backup", "frontend"]
+todo, seen, reqs = list(seed), set(), set()
+while todo:
+    name = todo.pop()
+    if name in seen or not (root / name / "manifest.json").exists():
+        continue
+    seen.add(name)
+    m = json.loads((root / name / "manifest.json").read_text())
+    reqs.update(m.get("requirements", []))
+    todo += m.get("dependencies", [])
+print("\n".join(sorted(reqs)))
+PYEOF
+in_chroot "$v/bin/pip" install -q -c /opt/ha/constraints.txt -r /opt/ha/requirements.txt
 echo "$version" > "$HA_CHROOT/opt/ha/version"
 echo "Home Assistant $version installed in $HA_CHROOT"

@@ -48,7 +48,8 @@ if [ -n "${HA_CHROOT:-}" ]; then
         exit 1
     fi
     HA_VERSION=$(cat "$HA_CHROOT/opt/ha/version")
-    PY=$(command -v python3) # drive.py and free_port need only the standard library
+    # drive.py and free_port need only the standard library: any host Python does.
+    PY=$(command -v python3 || echo "$PY")
     work=$(mktemp -d "$HA_CHROOT/tmp/alert-relay-ha.XXXXXX")
     hass_cmd=("${chroot_cmd[@]}" /opt/ha/venv/bin/hass)
     in_ha() { printf '%s' "${1#"$HA_CHROOT"}"; } # a host path under the chroot, as HA sees it
