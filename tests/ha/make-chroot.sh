@@ -10,6 +10,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HA_CHROOT=${HA_CHROOT:-/var/cache/alert-relay-ci/ha2026/chroot}
+case "$HA_CHROOT" in
+    /?*/?*) ;;
+    *) echo "HA_CHROOT=$HA_CHROOT: give a directory at least two levels below /" >&2; exit 1 ;;
+esac
 . "$here/chroot.sh"
 
 if [ ! -x "$HA_CHROOT/usr/bin/python3" ]; then
