@@ -173,7 +173,7 @@ pub fn config(data: &[u8]) {
     let Ok(cfg) = Config::parse(text) else {
         return;
     };
-    for r in &cfg.gpio.rules {
+    for r in cfg.gpio.rules.iter() {
         for &o in &r.outputs {
             run_pattern(&r.pattern, &cfg.gpio.outputs[o]);
         }

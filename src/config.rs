@@ -16,6 +16,14 @@ use serde::Deserialize;
 
 mod checks;
 mod identity;
+mod pieces;
+mod sections;
+mod units;
+
+use pieces::{deserialize_pieces, load_in_pieces, OneRule};
+
+pub use units::{fmt_duration, parse_duration};
+use units::{ByteSize, DurationStr};
 
 /// A config error: which key, and why. `alert-relay` exits with status 2 on one.
 #[derive(Debug, thiserror::Error)]
@@ -394,7 +402,8 @@ pub struct GpioConfig {
     pub backend: GpioBackendKind,
     pub sim_trace: Option<PathBuf>,
     pub outputs: Vec<OutputConfig>,
-    pub rules: Vec<RuleConfig>,
+    /// Shared, not copied, by the rule engine and the publisher: 10,000 rules are megabytes.
+    pub rules: std::sync::Arc<Vec<RuleConfig>>,
     pub ack_button: Option<AckButton>,
     /// Named patterns (`[gpio.patterns]`) that commands and Home Assistant (siren tones, light
     /// effects) pick by name, sorted by name.
@@ -538,8 +547,8 @@ struct RawGpio {
     sim_trace: Option<PathBuf>,
     #[serde(default)]
     outputs: Vec<RawOutput>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
+    /// `None` when absent: the `[[gpio.rules]]` tables may be parsed apart (see `sections`).
+    rules: Option<Vec<RawRule>>,
     ack_button: Option<RawAckButton>,
     #[serde(default)]
     patterns: std::collections::BTreeMap<String, RawPattern>,
@@ -603,95 +612,6 @@ struct RawPattern {
     duty: Option<f64>,
 }
 
-/// A duration written as a string with a unit: `250ms`, `10s`, `5m`, `1h`.
-#[derive(Debug, Clone, Copy)]
-struct DurationStr(Duration);
-
-impl<'de> Deserialize<'de> for DurationStr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(DurationStr)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A byte count: an integer, or a string with a unit (`64KiB`, `4MiB`, `1GiB`, `500kB`).
-#[derive(Debug, Clone, Copy)]
-struct ByteSize(u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            N(u64),
-            S(String),
-        }
-        match Either::deserialize(d)? {
-            Either::N(n) => Ok(ByteSize(n)),
-            Either::S(s) => parse_bytes(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// Parses `250ms`, `10s`, `5m`, `2h`, `1d`, also `1.5s`. A bare number is an error: the unit is
-/// required so that nobody has to guess.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} needs a unit (ms, s, m, h, d)"))?;
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        other => {
-            return Err(format!(
-                "duration {s:?} has unknown unit {other:?} (ms, s, m, h, d)"
-            ))
-        }
-    };
-    let secs = n * scale;
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("size {s:?} does not start with a number"))?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "kB" | "KB" => 1000,
-        "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "size {s:?} has unknown unit {other:?} (B, KiB, MiB, GiB, kB, MB, GB)"
-            ))
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("size {s:?} is out of range"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validation.
 
@@ -704,7 +624,13 @@ pub const DEFAULT_QUEUE_DIR: &str = "/var/lib/alert-relay/queue";
 
 impl Config {
     /// Reads and validates the config file at `path`.
+    ///
+    /// The file is read line by line, never whole, when `sections` can cut it (see
+    /// [`Config::parse`]); otherwise, and for every error, it is read and parsed whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if let Some(result) = load_in_pieces(path) {
+            return result;
+        }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -713,27 +639,23 @@ impl Config {
     }
 
     /// Parses and validates TOML text.
+    ///
+    /// The `[[gpio.rules]]` tables are parsed one at a time when `sections` can cut the text
+    /// (memory: toml's document costs ~9 KiB a rule); any doubt, and every error, goes through
+    /// the whole-text parse, so what is accepted and what each error says is the same either way.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            // toml's message carries the line and a caret; keep its first line compact.
-            let reason = inner.message().to_string();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
-                .unwrap_or_default();
-            invalid(
-                if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                format!("{reason}{line}"),
-            )
-        })?;
-        validate(raw)
+        if let Some(pieces) = sections::split(text) {
+            if let Some(raw) = deserialize_pieces(&pieces) {
+                let rules = pieces
+                    .rules
+                    .iter()
+                    .map(|p| deserialize::<OneRule>(p).map(|mut one| one.gpio.rules.remove(0)));
+                return validate(raw, rules);
+            }
+        }
+        let mut raw: RawConfig = deserialize(text)?;
+        let rules = raw.gpio.rules.take().unwrap_or_default();
+        validate(raw, rules.into_iter().map(Ok))
     }
 
     /// The resolved config as TOML, for `check-config`. Secrets never appear in it.
@@ -900,7 +822,7 @@ impl Config {
             );
             let _ = writeln!(out, "max_on = \"{}\"", fmt_duration(o.max_on));
         }
-        for r in &g.rules {
+        for r in g.rules.iter() {
             let names: Vec<&str> = r
                 .outputs
                 .iter()
@@ -1029,6 +951,29 @@ pub fn pattern_from_json(value: &serde_json::Value) -> Result<Pattern, ConfigErr
     validate_pattern(raw, "pattern")
 }
 
+/// Deserializes TOML text; the error names the key path and the line.
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        // toml's message carries the line and a caret; keep its first line compact.
+        let reason = inner.message().to_string();
+        let line = inner
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        invalid(
+            if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            format!("{reason}{line}"),
+        )
+    })
+}
+
 /// Hides query strings and userinfo: pre-authenticated URLs carry their token there.
 pub fn redact_url(url: &str) -> String {
     let mut u = url.to_string();
@@ -1044,15 +989,6 @@ pub fn redact_url(url: &str) -> String {
         }
     }
     u
-}
-
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 != 0 || ms == 0 {
-        format!("{ms}ms")
-    } else {
-        format!("{}s", ms / 1000)
-    }
 }
 
 fn fmt_pattern(p: &Pattern) -> String {
@@ -1098,11 +1034,14 @@ fn fmt_pattern(p: &Pattern) -> String {
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(
+    raw: RawConfig,
+    rules: impl ExactSizeIterator<Item = Result<RawRule, ConfigError>>,
+) -> Result<Config, ConfigError> {
     let source = validate_source(raw.source, raw.queue.dir.as_deref())?;
     let queue = validate_queue(raw.queue)?;
     let mqtt = validate_mqtt(raw.mqtt)?;
-    let gpio = validate_gpio(raw.gpio)?;
+    let gpio = validate_gpio(raw.gpio, rules)?;
     let http = validate_http(raw.http)?;
     Ok(Config {
         source,
@@ -1813,7 +1752,10 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     })
 }
 
-fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
+fn validate_gpio(
+    g: RawGpio,
+    raw_rules: impl ExactSizeIterator<Item = Result<RawRule, ConfigError>>,
+) -> Result<GpioConfig, ConfigError> {
     let backend = match g.backend.as_deref().unwrap_or("none") {
         "rppal" => GpioBackendKind::Rppal,
         "cdev" => GpioBackendKind::Cdev,
@@ -1901,9 +1843,11 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
             max_on,
         });
     }
-    let mut rules = Vec::new();
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    // Hashes, not copies, of the names seen: 10,000 names are cloned for nothing otherwise.
     let mut rule_names = HashSet::new();
-    for (i, r) in g.rules.into_iter().enumerate() {
+    for (i, r) in raw_rules.enumerate() {
+        let r = r?;
         let key = |k: &str| format!("gpio.rules[{i}].{k}");
         if let Some(n) = &r.name {
             if !is_entity_name(n) {
@@ -1912,7 +1856,11 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
                     "must be non-empty letters, digits, _ or - (64 at most)",
                 ));
             }
-            if !rule_names.insert(n.clone()) {
+            let seen = !rule_names.insert(name_hash(n))
+                && rules
+                    .iter()
+                    .any(|o: &RuleConfig| o.name.as_ref() == Some(n));
+            if seen {
                 return Err(invalid(key("name"), format!("{n:?} is used twice")));
             }
         }
@@ -2035,12 +1983,18 @@ fn validate_gpio(g: RawGpio) -> Result<GpioConfig, ConfigError> {
         backend,
         sim_trace: g.sim_trace,
         outputs,
-        rules,
+        // Into an Arc without a copy (`Arc<[T]>` from a Vec copies: 2.5 MB more at the peak).
+        rules: std::sync::Arc::new(rules),
         ack_button,
         patterns,
         manual_priority: g.manual_priority.unwrap_or(100),
         snooze_lights: g.snooze_lights.unwrap_or(true),
     })
+}
+
+fn name_hash(n: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(n)
 }
 
 /// Names that end up in MQTT topics and Home Assistant ids (rules, patterns).
@@ -2472,18 +2426,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_sizes_need_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("10 fortnights").is_err());
-        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_bytes("500kB"), Ok(500_000));
-        assert!(parse_bytes("lots").is_err());
-    }
-
-    #[test]
     fn mqtt_password_comes_from_a_file_or_env_and_is_never_printed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("pw");
@@ -2580,6 +2522,67 @@ mod tests {
             pattern_from_json(&serde_json::json!({"kind": "solid", "duration": "1s", "colour": 1}))
                 .expect_err("unknown field");
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    /// The old way: the whole text as one toml document.
+    fn parse_whole(text: &str) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = deserialize(text)?;
+        let rules = raw.gpio.rules.take().unwrap_or_default();
+        validate(raw, rules.into_iter().map(Ok))
+    }
+
+    /// `Config::parse` (pieces in memory), `Config::load` (pieces read from the file) and the
+    /// whole-document parse must agree, accepted or refused, on layouts that are cut and on
+    /// ones that are not.
+    #[test]
+    fn rules_parsed_in_pieces_match_the_whole_document() {
+        let example = include_str!("../config/example.toml");
+        let head = "[source]\nurl = \"ws://127.0.0.1:1/\"\n[gpio]\nbackend = \"sim\"\n\
+                    [[gpio.outputs]]\nname = \"r\"\n";
+        let rule =
+            |extra: &str| format!("[[gpio.rules]]\nlabels = [\"a\"]\noutput = \"r\"\n{extra}");
+        let texts = [
+            example.to_string(),
+            format!("{head}{}{}", rule("name = \"x\"\n"), rule("cooldown = \"5s\"\n")),
+            // A sub-table of a rule, a header after the rules, a rule at the end without "\n".
+            format!(
+                "{head}{}[gpio.rules.pattern]\nkind = \"blink\"\non = \"1s\"\noff = \"1s\"\ncount = 2\n\
+                 [mqtt]\nport = 1884\n{}",
+                rule(""),
+                rule("priority = 3").trim_end()
+            ),
+            // Tricky text that is not a header.
+            format!("{head}{}quiet_hours = [\n  \"22:00-06:00\",\n] # [[gpio.rules]]\n", rule("")),
+            // Refused: an unknown key in the second rule, a bad value, a duplicate name.
+            format!("{head}{}{}", rule(""), rule("colour = 1\n")),
+            format!("{head}{}{}", rule(""), rule("cooldown = 5\n")),
+            format!("{head}{}{}", rule("name = \"n\"\n"), rule("name = \"n\"\n")),
+            // Refused by toml: an inline list and tables both, a rules table that is no list.
+            format!("{head}rules = []\n{}", rule("")),
+            format!("{head}[gpio.rules]\nlabels = [\"a\"]\n"),
+            // Not cut here (a rule's sub-table away from its rule): the whole parse decides.
+            format!("{head}{}[mqtt]\n[gpio.rules.pattern]\nkind = \"solid\"\nduration = \"1s\"\n", rule("")),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shown = |r: Result<Config, ConfigError>| match r {
+            Ok(c) => format!("ok: {} rules\n{}", c.gpio.rules.len(), c.redacted_toml()),
+            Err(e) => format!("error: {e}"),
+        };
+        for (i, text) in texts.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.toml"));
+            std::fs::write(&path, text).expect("write");
+            let whole = shown(parse_whole(text));
+            assert_eq!(shown(Config::parse(text)), whole, "parse of\n{text}");
+            let loaded = shown(Config::load(&path)).replace(&path.display().to_string(), "");
+            assert_eq!(
+                loaded,
+                whole.replace(&path.display().to_string(), ""),
+                "load of\n{text}"
+            );
+        }
+        assert!(shown(Config::parse(&texts[4])).contains("colour"));
+        assert!(shown(Config::parse(&texts[6])).contains("gpio.rules[1].name"));
+        assert!(shown(Config::parse(&texts[7])).starts_with("error"));
     }
 
     #[test]

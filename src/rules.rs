@@ -18,6 +18,7 @@
 //! else UTC, via the small `tz-rs` crate that reads the system's TZif files rather than
 //! embedding a zone database) and only when some rule has quiet hours; `decide` stays pure.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alert::{Alert, Confidence};
@@ -82,7 +83,7 @@ pub struct Decision {
 }
 
 pub struct RuleEngine {
-    rules: Vec<RuleConfig>,
+    rules: Arc<Vec<RuleConfig>>,
     last_fired: Vec<Option<Instant>>,
     /// Disarmed rules match but never fire (Home Assistant's rule switch, `rules/{name}/set`).
     armed: Vec<bool>,
@@ -91,7 +92,9 @@ pub struct RuleEngine {
 
 impl RuleEngine {
     /// Reads the local time zone when (and only when) some rule has quiet hours.
-    pub fn new(rules: Vec<RuleConfig>) -> RuleEngine {
+    /// `rules` may be the config's own (`Arc`, shared) or a `Vec`.
+    pub fn new(rules: impl Into<Arc<Vec<RuleConfig>>>) -> RuleEngine {
+        let rules = rules.into();
         let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) {
             LocalZone::system()
         } else {
@@ -100,7 +103,8 @@ impl RuleEngine {
         RuleEngine::with_zone(rules, zone)
     }
 
-    pub fn with_zone(rules: Vec<RuleConfig>, zone: LocalZone) -> RuleEngine {
+    pub fn with_zone(rules: impl Into<Arc<Vec<RuleConfig>>>, zone: LocalZone) -> RuleEngine {
+        let rules = rules.into();
         let n = rules.len();
         RuleEngine {
             rules,

@@ -334,7 +334,7 @@ pub fn discovery(cfg: &MqttConfig, input: &DiscoveryInput<'_>) -> Vec<(String, V
                 }),
             ),
         );
-        for r in &input.gpio.rules {
+        for r in input.gpio.rules.iter() {
             let Some(name) = &r.name else { continue };
             let object = format!("rule_{name}");
             push(
