@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI stage: the relay against a real Home Assistant (tests/ha/run.sh). Home Assistant 2026.x
 # runs from a Debian testing chroot (Python 3.14), HA_CHROOT, default
-# /var/cache/alert-relay-ci/ha2026/chroot, built by tests/ha/make-chroot.sh (about 6 min cold
-# on this machine: debootstrap 1m47s + pip 3m53s; kept between runs). If it cannot be built
+# /var/cache/alert-relay-ci/ha2026/chroot, built by tests/ha/make-chroot.sh (5m31s cold on this
+# machine, debootstrap included; 1.6 GB; kept between runs). If it cannot be built
 # within 12 min (no debootstrap, no apt), Home Assistant 2025.4.4 from the venv in
 # /var/cache/alert-relay-ci/ha is tested instead (about 17 min cold; kept between runs). A
 # warm run takes about a minute (10 min box). Prints which Home Assistant it tests.
