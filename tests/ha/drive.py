@@ -38,9 +38,13 @@ def http(method, url, body=None, headers=None, form=False):
     if TOKEN:
         h.setdefault("Authorization", f"Bearer {TOKEN}")
     req = urllib.request.Request(url, data=data, headers=h, method=method)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        text = r.read().decode()
-        return json.loads(text) if text else None
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+            return json.loads(text) if text else None
+    except urllib.error.HTTPError as e:  # say what HA refused and why, not only the status
+        raise urllib.error.HTTPError(e.url, e.code, f"{e.reason}: {method} {url}: "
+                                     f"{e.read().decode(errors='replace')[:500]}", e.headers, None)
 
 
 def wait(what, cond, timeout=30.0, step=0.25):
@@ -150,8 +154,12 @@ def onboard():
     if flow.get("type") == "menu":
         flow = http("POST", f"{HA}/api/config/config_entries/flow/{flow['flow_id']}",
                     {"next_step_id": "broker"})
-    done = http("POST", f"{HA}/api/config/config_entries/flow/{flow['flow_id']}",
-                {"broker": "127.0.0.1", "port": int(os.environ["MQTT_PORT"])})
+    broker = {"broker": "127.0.0.1", "port": int(os.environ["MQTT_PORT"])}
+    # 2026.x puts TLS, transport and client id in a required "other_settings" section.
+    if any(f.get("name") == "other_settings" for f in flow.get("data_schema") or []):
+        broker["other_settings"] = {"set_client_cert": False, "set_ca_cert": "off",
+                                    "transport": "tcp"}
+    done = http("POST", f"{HA}/api/config/config_entries/flow/{flow['flow_id']}", broker)
     check("MQTT config flow creates an entry", done.get("type") == "create_entry", str(done))
 
 
@@ -167,6 +175,8 @@ def main():
     globals()["urllib"].parse = urllib.parse
     onboard()
     start_relay()
+    # Entity ids: 2025.4 derives them from the device and entity names; 2026.x takes the
+    # relay's default_entity_id ({platform}.{node}_{object}), so some suffixes have two forms.
     want = {
         ("event", "_alert"): None,
         ("siren", "_horn"): None,
@@ -174,15 +184,15 @@ def main():
         ("button", "_test_horn"): "identify",
         ("button", "_test_lamp"): "identify",
         ("button", "_silence"): None,
-        ("button", "_snooze_30m"): None,
+        ("button", ("_snooze_30m", "_snooze")): None,
         ("switch", "_rule_porch"): None,
         ("sensor", "_silenced_until"): "timestamp",
-        ("binary_sensor", "_alert_source"): "connectivity",
+        ("binary_sensor", ("_alert_source", "_source")): "connectivity",
         ("binary_sensor", "_output_horn"): "running",
         ("sensor", "_queue_depth"): None,
-        ("sensor", "_alerts_received"): None,
-        ("sensor", "_alerts_dropped"): None,
-        ("sensor", "_alerts_set_aside"): None,
+        ("sensor", ("_alerts_received", "_received")): None,
+        ("sensor", ("_alerts_dropped", "_dropped")): None,
+        ("sensor", ("_alerts_set_aside", "_set_aside")): None,
     }
     st = wait("every entity in HA",
               lambda: (lambda s: s if all(find(s, d, x) for d, x in want) else None)(states()),
@@ -259,7 +269,7 @@ def main():
     wait("rule switch on again", lambda: state(rule)["state"] == "on", timeout=10)
 
     # Snooze silences and shows until when.
-    snooze = ids[("button", "_snooze_30m")]
+    snooze = ids[("button", ("_snooze_30m", "_snooze"))]
     until_e = ids[("sensor", "_silenced_until")]
     call("button", "press", entity_id=snooze)
     until = wait("silenced until shown", lambda: (lambda v: v if v not in ("unknown", "unavailable", None) else None)(state(until_e)["state"]), timeout=10)

@@ -7,6 +7,10 @@
 #
 # HA_CACHE (default /var/cache/alert-relay-ci/ha) holds the venv; it is made on first use
 # (python 3.13 from pyenv, homeassistant==$HA_VERSION with its own package constraints).
+# With HA_CHROOT=dir, Home Assistant runs instead from the Debian testing chroot that
+# tests/ha/make-chroot.sh builds (2026.x, Python 3.14): its config dir and log live inside the
+# chroot, under dir/tmp, where this script and drive.py read them; everything else stays on the
+# host and HA is reached on the shared loopback.
 # Prints "N passed, N failed" last; exits non-zero on any failure.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,13 +38,33 @@ PYEOF
         "$HA_CACHE/wheels/homeassistant-$HA_VERSION-py3-none-any.whl" paho-mqtt home-assistant-frontend
     echo "$HA_VERSION" > "$HA_CACHE/version"
 }
-install_ha
-if [ "${1:-}" = "--install-only" ]; then
-    exit 0
+if [ -n "${HA_CHROOT:-}" ]; then
+    . "$here/chroot.sh"
+    if [ "${1:-}" = "--install-only" ]; then
+        exec "$here/make-chroot.sh"
+    fi
+    if [ ! -x "$HA_CHROOT/opt/ha/venv/bin/hass" ]; then
+        echo "no Home Assistant in $HA_CHROOT: build it with tests/ha/make-chroot.sh" >&2
+        exit 1
+    fi
+    HA_VERSION=$(cat "$HA_CHROOT/opt/ha/version")
+    # drive.py and free_port need only the standard library: any host Python does.
+    PY=$(command -v python3 || echo "$PY")
+    work=$(mktemp -d "$HA_CHROOT/tmp/alert-relay-ha.XXXXXX")
+    hass_cmd=("${chroot_cmd[@]}" /opt/ha/venv/bin/hass)
+    in_ha() { printf '%s' "${1#"$HA_CHROOT"}"; } # a host path under the chroot, as HA sees it
+else
+    install_ha
+    if [ "${1:-}" = "--install-only" ]; then
+        exit 0
+    fi
+    PY=$HA_CACHE/venv/bin/python
+    work=$(mktemp -d /tmp/alert-relay-ha.XXXXXX)
+    hass_cmd=("$HA_CACHE/venv/bin/hass")
+    in_ha() { printf '%s' "$1"; }
 fi
 relay_bin=$(realpath "${1:-$repo/target/debug/alert-relay}")
 
-work=$(mktemp -d /tmp/alert-relay-ha.XXXXXX)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -89,7 +113,7 @@ onboarding:
 logger:
   default: info
 YAML
-"$HA_CACHE/venv/bin/hass" -c "$work/ha" --skip-pip --log-file "$work/ha/home-assistant.log" \
+"${hass_cmd[@]}" -c "$(in_ha "$work/ha")" --skip-pip --log-file "$(in_ha "$work/ha/home-assistant.log")" \
     > "$work/hass.out" 2>&1 &
 pids+=($!)
 
@@ -150,7 +174,7 @@ export HA_URL="http://127.0.0.1:$ha_port" HA_LOG="$work/ha/home-assistant.log" \
     BROKER_START="$work/broker.sh start" BROKER_STOP="$work/broker.sh stop"
 echo "work dir: $work (HA $HA_VERSION on :$ha_port, mosquitto :$mqtt_port, relay http :$http_port)"
 status=0
-"$HA_CACHE/venv/bin/python" "$here/drive.py" || status=$?
+"$PY" "$here/drive.py" || status=$?
 "$work/broker.sh" stop || true
 if [ "$status" != 0 ]; then
     echo "--- relay log (tail)"; tail -n 40 "$work/relay.log" || true
