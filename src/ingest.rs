@@ -257,7 +257,7 @@ impl Ingest {
 
     /// Replaces the rules (a config reload), carrying arming and cooldowns over by rule name
     /// ([`RuleEngine::reloaded`]); the next alert is decided by the new rules.
-    pub fn replace_rules(&self, rules: Vec<crate::config::RuleConfig>) {
+    pub fn replace_rules(&self, rules: std::sync::Arc<Vec<crate::config::RuleConfig>>) {
         let mut engine = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         *engine = engine.reloaded(rules);
     }

@@ -135,7 +135,8 @@ impl RuleEngine {
     /// name (unnamed rules carry nothing): a disarmed rule stays disarmed, and a rule whose
     /// definition did not change keeps its cooldown (a reload must not let a cooling-down
     /// rule fire again at once). A changed rule starts afresh.
-    pub fn reloaded(&self, rules: Vec<RuleConfig>) -> RuleEngine {
+    pub fn reloaded(&self, rules: impl Into<Arc<Vec<RuleConfig>>>) -> RuleEngine {
+        let rules = rules.into();
         let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) && self.zone.0.is_none() {
             LocalZone::system()
         } else {
