@@ -279,6 +279,9 @@ fn writer_loop(
         drop(q);
         let committed = match job {
             Ok(Some(job)) => {
+                // Readable now, in the page cache: the publisher sends while we fsync.
+                lock().mark_written(&job);
+                readable.notify_one();
                 let t0 = std::time::Instant::now();
                 match job.sync(policy) {
                     Ok(()) => {
