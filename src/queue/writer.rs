@@ -1,8 +1,8 @@
 //! The queue's writer thread and the shared handle the rest of the relay uses.
 //!
 //! One OS thread owns appending: it takes every request waiting in its channel, appends them,
-//! writes them with one `write`, fsyncs once outside the lock (group commit), and only then makes
-//! them readable and answers the requesters. fsync latency therefore never stalls the async
+//! writes them with one `write`, makes them readable (the publisher sends while the writer syncs),
+//! fsyncs once outside the lock (group commit), and only then answers the requesters. fsync latency therefore never stalls the async
 //! runtime (GPIO timing, socket reads, MQTT keepalive).
 
 use std::sync::{Arc, Mutex, MutexGuard};
