@@ -366,12 +366,21 @@ impl Queue {
         self.append_failure.as_deref()
     }
 
-    /// Records that everything covered by `job` is durable, making it readable.
+    /// Records that everything covered by `job` is durable (readable, if it was not yet).
     pub fn mark_durable(&mut self, job: &SyncJob) {
         self.append_failure = None;
         if let Some(us) = job.took_us.get() {
             self.count_fsync(1, us);
         }
+        self.mark_written(job);
+    }
+
+    /// Makes what `job` wrote readable before its fsync (issue 18): the publisher may send it
+    /// while the writer syncs. Safe because a record is kept until the broker acknowledged it
+    /// *or* it is synced, and seqs are reserved durably ahead (a record taken back by a power
+    /// cut never has its seq handed out again). What senders are told still waits for the
+    /// fsync ([`mark_durable`](Queue::mark_durable)).
+    pub fn mark_written(&mut self, job: &SyncJob) {
         if job.upto_seq > self.durable_seq {
             self.durable_seq = job.upto_seq;
         }

@@ -1,5 +1,5 @@
-//! The durable log: every accepted message is appended here and made durable before it is
-//! published; it leaves only once the broker has acknowledged it.
+//! The durable log: every accepted message is appended here; it may be published once written,
+//! while its fsync runs, and leaves only once the broker has acknowledged it.
 //!
 //! # Design constraints
 //! - **Segmented, append-only.** Records go to segment files `{first_seq:020}.seg` of at most
@@ -10,10 +10,12 @@
 //!   then `len` payload bytes, all little-endian; the CRC covers `len`, `seq`, the time and the
 //!   payload. Sequence numbers are contiguous inside a segment and increase across segments.
 //! - **Group commit.** [`Queue::append`] only buffers; [`Queue::commit`] writes the buffer with
-//!   one `write` and hands back a [`SyncJob`] that the caller fsyncs *outside* any lock; only then
-//!   does [`Queue::mark_durable`] make the records readable. With `fsync = "batch"` the window of
-//!   data loss on power cut is zero for readable records; with `never`, whatever the kernel had
-//!   not written back.
+//!   one `write` and hands back a [`SyncJob`] that the caller fsyncs *outside* any lock.
+//!   [`Queue::mark_written`] makes the records readable right after the write, so they may be
+//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync, and only then are
+//!   senders told "accepted". With `fsync = "batch"` nothing a sender was told is accepted is
+//!   lost on a power cut; a record published but neither synced nor acknowledged is (it would be
+//!   lost waiting too); with `never`, whatever the kernel had not written back.
 //! - **Cheap acknowledgement.** The ack position lives in memory and is persisted to `ack`
 //!   (write + fsync + rename) at most about once a second and on close — never once per
 //!   PUBACK. Fully acknowledged segments are deleted with that persist, after it. The

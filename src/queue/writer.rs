@@ -1,8 +1,8 @@
 //! The queue's writer thread and the shared handle the rest of the relay uses.
 //!
 //! One OS thread owns appending: it takes every request waiting in its channel, appends them,
-//! writes them with one `write`, fsyncs once outside the lock (group commit), and only then makes
-//! them readable and answers the requesters. fsync latency therefore never stalls the async
+//! writes them with one `write`, makes them readable (the publisher sends while the writer syncs),
+//! fsyncs once outside the lock (group commit), and only then answers the requesters. fsync latency therefore never stalls the async
 //! runtime (GPIO timing, socket reads, MQTT keepalive).
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -279,6 +279,9 @@ fn writer_loop(
         drop(q);
         let committed = match job {
             Ok(Some(job)) => {
+                // Readable now, in the page cache: the publisher sends while we fsync.
+                lock().mark_written(&job);
+                readable.notify_one();
                 let t0 = std::time::Instant::now();
                 match job.sync(policy) {
                     Ok(()) => {
