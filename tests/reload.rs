@@ -340,7 +340,7 @@ async fn an_invalid_file_is_reported_as_check_config_says_and_the_old_config_sta
         good.replace("outputs = [\"red17\"]", "outputs = [\"red71\"]"),
     )
     .expect("write");
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_alert-relay"))
+    let check = support::command_for(env!("CARGO_BIN_EXE_alert-relay"))
         .args(["check-config", "--config"])
         .arg(&s.path)
         .output()
