@@ -171,6 +171,22 @@ impl Model {
         }
     }
 
+    /// [`rolled_back`](Model::rolled_back) for records the model holds as "maybe" (buffered,
+    /// never reported durable): those at or above `next_seq` were never written.
+    fn rolled_back_maybe(&mut self, next_seq: u64) {
+        self.rolled_back(next_seq, &mut Vec::new());
+        self.maybe.retain(|s, _| *s < next_seq);
+    }
+
+    /// The power went: records delivered although told "failed" may be gone with it.
+    fn power_cut(&mut self) {
+        for seq in std::mem::take(&mut self.fragile) {
+            if let Some(p) = self.present.remove(&seq) {
+                self.maybe.insert(seq, p);
+            }
+        }
+    }
+
     fn issued(&mut self, seq: u64) -> Result<(), TestCaseError> {
         prop_assert!(
             seq > self.issued_max,
@@ -526,11 +542,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                     // Under `never` a power cut may lose anything: only a crash is modelled.
                     if s.fsync != FsyncPolicy::Never {
                         f.power_cut(keep, torn);
-                        for seq in std::mem::take(&mut m.fragile) {
-                            if let Some(p) = m.present.remove(&seq) {
-                                m.maybe.insert(seq, p);
-                            }
-                        }
+                        m.power_cut();
                         // Unsynced records are gone, came back torn, or (a torn tail long
                         // enough) came back whole: they stay "maybe".
                     }
@@ -555,9 +567,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                                 full || disk.failed() > failed_before,
                                 "append failed without a fault: {e}"
                             );
-                            let mut none = Vec::new();
-                            m.rolled_back(q.next_seq, &mut none);
-                            m.maybe.retain(|s, _| *s < q.next_seq);
+                            m.rolled_back_maybe(q.next_seq);
                         }
                     }
                 }
@@ -565,9 +575,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                     Ok(Some(job)) => q.mark_written(&job),
                     Ok(None) => {}
                     Err(_) => {
-                        let mut none = Vec::new();
-                        m.rolled_back(q.next_seq, &mut none);
-                        m.maybe.retain(|s, _| *s < q.next_seq);
+                        m.rolled_back_maybe(q.next_seq);
                     }
                 }
                 // Published before the fsync; the broker may acknowledge them.
@@ -593,11 +601,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                 if let Some(f) = &fault_fs {
                     if s.fsync != FsyncPolicy::Never {
                         f.power_cut(keep, torn);
-                        for seq in std::mem::take(&mut m.fragile) {
-                            if let Some(p) = m.present.remove(&seq) {
-                                m.maybe.insert(seq, p);
-                            }
-                        }
+                        m.power_cut();
                     }
                 }
                 q = open_on(&c, &disk);
@@ -623,15 +627,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                         }
                         // A failed roll took the buffered records with it, before any was
                         // written: their seqs are handed out again.
-                        Err(_) => {
-                            let mut buffered: Vec<(u64, Vec<u8>)> = m
-                                .maybe
-                                .range(q.next_seq..)
-                                .map(|(s, p)| (*s, p.clone()))
-                                .collect();
-                            m.rolled_back(q.next_seq, &mut buffered);
-                            m.maybe.retain(|s, _| *s < q.next_seq);
-                        }
+                        Err(_) => m.rolled_back_maybe(q.next_seq),
                     }
                 }
                 drop(q);
