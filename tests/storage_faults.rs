@@ -122,6 +122,20 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// A temp dir `nobody` may enter, with an empty queue dir `q` in it (root's); None, with a
+/// SKIPPED line, when not root.
+fn dir_for_nobody(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !is_root() {
+        skipped(test, "running the relay as nobody needs root");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    chmod(dir.path(), 0o755);
+    let queue = dir.path().join("q");
+    std::fs::create_dir(&queue).expect("mkdir");
+    Some((dir, queue))
+}
+
 fn chown_nobody(path: &Path) {
     let ok = Command::new("chown")
         .args(["-R", "nobody:nogroup"])
@@ -370,14 +384,9 @@ fn two_relays_started_at_once_on_an_empty_dir_one_runs_the_other_exits_1() {
 #[test]
 fn an_unwritable_queue_dir_refuses_the_start_naming_path_user_and_fix() {
     let test = "an_unwritable_queue_dir_refuses_the_start_naming_path_user_and_fix";
-    if !is_root() {
-        skipped(test, "running the relay as nobody needs root");
+    let Some((dir, queue)) = dir_for_nobody(test) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    chmod(dir.path(), 0o755);
-    let queue = dir.path().join("q");
-    std::fs::create_dir(&queue).expect("mkdir");
+    };
     chmod(&queue, 0o755); // root's: nobody may read it, not write it
     let config = config(dir.path(), &queue, free_port(), free_port());
     let bin = public_binary(dir.path());
@@ -398,14 +407,9 @@ fn an_unwritable_queue_dir_refuses_the_start_naming_path_user_and_fix() {
 #[tokio::test]
 async fn a_mode_000_segment_is_never_quarantined_and_is_delivered_once_readable() {
     let test = "a_mode_000_segment_is_never_quarantined_and_is_delivered_once_readable";
-    if !is_root() {
-        skipped(test, "running the relay as nobody needs root");
+    let Some((dir, queue)) = dir_for_nobody(test) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    chmod(dir.path(), 0o755);
-    let queue = dir.path().join("q");
-    std::fs::create_dir(&queue).expect("mkdir");
+    };
     chown_nobody(&queue);
     let (mqtt_port, http_port) = (free_port(), free_port());
     let config = config(dir.path(), &queue, mqtt_port, http_port);
