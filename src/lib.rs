@@ -36,6 +36,7 @@ pub mod reload;
 pub mod rules;
 pub mod source;
 pub mod stats;
+pub mod timer;
 pub mod timesync;
 pub mod topic;
 pub mod webhook;

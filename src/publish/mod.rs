@@ -62,6 +62,7 @@ use crate::config::{Config, GpioConfig, MqttConfig, MqttProtocol, OutputConfig, 
 use crate::gpio::GpioCommand;
 use crate::queue::{QueueHandle, Record};
 use crate::stats::{queue_json, Stats};
+use crate::timer::sleep_until_opt;
 use client::{Client, Ev, EventLoop, Props, Reply};
 use correlate::{Correlator, Outcome, PoisonWatch};
 use limit::{SizeWatch, Verdict, Wire};
@@ -1349,11 +1350,5 @@ async fn activity_changed(rx: &mut Option<watch::Receiver<Vec<bool>>>) -> bool {
     match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await
     }
 }

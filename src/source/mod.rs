@@ -44,6 +44,7 @@ use crate::backoff::Backoff;
 use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
+use crate::timer::sleep_until_opt;
 
 /// A best-effort channel message: topic below the prefix, payload.
 pub type LiveMessage = (String, Vec<u8>);
@@ -440,12 +441,6 @@ async fn bind_until_done(
         }
     }
     std::future::pending::<()>().await
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await
-    }
 }
 
 /// Counts and parses one text or binary message and passes it on; returns the
