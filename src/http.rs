@@ -390,7 +390,8 @@ pub fn health(snapshot: &Value, queue_max_bytes: u64) -> (bool, Value) {
 }
 
 fn snapshot(state: &HttpState) -> Value {
-    let q = queue_json(&state.queue.lock());
+    let now = crate::clock::unix_micros(std::time::SystemTime::now());
+    let q = queue_json(&state.queue.lock().snapshot(now));
     state.stats.snapshot(Some(q))
 }
 

@@ -739,10 +739,7 @@ impl<'a> Session<'a> {
     /// `{prefix}/health` (retained) when it changed: source connectivity, queue depth,
     /// received, dropped and set-aside counts, for Home Assistant's diagnostic entities.
     fn publish_health(&mut self) {
-        let snapshot = {
-            let q = self.queue.lock();
-            self.stats.snapshot(Some(queue_json(&q)))
-        };
+        let snapshot = self.stats_snapshot();
         let n = |v: &Value| v.as_u64().unwrap_or(0);
         let q = &snapshot["queue"];
         let health = serde_json::json!({
@@ -989,11 +986,15 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The stats snapshot with the queue's part, as `{prefix}/stats` and `/health` show it.
+    fn stats_snapshot(&self) -> Value {
+        let now = crate::clock::unix_micros(std::time::SystemTime::now());
+        let queue = self.queue.lock().snapshot(now);
+        self.stats.snapshot(Some(queue_json(&queue)))
+    }
+
     fn publish_stats(&mut self) {
-        let snapshot = {
-            let q = self.queue.lock();
-            self.stats.snapshot(Some(queue_json(&q)))
-        };
+        let snapshot = self.stats_snapshot();
         let topic = format!("{}/stats", self.cfg.topic_prefix);
         // Room for the payload under every limit we know of: trimmed to fit, never above.
         let overhead = self.own_packet_size(&topic, 0, true, Qos::AtMostOnce) + 3;

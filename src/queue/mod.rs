@@ -86,9 +86,11 @@ mod lock;
 mod read;
 mod recover;
 mod segment;
+mod snapshot;
 mod writer;
 
 pub use inspect::{inspect_dir, DirSummary, DumpedRecord};
+pub use snapshot::QueueSnapshot;
 pub use writer::{spawn_writer, OnOutcome, QueueHandle, Then, WriteOutcome};
 
 use self::ack::*;
