@@ -4,21 +4,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::client::{Client, Ev, EventLoop, Props};
+use super::client::{Client, Ev, EventLoop};
 use super::correlate::{Correlator, Outcome};
 use super::limit::{self, SizeWatch, Wire};
 use super::pace::Pacer;
-use super::prepare::record_meta;
+use super::prepare::{prepare, Limits, Prepared, SetAside};
 use super::{
     ha, persist_ack, set_aside, status_topic, Links, Reconfigure, Session, SessionEnd,
     ACK_PERSIST_DELAY, HEALTH_INTERVAL, MAX_HELD_EVENTS, READ_BATCH_BYTES, SHUTDOWN_GRACE,
 };
-use crate::alert::QueuedMessage;
 use crate::config::{MqttConfig, MqttProtocol, Qos};
 use crate::queue::{QueueHandle, Record};
 use crate::stats::Stats;
@@ -263,106 +261,43 @@ impl<'a> Session<'a> {
     }
 
     fn publish_record(&mut self, rec: Record) {
-        let msg = match QueuedMessage::decode(&rec.payload) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.inc(&self.stats.mqtt_undecodable);
-                self.set_aside(rec.seq, &e.to_string());
+        let limits = Limits {
+            cfg: &self.cfg,
+            broker_max_packet: self.broker_max_packet,
+            refused_size: self.sizes.record_limit(),
+            replay_below: self.links.replay_below,
+            replay_upto: self.replay_upto,
+            now_us: crate::clock::unix_micros(std::time::SystemTime::now()),
+        };
+        let p = match prepare(&rec, &limits) {
+            Prepared::Publish(p) => p,
+            Prepared::SetAside(why) => {
+                if matches!(why, SetAside::Undecodable(_)) {
+                    self.stats.inc(&self.stats.mqtt_undecodable);
+                }
+                self.set_aside(rec.seq, &why.to_string());
                 return;
             }
         };
-        let topic = format!("{}/{}", self.cfg.topic_prefix, msg.topic_suffix);
-        let topic = crate::topic::safe_topic(&topic).into_owned();
-        let mut payload = msg.render(rec.seq, rec.accepted_us);
-        let replayed = rec.seq < self.links.replay_below || rec.seq <= self.replay_upto;
-        if replayed {
-            ha::mark_replayed(&mut payload);
-        }
-        if let Some(limit) = self.cfg.max_message_bytes {
-            if payload.len() > limit {
-                let why = format!(
-                    "its {} byte payload exceeds mqtt.max_message_bytes ({limit})",
-                    payload.len()
-                );
-                self.set_aside(rec.seq, &why);
-                return;
-            }
-        }
-        let is_v5 = self.cfg.protocol == MqttProtocol::V5;
-        let meta = (is_v5 || self.cfg.ha_discovery).then(|| record_meta(&msg));
-        let props = meta.as_ref().filter(|_| is_v5).map(|m| {
-            let mut user = Vec::new();
-            // UTF-8 strings on the wire: mosquitto refuses the packet for a non-character.
-            if let Some(id) = &m.event_id {
-                user.push((
-                    "event_id".to_string(),
-                    crate::topic::mqtt_string(id).into_owned(),
-                ));
-            }
-            if let Some(l) = &m.label {
-                user.push((
-                    "label".to_string(),
-                    crate::topic::mqtt_string(l).into_owned(),
-                ));
-            }
-            Props {
-                json: true,
-                expiry_secs: Some(self.cfg.message_expiry.as_secs().min(u32::MAX as u64) as u32),
-                user,
-                correlation: None,
-            }
-        });
-        let size = limit::packet_size(
-            topic.len(),
-            payload.len(),
-            self.cfg.qos != Qos::AtMostOnce,
-            props
-                .as_ref()
-                .map(|p| limit::props_size(p.json, p.expiry_secs.is_some(), &p.user)),
-        );
-        if let Some(max) = self.broker_max_packet {
-            if size > max {
-                let why = format!(
-                    "its {size} byte packet exceeds the broker's maximum packet size ({max})"
-                );
-                self.set_aside(rec.seq, &why);
-                return;
-            }
-        }
-        if let Some(refused) = self.sizes.record_limit() {
-            if size >= refused {
-                let why = format!(
-                    "its {size} byte packet is at least as large as one the broker closed the \
-                     connection on ({refused} bytes)"
-                );
-                self.set_aside(rec.seq, &why);
-                return;
-            }
-        }
-        if self.cfg.ha_discovery && msg.topic_suffix.starts_with("alerts/") {
-            let label = meta
-                .as_ref()
-                .and_then(|m| m.label.clone())
-                .unwrap_or_default();
+        if let Some(label) = &p.ha_label {
             // The alert that brings a new label fires as that type: the discovery announcing
             // it goes out first, and events wait until Home Assistant has applied it.
-            if self.links.state.learn(&label) {
+            if self.links.state.learn(label) {
                 log::info!("mqtt: new alert label {label:?}: announcing it as an event type");
                 self.links.save_state();
                 self.publish_discovery();
             }
-            let types = self.links.all_event_types();
-            let now_us = crate::clock::unix_micros(std::time::SystemTime::now());
-            let age = Duration::from_micros(now_us.saturating_sub(rec.accepted_us));
-            if !replayed && age <= self.cfg.ha_event_max_age {
-                if let Some(ev) = ha::event_payload(&payload, &label, &types) {
+            if p.ha_event {
+                let types = self.links.all_event_types();
+                if let Some(ev) = ha::event_payload(&p.payload, label, &types) {
                     self.ha_events.insert(rec.seq, ev);
                 }
             }
         }
+        let size = p.size;
         match self
             .client
-            .try_publish(topic, self.cfg.qos, false, payload, props)
+            .try_publish(p.topic, self.cfg.qos, false, p.payload, p.props)
         {
             Ok(()) => {
                 self.corr.sent(Some(rec.seq));
