@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rumqttc::v5::mqttbytes::v5 as m5;
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
+use super::PublishError;
 use crate::config::{MqttConfig, MqttProtocol, MqttTls, Qos};
 
 /// Largest MQTT packet we send or accept. Records are capped well below this by the queue.
@@ -153,8 +154,8 @@ pub enum Ev {
     },
     /// Our DISCONNECT went out.
     DisconnectSent,
-    /// The broker sent DISCONNECT.
-    BrokerDisconnect(String),
+    /// The broker sent DISCONNECT: [`PublishError::BrokerDisconnect`] or `BrokerDisconnectV5`.
+    BrokerDisconnect(PublishError),
     Other,
 }
 
@@ -249,11 +250,9 @@ impl Client {
         retain: bool,
         payload: Vec<u8>,
         props: Option<Props>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PublishError> {
         match self {
-            Client::V4(c) => c
-                .try_publish(topic, qos4(qos), retain, payload)
-                .map_err(|e| e.to_string()),
+            Client::V4(c) => Ok(c.try_publish(topic, qos4(qos), retain, payload)?),
             Client::V5(c) => {
                 let r = match props {
                     Some(p) => c.try_publish_with_properties(
@@ -272,37 +271,33 @@ impl Client {
                     ),
                     None => c.try_publish(topic, qos5(qos), retain, payload),
                 };
-                r.map_err(|e| e.to_string())
+                Ok(r?)
             }
         }
     }
 
-    pub fn try_subscribe(&self, filter: String, qos: Qos) -> Result<(), String> {
+    pub fn try_subscribe(&self, filter: String, qos: Qos) -> Result<(), PublishError> {
         match self {
-            Client::V4(c) => c
-                .try_subscribe(filter, qos4(qos))
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_subscribe(filter, qos5(qos))
-                .map_err(|e| e.to_string()),
+            Client::V4(c) => Ok(c.try_subscribe(filter, qos4(qos))?),
+            Client::V5(c) => Ok(c.try_subscribe(filter, qos5(qos))?),
         }
     }
 
-    pub fn try_disconnect(&self) -> Result<(), String> {
+    pub fn try_disconnect(&self) -> Result<(), PublishError> {
         match self {
-            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V4(c) => Ok(c.try_disconnect()?),
+            Client::V5(c) => Ok(c.try_disconnect()?),
         }
     }
 }
 
 impl EventLoop {
     /// The next event; an error means the connection is gone.
-    pub async fn poll(&mut self) -> Result<Ev, String> {
+    pub async fn poll(&mut self) -> Result<Ev, PublishError> {
         match self {
             EventLoop::V4(el) => {
                 use rumqttc::{Event, Packet};
-                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                Ok(match el.poll().await? {
                     Event::Incoming(Packet::ConnAck(_)) => Ev::Connected { max_packet: None },
                     Event::Incoming(Packet::PubAck(a)) => Ev::PubAck(a.pkid),
                     Event::Incoming(Packet::PubComp(c)) => Ev::PubComp(c.pkid),
@@ -313,7 +308,7 @@ impl EventLoop {
                         retain: p.retain,
                     },
                     Event::Incoming(Packet::Disconnect) => {
-                        Ev::BrokerDisconnect("broker sent DISCONNECT".into())
+                        Ev::BrokerDisconnect(PublishError::BrokerDisconnect)
                     }
                     Event::Outgoing(o) => outgoing(o),
                     Event::Incoming(_) => Ev::Other,
@@ -322,7 +317,7 @@ impl EventLoop {
             EventLoop::V5(el) => {
                 use m5::Packet;
                 use rumqttc::v5::Event;
-                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                Ok(match el.poll().await? {
                     Event::Incoming(Packet::ConnAck(c)) => Ev::Connected {
                         max_packet: c.properties.and_then(|p| p.max_packet_size),
                     },
@@ -356,10 +351,9 @@ impl EventLoop {
                         }),
                         retain: p.retain,
                     },
-                    Event::Incoming(Packet::Disconnect(d)) => Ev::BrokerDisconnect(format!(
-                        "broker sent DISCONNECT ({:?})",
-                        d.reason_code
-                    )),
+                    Event::Incoming(Packet::Disconnect(d)) => {
+                        Ev::BrokerDisconnect(PublishError::BrokerDisconnectV5(d.reason_code))
+                    }
                     Event::Outgoing(o) => outgoing(o),
                     Event::Incoming(_) => Ev::Other,
                 })

@@ -41,6 +41,7 @@
 pub mod client;
 pub mod commands;
 pub mod correlate;
+mod error;
 mod execute;
 pub mod ha;
 pub mod ha_state;
@@ -68,6 +69,7 @@ use crate::queue::QueueHandle;
 use crate::stats::Stats;
 use client::Client;
 use correlate::{Correlator, PoisonWatch};
+pub use error::PublishError;
 use limit::{SizeWatch, Verdict, Wire};
 use pace::Pacer;
 pub use reconfigure::Reconfigure;
@@ -151,7 +153,7 @@ pub async fn run(
         let started = Instant::now();
         let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
             Err(e) => SessionEnd::Lost {
-                reason: e.to_string(),
+                reason: e.into(),
                 connected: false,
                 head: None,
                 acked_any: false,
@@ -319,7 +321,7 @@ enum SessionEnd {
     /// A reload changed a connection key: disconnected cleanly, connect again at once.
     Reconnect,
     Lost {
-        reason: String,
+        reason: PublishError,
         /// Whether the CONNACK arrived.
         connected: bool,
         /// The oldest record written on this connection and not acknowledged.
@@ -352,8 +354,6 @@ struct Session<'a> {
     outputs_published: Vec<Option<bool>>,
     acked_any: bool,
     ack_flush_at: Option<Instant>,
-    /// Set when the client can no longer take requests: the session ends with this reason.
-    broken: Option<String>,
     /// Records in flight at most on this connection: `mqtt.max_inflight`, or 1 while a
     /// suspected poison record is probed.
     window: usize,

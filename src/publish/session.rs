@@ -14,8 +14,9 @@ use super::limit::{self, SizeWatch, Wire};
 use super::pace::Pacer;
 use super::prepare::{prepare, Limits, Prepared, SetAside};
 use super::{
-    ha, persist_ack, set_aside, status_topic, Links, Reconfigure, Session, SessionEnd,
-    ACK_PERSIST_DELAY, HEALTH_INTERVAL, MAX_HELD_EVENTS, READ_BATCH_BYTES, SHUTDOWN_GRACE,
+    ha, persist_ack, set_aside, status_topic, Links, PublishError, Reconfigure, Session,
+    SessionEnd, ACK_PERSIST_DELAY, HEALTH_INTERVAL, MAX_HELD_EVENTS, READ_BATCH_BYTES,
+    SHUTDOWN_GRACE,
 };
 use crate::config::{MqttConfig, MqttProtocol, Qos};
 use crate::queue::{QueueHandle, Record};
@@ -52,7 +53,6 @@ impl<'a> Session<'a> {
             outputs_published: vec![None; n],
             acked_any: false,
             ack_flush_at: None,
-            broken: None,
             window,
             pacer,
             wire: Wire::default(),
@@ -63,7 +63,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn lost(&self, reason: String, connected: bool) -> SessionEnd {
+    fn lost(&self, reason: PublishError, connected: bool) -> SessionEnd {
         SessionEnd::Lost {
             reason,
             connected,
@@ -123,9 +123,6 @@ impl<'a> Session<'a> {
         loop {
             if let Err(e) = self.fill_window() {
                 self.stats.log_queue_error(&e);
-            }
-            if let Some(reason) = self.broken.take() {
-                return self.lost(reason, true);
             }
             let room = self.corr.records_in_flight() < self.window;
             let flush_at = self.ack_flush_at;
@@ -252,9 +249,6 @@ impl<'a> Session<'a> {
             p.spend(records.len());
         }
         for rec in records {
-            if self.broken.is_some() {
-                break;
-            }
             self.publish_record(rec);
         }
         Ok(())
@@ -352,7 +346,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn on_event(&mut self, ev: Ev) -> Result<(), String> {
+    fn on_event(&mut self, ev: Ev) -> Result<(), PublishError> {
         if let Ev::PubAck(pkid) | Ev::PubComp(pkid) = ev {
             // The broker read everything up to this packet: those sizes are proven taken.
             if let Some(size) = self.wire.acknowledged(pkid) {
@@ -389,7 +383,7 @@ impl<'a> Session<'a> {
                 retain,
             } => self.on_message(&topic, &payload, reply, retain),
             Ev::BrokerDisconnect(reason) => {
-                self.taken_over = reason.contains("SessionTakenOver");
+                self.taken_over = reason.taken_over();
                 return Err(reason);
             }
             Ev::Connected { .. }
