@@ -426,12 +426,33 @@ pub fn default_test_pattern(kind: OutputKind) -> Pattern {
     }
 }
 
+/// Why a command was refused; `Display` is its answer's `error` text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CommandError {
+    /// Not a valid command: [`parse`]'s reason (the payload, a name, a number).
+    #[error("{0}")]
+    Invalid(String),
+    /// No GPIO engine runs (`gpio.backend = "none"`, or no outputs): nothing can carry it out.
+    #[error("gpio is off (gpio.backend = \"none\" or no outputs)")]
+    GpioOff,
+    /// The GPIO engine's command channel is full; the sender may try again.
+    #[error("the gpio engine is busy; try again")]
+    GpioBusy,
+    /// The GPIO engine has ended (shutdown, or a restart by a reload in progress).
+    #[error("the gpio engine has stopped")]
+    GpioStopped,
+}
+
 /// The answer's JSON: `{"command", "status": "ok"}` or `{"command", "status": "error", "error"}`,
 /// with the command's `transaction` when it had one.
-pub fn answer(command: &str, transaction: Option<&Value>, result: &Result<(), String>) -> Vec<u8> {
+pub fn answer(
+    command: &str,
+    transaction: Option<&Value>,
+    result: &Result<(), CommandError>,
+) -> Vec<u8> {
     let mut v = match result {
         Ok(()) => json!({"command": command, "status": "ok"}),
-        Err(e) => json!({"command": command, "status": "error", "error": e}),
+        Err(e) => json!({"command": command, "status": "error", "error": e.to_string()}),
     };
     if let (Some(t), Value::Object(m)) = (transaction, &mut v) {
         m.insert("transaction".into(), t.clone());

@@ -4,7 +4,8 @@
 use tokio::sync::mpsc;
 
 use super::client::{Props, Reply};
-use super::{commands, ha, Session};
+use super::commands::{self, CommandError};
+use super::{ha, Session};
 use crate::config::Qos;
 use crate::gpio::GpioCommand;
 
@@ -37,7 +38,10 @@ impl Session<'_> {
         }
         self.stats.inc(&self.stats.mqtt_commands);
         let command = parsed.name;
-        let result = parsed.command.and_then(|c| self.execute(c));
+        let result = parsed
+            .command
+            .map_err(CommandError::Invalid)
+            .and_then(|c| self.execute(c));
         match &result {
             Ok(()) => log::info!("mqtt: command {command} accepted"),
             Err(e) => {
@@ -77,21 +81,19 @@ impl Session<'_> {
         );
     }
 
-    fn send_gpio(&self, cmd: GpioCommand) -> Result<(), String> {
+    fn send_gpio(&self, cmd: GpioCommand) -> Result<(), CommandError> {
         match &self.links.gpio {
-            None => Err("gpio is off (gpio.backend = \"none\" or no outputs)".to_string()),
+            None => Err(CommandError::GpioOff),
             Some(tx) => tx.try_send(cmd).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    "the gpio engine is busy; try again".to_string()
-                }
-                mpsc::error::TrySendError::Closed(_) => "the gpio engine has stopped".to_string(),
+                mpsc::error::TrySendError::Full(_) => CommandError::GpioBusy,
+                mpsc::error::TrySendError::Closed(_) => CommandError::GpioStopped,
             }),
         }
     }
 
     /// Carries out one parsed command; what it changed is published (retained state topics)
     /// and, for arming and snooze, kept in the state file.
-    fn execute(&mut self, c: commands::Command) -> Result<(), String> {
+    fn execute(&mut self, c: commands::Command) -> Result<(), CommandError> {
         match c {
             commands::Command::Gpio(cmd) => self.send_gpio(cmd),
             commands::Command::Output {
@@ -116,7 +118,7 @@ impl Session<'_> {
             }
             commands::Command::Arm { rule, armed } => {
                 let Some(ingest) = &self.links.ingest else {
-                    return Err("gpio is off (gpio.backend = \"none\" or no outputs)".into());
+                    return Err(CommandError::GpioOff);
                 };
                 ingest.set_armed(rule, armed);
                 let Some(name) = self.links.gpio_config.rules[rule].name.clone() else {

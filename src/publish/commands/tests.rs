@@ -338,8 +338,12 @@ fn answers_and_foreign_topics_are_not_commands() {
 fn answers_are_json_with_status_error_and_the_transaction() {
     let ok: Value = serde_json::from_slice(&answer("silence", None, &Ok(()))).expect("json");
     assert_eq!(ok, json!({"command": "silence", "status": "ok"}));
-    let err: Value =
-        serde_json::from_slice(&answer("test/x", None, &Err("no".into()))).expect("json");
+    let err: Value = serde_json::from_slice(&answer(
+        "test/x",
+        None,
+        &Err(CommandError::Invalid("no".into())),
+    ))
+    .expect("json");
     assert_eq!(
         err,
         json!({"command": "test/x", "status": "error", "error": "no"})
@@ -355,4 +359,20 @@ fn answers_are_json_with_status_error_and_the_transaction() {
     let t: Value =
         serde_json::from_slice(&answer(&p.name, p.transaction.as_ref(), &Ok(()))).expect("json");
     assert_eq!(t["transaction"], json!({"id": "abc"}));
+}
+
+#[test]
+fn gpio_refusals_answer_with_the_documented_reasons() {
+    for (e, text) in [
+        (
+            CommandError::GpioOff,
+            "gpio is off (gpio.backend = \"none\" or no outputs)",
+        ),
+        (CommandError::GpioBusy, "the gpio engine is busy; try again"),
+        (CommandError::GpioStopped, "the gpio engine has stopped"),
+    ] {
+        let v: Value = serde_json::from_slice(&answer("silence", None, &Err(e))).expect("json");
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["error"], text);
+    }
 }
