@@ -67,7 +67,7 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
         return Err(AdminError::NotVideoDb);
     };
     let tls = super::tls::client_config(&cfg.tls)?;
-    let api = Api::new(v, super::http::Client::new(tls, v.request_timeout));
+    let api = Api::new(v, super::rest::Client::new(tls, v.request_timeout));
     match cmd {
         AdminCommand::AlertsList { target } => {
             let pairs = targets(&v.alerts, &target)?;

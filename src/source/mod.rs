@@ -21,7 +21,7 @@
 
 pub mod admin;
 pub mod frames;
-pub mod http;
+pub mod rest;
 pub mod tls;
 pub mod videodb;
 
@@ -136,7 +136,7 @@ pub async fn run(
     };
     let upstream = match &cfg.mode {
         SourceMode::VideoDb(v) => Upstream::VideoDb {
-            api: videodb::Api::new(v, http::Client::new(tls.clone(), v.request_timeout)),
+            api: videodb::Api::new(v, rest::Client::new(tls.clone(), v.request_timeout)),
             cfg: v,
         },
         SourceMode::Generic { url, headers } => Upstream::Generic { url, headers },

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::http::{Client, HttpError};
+use super::rest::{Client, HttpError};
 use crate::config::{AlertBinding, VideoDbConfig};
 use crate::stats::Stats;
 
@@ -324,7 +324,7 @@ impl Api {
         body: Option<Value>,
     ) -> Result<Value, ApiError> {
         let bytes = self
-            .send(what, method, path, body, super::http::MAX_BODY_BYTES)
+            .send(what, method, path, body, super::rest::MAX_BODY_BYTES)
             .await?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(v.get("data").cloned().unwrap_or(Value::Null))
@@ -424,7 +424,7 @@ impl Api {
     }
 
     /// `GET .../alert` (rtstream.py lines 345 and 595), up to
-    /// [`super::http::MAX_LIST_BODY_BYTES`].
+    /// [`super::rest::MAX_LIST_BODY_BYTES`].
     pub async fn list_alerts(&self, index: &IndexRef) -> Result<Vec<ListedAlert>, ApiError> {
         let what = "list alerts";
         let bytes = self
@@ -433,7 +433,7 @@ impl Api {
                 "GET",
                 &index.alerts_path(),
                 None,
-                super::http::MAX_LIST_BODY_BYTES,
+                super::rest::MAX_LIST_BODY_BYTES,
             )
             .await?;
         let items = parse_list::<RawAlert>(what, &bytes)?;
@@ -508,7 +508,7 @@ impl Api {
                 "GET",
                 "/rtstream/event",
                 None,
-                super::http::MAX_LIST_BODY_BYTES,
+                super::rest::MAX_LIST_BODY_BYTES,
             )
             .await?;
         Ok(parse_list::<RawEvent>(what, &bytes)?
