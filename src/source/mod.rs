@@ -38,15 +38,13 @@ use tokio_tungstenite::Connector;
 
 use crate::alert::{
     connection_id_of, parse_frame_bytes, sanitize_topic_level, Alert, Envelope, Frame, FrameError,
-    QueuedMessage, Via,
+    LiveMessage, QueuedMessage, Via,
 };
 use crate::backoff::Backoff;
 use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
 
-/// A best-effort channel message: topic below the prefix, payload.
-pub type LiveMessage = (String, Vec<u8>);
 /// Best-effort messages waiting for the publisher. Transcripts come a few per second per
 /// stream; 256 rides out a broker hiccup of tens of seconds, then the oldest news is the least
 /// useful, so new ones are dropped and counted rather than buffered without bound.
