@@ -22,7 +22,6 @@
 pub mod admin;
 pub mod frames;
 pub mod rest;
-pub mod tls;
 pub mod videodb;
 
 use std::sync::Arc;
@@ -44,6 +43,7 @@ use crate::backoff::Backoff;
 use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
+use crate::tls;
 
 /// Best-effort messages waiting for the publisher. Transcripts come a few per second per
 /// stream; 256 rides out a broker hiccup of tens of seconds, then the oldest news is the least
