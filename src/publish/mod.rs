@@ -214,7 +214,7 @@ pub async fn run(
         }
         let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
         let started = Instant::now();
-        let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
+        let end = match cfg.tls.as_ref().map(crate::tls::client_config).transpose() {
             Err(e) => SessionEnd::Lost {
                 reason: e.to_string(),
                 connected: false,
@@ -224,7 +224,7 @@ pub async fn run(
                 taken_over: false,
             },
             Ok(tls) => {
-                let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
+                let (client, mut el) = client::connect(&cfg, tls, capacity);
                 let window = poison.window(cfg.max_inflight as usize);
                 let mut session = Session::new(
                     cfg.clone(),

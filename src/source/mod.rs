@@ -33,7 +33,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 
 use crate::alert::{
     connection_id_of, parse_frame_bytes, sanitize_topic_level, Alert, Envelope, Frame, FrameError,
@@ -66,16 +65,6 @@ pub enum SourceError {
     Api(#[from] videodb::ApiError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-}
-
-/// Builds the rustls connector: `ring` provider, Mozilla's roots built in.
-pub fn tls_connector() -> Result<Connector, rustls::Error> {
-    let cfg = tls::client_config(&crate::config::TlsConfig {
-        builtin_roots: true,
-        ..Default::default()
-    })
-    .map_err(|e| rustls::Error::General(e.to_string()))?;
-    Ok(Connector::Rustls(cfg))
 }
 
 /// Everything one connection needs, built once.
