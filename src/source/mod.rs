@@ -16,11 +16,12 @@
 //! # Liveness
 //! A ping goes out every `ping_interval`; if nothing at all (pong or data) arrives within
 //! `pong_timeout` after it, the connection is declared dead (half-open TCP after a Wi-Fi drop
-//! never reports an error on its own) and replaced. These two timers are the only ones an idle
-//! connection runs.
+//! never reports an error on its own) and replaced (`liveness.rs` decides; one timer, the only
+//! one an idle connection runs).
 
 pub mod admin;
 pub mod frames;
+mod liveness;
 pub mod rest;
 pub mod videodb;
 
@@ -43,6 +44,7 @@ use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
 use crate::tls;
+use liveness::{Due, Liveness};
 
 /// Best-effort messages waiting for the publisher. Transcripts come a few per second per
 /// stream; 256 rides out a broker hiccup of tens of seconds, then the oldest news is the least
@@ -327,9 +329,7 @@ async fn connect_and_read(
     tokio::pin!(binding);
 
     // 5. Read, ping, and watch for silence.
-    let mut next_ping = Instant::now() + cfg.ping_interval;
-    let mut pong_due: Option<Instant> = None;
-    let mut read_at_ping = 0;
+    let mut liveness = Liveness::new(Instant::now(), cfg.ping_interval, cfg.pong_timeout);
     loop {
         tokio::select! {
             msg = ws.next() => {
@@ -339,7 +339,7 @@ async fn connect_and_read(
                     reason: e.to_string(),
                 })?;
                 // Anything from the server proves the path is alive.
-                pong_due = None;
+                liveness.on_message();
                 match msg {
                     Message::Text(text) => {
                         if let Some(id) = on_message(text.as_bytes(), false, ctx).await {
@@ -359,30 +359,27 @@ async fn connect_and_read(
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
-            _ = tokio::time::sleep_until(next_ping), if pong_due.is_none() => {
-                let now = Instant::now();
-                pong_due = Some(now + cfg.pong_timeout);
-                next_ping = now + cfg.ping_interval;
-                stats.inc(&stats.source_pings);
-                read_at_ping = ws.bytes_read();
-                // A peer that stopped reading can leave the send stuck behind a full buffer.
-                match tokio::time::timeout(cfg.pong_timeout, ws.send_ping()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(SourceError::Read { url: shown, reason: e.to_string() }),
-                    Err(_) => {
+            _ = tokio::time::sleep_until(liveness.deadline()) => {
+                match liveness.poll(Instant::now(), ws.bytes_read()) {
+                    Due::Idle => {}
+                    Due::Ping => {
+                        stats.inc(&stats.source_pings);
+                        // A peer that stopped reading can leave the send stuck behind a full
+                        // buffer.
+                        match tokio::time::timeout(cfg.pong_timeout, ws.send_ping()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Err(SourceError::Read { url: shown, reason: e.to_string() }),
+                            Err(_) => {
+                                stats.inc(&stats.source_ping_timeouts);
+                                return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                            }
+                        }
+                    }
+                    Due::PongOverdue => {
                         stats.inc(&stats.source_ping_timeouts);
                         return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
                     }
                 }
-            }
-            _ = sleep_until_opt(pong_due), if pong_due.is_some() => {
-                // Bytes of a frame still streaming in (an oversize one being skipped) are
-                // proof of life too, though no message came out of them.
-                if ws.bytes_read() == read_at_ping {
-                    stats.inc(&stats.source_ping_timeouts);
-                    return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
-                }
-                pong_due = None;
             }
             () = &mut binding => {}
         }
@@ -427,12 +424,6 @@ async fn bind_until_done(
         }
     }
     std::future::pending::<()>().await
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await
-    }
 }
 
 /// Counts and parses one text or binary message and passes it on; returns the
