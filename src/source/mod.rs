@@ -23,6 +23,7 @@ pub mod admin;
 pub mod frames;
 mod liveness;
 pub mod rest;
+mod route;
 pub mod videodb;
 
 use std::sync::Arc;
@@ -36,8 +37,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::alert::{
-    connection_id_of, parse_frame_bytes, sanitize_topic_level, Alert, Envelope, Frame, FrameError,
-    LiveMessage, QueuedMessage, Via,
+    connection_id_of, parse_frame_bytes, Alert, Envelope, Frame, FrameError, LiveMessage,
+    QueuedMessage, Via,
 };
 use crate::backoff::Backoff;
 use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
@@ -45,6 +46,7 @@ use crate::ingest::Ingest;
 use crate::stats::Stats;
 use crate::tls;
 use liveness::{Due, Liveness};
+pub use route::{channel_topic_suffix, route, ChannelRoute};
 
 /// Best-effort messages waiting for the publisher. Transcripts come a few per second per
 /// stream; 256 rides out a broker hiccup of tens of seconds, then the oldest news is the least
@@ -468,42 +470,6 @@ async fn on_message(text: &[u8], binary: bool, ctx: &Ctx<'_>) -> Option<String> 
     None
 }
 
-/// What happens to a non-alert envelope, by `source.channels` / `durable_channels`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChannelRoute {
-    NotRelayed,
-    InterimDropped,
-    Durable,
-    BestEffort,
-}
-
-/// Pure routing decision for one envelope.
-pub fn route(cfg: &SourceConfig, env: &Envelope) -> ChannelRoute {
-    if !cfg.channels.contains(&env.channel) {
-        return ChannelRoute::NotRelayed;
-    }
-    if env.channel == "transcript"
-        && !cfg.transcript_interim
-        && env.data.get("is_final") == Some(&Value::Bool(false))
-    {
-        return ChannelRoute::InterimDropped;
-    }
-    if cfg.durable_channels.contains(&env.channel) {
-        ChannelRoute::Durable
-    } else {
-        ChannelRoute::BestEffort
-    }
-}
-
-/// `{channel}/{rtstream_id or _}`, both sanitised as topic levels.
-pub fn channel_topic_suffix(env: &Envelope) -> String {
-    format!(
-        "{}/{}",
-        sanitize_topic_level(&env.channel),
-        sanitize_topic_level(env.rtstream_id.as_deref().unwrap_or("_"))
-    )
-}
-
 async fn relay_channel(env: Envelope, ctx: &Ctx<'_>) {
     let stats = ctx.stats;
     let route = route(ctx.cfg, &env);
@@ -544,55 +510,5 @@ async fn relay_channel(env: Envelope, ctx: &Ctx<'_>) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::alert::parse_frame;
-    use crate::config::Config;
-
-    fn envelope(text: &str) -> Envelope {
-        match parse_frame(text) {
-            Ok(Frame::Envelope(e)) => e,
-            other => panic!("expected an envelope, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn channels_route_by_config_and_interim_transcripts_are_dropped() {
-        let cfg = Config::parse(
-            "[source]\nurl = \"ws://x/\"\nchannels = [\"transcript\", \"visual_index\"]\ndurable_channels = [\"scene_index\"]\n",
-        )
-        .expect("config")
-        .source;
-        let r = |t: &str| route(&cfg, &envelope(t));
-        assert_eq!(
-            r(r#"{"channel":"transcript","data":{"text":"hi","is_final":true}}"#),
-            ChannelRoute::BestEffort
-        );
-        assert_eq!(
-            r(r#"{"channel":"transcript","data":{"text":"h","is_final":false}}"#),
-            ChannelRoute::InterimDropped
-        );
-        assert_eq!(
-            r(r#"{"type":"visual_index","rtstream_id":"rt1","data":{}}"#),
-            ChannelRoute::Durable
-        );
-        assert_eq!(
-            r(r#"{"channel":"audio_index","data":{}}"#),
-            ChannelRoute::NotRelayed
-        );
-        assert_eq!(
-            channel_topic_suffix(&envelope(
-                r#"{"channel":"scene_index","rtstream_id":"a/b","data":{}}"#
-            )),
-            "scene_index/a_b"
-        );
-        assert_eq!(
-            channel_topic_suffix(&envelope(r#"{"channel":"transcript","data":{}}"#)),
-            "transcript/_"
-        );
     }
 }
