@@ -79,64 +79,100 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Step::*;
 
     const PING: Duration = Duration::from_secs(20);
     const PONG: Duration = Duration::from_secs(5);
 
-    fn s(n: u64) -> Duration {
-        Duration::from_secs(n)
+    /// One step of a script; times in seconds since the connection came up.
+    enum Step {
+        /// `poll(at, bytes_read)` answers this.
+        At(u64, u64, Due),
+        /// The next deadline is then.
+        Next(u64),
+        Message,
+    }
+
+    fn script(pong_timeout: Duration, steps: &[Step]) {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0, PING, pong_timeout);
+        for (i, step) in steps.iter().enumerate() {
+            match *step {
+                At(t, bytes, want) => {
+                    let got = l.poll(t0 + Duration::from_secs(t), bytes);
+                    assert_eq!(got, want, "step {i}: poll at {t}s, {bytes} bytes");
+                }
+                Next(t) => assert_eq!(l.deadline(), t0 + Duration::from_secs(t), "step {i}"),
+                Message => l.on_message(),
+            }
+        }
     }
 
     #[test]
     fn silence_after_a_ping_is_overdue_at_pong_timeout_and_not_before() {
-        let t0 = Instant::now();
-        let mut l = Liveness::new(t0, PING, PONG);
-        assert_eq!(l.deadline(), t0 + PING);
-        assert_eq!(l.poll(t0 + s(19), 0), Due::Idle);
-        assert_eq!(l.poll(t0 + PING, 0), Due::Ping);
-        assert_eq!(l.deadline(), t0 + PING + PONG);
-        assert_eq!(l.poll(t0 + s(24), 0), Due::Idle);
-        assert_eq!(l.poll(t0 + s(25), 0), Due::PongOverdue);
+        let steps = [
+            Next(20),
+            At(19, 0, Due::Idle),
+            At(20, 0, Due::Ping),
+            Next(25),
+        ];
+        script(PONG, &steps);
+        script(
+            PONG,
+            &[
+                At(20, 0, Due::Ping),
+                At(24, 0, Due::Idle),
+                At(25, 0, Due::PongOverdue),
+            ],
+        );
     }
 
+    /// The next ping is one interval after the last, whenever the answer came.
     #[test]
     fn a_message_after_the_ping_keeps_the_connection_and_the_ping_rhythm() {
-        let t0 = Instant::now();
-        let mut l = Liveness::new(t0, PING, PONG);
-        assert_eq!(l.poll(t0 + PING, 100), Due::Ping);
-        l.on_message();
-        assert_eq!(
-            l.deadline(),
-            t0 + s(40),
-            "the next ping, one interval after the last"
+        let steps = [
+            At(20, 100, Due::Ping),
+            Message,
+            Next(40),
+            At(39, 100, Due::Idle),
+        ];
+        script(PONG, &steps);
+        script(
+            PONG,
+            &[At(20, 100, Due::Ping), Message, At(40, 100, Due::Ping)],
         );
-        assert_eq!(l.poll(t0 + s(39), 100), Due::Idle);
-        assert_eq!(l.poll(t0 + s(40), 100), Due::Ping);
     }
 
     /// An oversize frame being skipped yields no message for a long time, but its bytes
-    /// prove the peer alive.
+    /// prove the peer alive; silence after the next ping still ends it.
     #[test]
     fn bytes_without_a_message_count_as_life() {
-        let t0 = Instant::now();
-        let mut l = Liveness::new(t0, PING, PONG);
-        assert_eq!(l.poll(t0 + PING, 10), Due::Ping);
-        assert_eq!(l.poll(t0 + s(25), 11), Due::Idle);
-        assert_eq!(l.deadline(), t0 + s(40));
-        assert_eq!(l.poll(t0 + s(40), 11), Due::Ping);
-        assert_eq!(l.poll(t0 + s(45), 11), Due::PongOverdue);
+        script(
+            PONG,
+            &[
+                At(20, 10, Due::Ping),
+                At(25, 11, Due::Idle),
+                Next(40),
+                At(40, 11, Due::Ping),
+                At(45, 11, Due::PongOverdue),
+            ],
+        );
     }
 
+    /// The runtime woke late (a loaded Pi): one ping, and the pong timeout counts from when
+    /// it went out; no second ping while it is unanswered.
     #[test]
     fn no_second_ping_while_one_is_unanswered_and_a_late_wakeup_pings_once() {
-        let t0 = Instant::now();
-        let mut l = Liveness::new(t0, PING, Duration::from_secs(60));
-        // The runtime woke late (a loaded Pi): one ping, counted from when it went out.
-        assert_eq!(l.poll(t0 + s(50), 0), Due::Ping);
-        assert_eq!(l.poll(t0 + s(70), 0), Due::Idle, "awaiting the pong");
-        assert_eq!(l.deadline(), t0 + s(110));
-        l.on_message();
-        assert_eq!(l.deadline(), t0 + s(70));
-        assert_eq!(l.poll(t0 + s(70), 0), Due::Ping);
+        script(
+            Duration::from_secs(60),
+            &[
+                At(50, 0, Due::Ping),
+                At(70, 0, Due::Idle),
+                Next(110),
+                Message,
+                Next(70),
+                At(70, 0, Due::Ping),
+            ],
+        );
     }
 }
