@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -236,18 +237,7 @@ async fn connect_and_read(
         url: shown.clone(),
         reason,
     };
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| connect_err(e.to_string()))?;
-    for (name, value) in headers {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| connect_err(format!("bad header name source.headers.{name}")))?;
-        let mut v = HeaderValue::from_str(value.expose())
-            .map_err(|_| connect_err(format!("bad value for source.headers.{name}")))?;
-        v.set_sensitive(true);
-        request.headers_mut().insert(n, v);
-    }
+    let request = handshake_request(&url, headers).map_err(connect_err)?;
 
     // 2. Connect.
     if url.starts_with("wss://") && cfg.tls.insecure_skip_verify {
@@ -268,46 +258,13 @@ async fn connect_and_read(
     };
 
     // 3. VideoDB: the first message is the connection_id, which the alerts are bound to.
-    let mut connection_id: Option<String> = None;
-    if ctx.api().is_some() {
-        let deadline = Instant::now() + cfg.connect_timeout;
-        while connection_id.is_none() {
-            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-                Err(_) => {
-                    return Err(SourceError::NoHello {
-                        url: shown,
-                        after: cfg.connect_timeout,
-                    })
-                }
-                Ok(None) => return Ok(End::Closed),
-                Ok(Some(Err(e))) => {
-                    return Err(SourceError::Read {
-                        url: shown,
-                        reason: e.to_string(),
-                    })
-                }
-                Ok(Some(Ok(m))) => m,
-            };
-            // The first frame that carries a `connection_id` is the hello, whatever else it
-            // holds (`{"type":"connected","connection_id":"c1"}`; a number too): the Python SDK
-            // reads the id from the first frame (websocket_client.py lines 33-35), the Node SDK
-            // from the first frame that has one. Any other frame is handled like any frame, and
-            // the wait goes on.
-            let bytes = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b.as_ref(),
-                Message::Close(_) => return Ok(End::Closed),
-                _ => continue,
-            };
-            // `frames` never delivers a message above `max_frame_bytes`.
-            if let Some(id) = connection_id_of(bytes) {
-                stats.inc(&stats.frames_received);
-                connection_id = Some(id);
-            } else {
-                on_message(bytes, matches!(msg, Message::Binary(_)), ctx).await;
-            }
-        }
-    }
+    let connection_id = match ctx.api() {
+        Some(_) => match read_hello(&mut ws, ctx, &shown).await? {
+            Some(id) => Some(id),
+            None => return Ok(End::Closed),
+        },
+        None => None,
+    };
     stats.inc(&stats.source_connects);
     if Stats::get(&stats.source_connects) > 1 {
         stats.inc(&stats.source_reconnects);
@@ -385,6 +342,68 @@ async fn connect_and_read(
             }
             () = &mut binding => {}
         }
+    }
+}
+
+/// The handshake request for `url` with `source.headers` (marked sensitive); the error is the
+/// reason shown after "cannot connect to URL:".
+fn handshake_request(
+    url: &str,
+    headers: &[(String, crate::config::Secret)],
+) -> Result<Request, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("bad header name source.headers.{name}"))?;
+        let mut v = HeaderValue::from_str(value.expose())
+            .map_err(|_| format!("bad value for source.headers.{name}"))?;
+        v.set_sensitive(true);
+        request.headers_mut().insert(n, v);
+    }
+    Ok(request)
+}
+
+/// VideoDB: reads until the hello, within `connect_timeout`; `None`: the server closed first.
+/// The first frame that carries a `connection_id` is the hello, whatever else it holds
+/// (`{"type":"connected","connection_id":"c1"}`; a number too): the Python SDK reads the id from
+/// the first frame (websocket_client.py lines 33-35), the Node SDK from the first frame that
+/// has one. Any other frame is handled like any frame, and the wait goes on.
+async fn read_hello(
+    ws: &mut frames::FrameStream<'_, frames::Transport>,
+    ctx: &Ctx<'_>,
+    shown: &str,
+) -> Result<Option<String>, SourceError> {
+    let (cfg, stats) = (ctx.cfg, ctx.stats);
+    let deadline = Instant::now() + cfg.connect_timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                return Err(SourceError::NoHello {
+                    url: shown.to_string(),
+                    after: cfg.connect_timeout,
+                })
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => {
+                return Err(SourceError::Read {
+                    url: shown.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let bytes = match &msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b.as_ref(),
+            Message::Close(_) => return Ok(None),
+            _ => continue,
+        };
+        // `frames` never delivers a message above `max_frame_bytes`.
+        if let Some(id) = connection_id_of(bytes) {
+            stats.inc(&stats.frames_received);
+            return Ok(Some(id));
+        }
+        on_message(bytes, matches!(msg, Message::Binary(_)), ctx).await;
     }
 }
 
