@@ -38,6 +38,7 @@ pub mod source;
 pub mod stats;
 pub mod timer;
 pub mod timesync;
+pub mod tls;
 pub mod topic;
 pub mod webhook;
 

@@ -4,7 +4,7 @@
 
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
 
-use super::client::TlsError;
+use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -62,6 +62,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::alert::LiveMessage;
 use crate::backoff::Backoff;
 use crate::config::{GpioConfig, MqttConfig, OutputConfig};
 use crate::gpio::GpioCommand;
@@ -137,7 +138,7 @@ pub async fn run(
     queue: QueueHandle,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
-    mut live: mpsc::Receiver<crate::source::LiveMessage>,
+    mut live: mpsc::Receiver<LiveMessage>,
     mut reconf: mpsc::Receiver<Reconfigure>,
 ) {
     let mut cfg = cfg;
@@ -151,7 +152,7 @@ pub async fn run(
         }
         let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
         let started = Instant::now();
-        let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
+        let end = match cfg.tls.as_ref().map(crate::tls::client_config).transpose() {
             Err(e) => SessionEnd::Lost {
                 reason: e.into(),
                 connected: false,
@@ -161,7 +162,7 @@ pub async fn run(
                 taken_over: false,
             },
             Ok(tls) => {
-                let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
+                let (client, mut el) = client::connect(&cfg, tls, capacity);
                 let window = poison.window(cfg.max_inflight as usize);
                 let mut session = Session::new(
                     cfg.clone(),

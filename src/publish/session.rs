@@ -18,6 +18,7 @@ use super::{
     SessionEnd, ACK_PERSIST_DELAY, HEALTH_INTERVAL, MAX_HELD_EVENTS, READ_BATCH_BYTES,
     SHUTDOWN_GRACE,
 };
+use crate::alert::LiveMessage;
 use crate::config::{MqttConfig, MqttProtocol, Qos};
 use crate::queue::{QueueHandle, Record};
 use crate::stats::Stats;
@@ -84,7 +85,7 @@ impl<'a> Session<'a> {
         &mut self,
         el: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
-        live: &mut mpsc::Receiver<crate::source::LiveMessage>,
+        live: &mut mpsc::Receiver<LiveMessage>,
         reconf: &mut mpsc::Receiver<Reconfigure>,
     ) -> SessionEnd {
         // Connect: poll until CONNACK.
