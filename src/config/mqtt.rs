@@ -1,0 +1,357 @@
+//! `[mqtt]`: the broker, the session, TLS, the password and Home Assistant discovery.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, DurationStr};
+use super::{checks, identity, invalid, ConfigError, Secret};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub qos: Qos,
+    pub keep_alive: Duration,
+    /// Publishes sent but not yet acknowledged by the broker, at most.
+    pub max_inflight: u16,
+    /// Queue records published per second, at most (`None`: as fast as the broker acks).
+    pub max_publish_rate: Option<u32>,
+    pub stats_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// `3.1.1` (default) or `5`.
+    pub protocol: MqttProtocol,
+    pub username: Option<String>,
+    /// Read from `password_file` or `password_env`; never printed.
+    pub password: Option<Secret>,
+    /// TLS to the broker; `None` = plain TCP.
+    pub tls: Option<MqttTls>,
+    /// MQTT 5 message expiry of alerts, so stale alerts do not pile up in offline sessions.
+    pub message_expiry: Duration,
+    /// The broker's message size limit, when known: larger records are set aside unsent.
+    pub max_message_bytes: Option<usize>,
+    /// Home Assistant MQTT discovery.
+    pub ha_discovery: bool,
+    pub ha_prefix: String,
+    /// Event types announced for the alert event entity, besides the rules' exact labels.
+    pub ha_event_types: Vec<String>,
+    /// The device's name in Home Assistant (default: the client id).
+    pub ha_device_name: Option<String>,
+    /// Alerts older than this (since the relay received them) do not reach `{prefix}/event`.
+    pub ha_event_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    V311,
+    V5,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    /// PEM CA bundle; `None` = the built-in web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key, for brokers that require client certificates.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    host: Option<String>,
+    port: Option<u16>,
+    client_id: Option<String>,
+    topic_prefix: Option<String>,
+    qos: Option<u8>,
+    keep_alive: Option<DurationStr>,
+    max_inflight: Option<u16>,
+    max_publish_rate: Option<u32>,
+    stats_interval: Option<DurationStr>,
+    backoff_initial: Option<DurationStr>,
+    backoff_max: Option<DurationStr>,
+    protocol: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    tls: Option<bool>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    message_expiry: Option<DurationStr>,
+    max_message_bytes: Option<ByteSize>,
+    ha_discovery: Option<bool>,
+    ha_prefix: Option<String>,
+    ha_event_types: Option<Vec<String>>,
+    ha_device_name: Option<String>,
+    ha_event_max_age: Option<DurationStr>,
+}
+
+pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
+    let topic_prefix = m.topic_prefix.unwrap_or_else(|| "alert-relay".into());
+    if let Some(why) = checks::topic_prefix_problem(&topic_prefix) {
+        return Err(invalid("mqtt.topic_prefix", why));
+    }
+    if m.port == Some(0) {
+        return Err(invalid("mqtt.port", "must be 1 to 65535"));
+    }
+    let qos = match m.qos.unwrap_or(1) {
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        2 => Qos::ExactlyOnce,
+        n => return Err(invalid("mqtt.qos", format!("{n} is not 0, 1 or 2"))),
+    };
+    let host = m.host.unwrap_or_else(|| "127.0.0.1".into());
+    if host.is_empty() {
+        return Err(invalid("mqtt.host", "must not be empty"));
+    }
+    let client_id = m.client_id.unwrap_or_else(|| {
+        let (id, warning) = identity::default_client_id();
+        if let Some(w) = warning {
+            log::warn!("{w}");
+        }
+        id
+    });
+    if client_id.is_empty() || client_id.len() > 128 {
+        return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
+    }
+    let max_inflight = m.max_inflight.unwrap_or(64);
+    if max_inflight == 0 {
+        return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+    }
+    if m.max_publish_rate == Some(0) {
+        return Err(invalid(
+            "mqtt.max_publish_rate",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    let keep_alive = m.keep_alive.map(|d| d.0).unwrap_or(Duration::from_secs(30));
+    if keep_alive < Duration::from_secs(1) {
+        return Err(invalid("mqtt.keep_alive", "must be at least 1s"));
+    }
+    let stats_interval = m
+        .stats_interval
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(60));
+    if stats_interval < Duration::from_secs(1) {
+        return Err(invalid("mqtt.stats_interval", "must be at least 1s"));
+    }
+    let backoff_initial = m
+        .backoff_initial
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_millis(250));
+    let backoff_max = m
+        .backoff_max
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(30));
+    if backoff_initial.is_zero() || backoff_max < backoff_initial {
+        return Err(invalid(
+            "mqtt.backoff_max",
+            "must be at least mqtt.backoff_initial, which must be above zero",
+        ));
+    }
+    let protocol = match m.protocol.as_deref().unwrap_or("3.1.1") {
+        "3.1.1" | "3" | "4" => MqttProtocol::V311,
+        "5" | "5.0" => MqttProtocol::V5,
+        other => {
+            return Err(invalid(
+                "mqtt.protocol",
+                format!("{other:?} is not \"3.1.1\" or \"5\""),
+            ))
+        }
+    };
+    let password = match (m.password_file, m.password_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "mqtt.password_file",
+                "give either password_file or password_env, not both",
+            ))
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "mqtt.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            // One line; a trailing newline from `echo pw > file` is not part of it.
+            Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()))
+        }
+        (None, Some(var)) => Some(Secret(std::env::var(&var).map_err(|_| {
+            invalid(
+                "mqtt.password_env",
+                format!("environment variable {var} is not set (or not UTF-8)"),
+            )
+        })?)),
+        (None, None) => None,
+    };
+    if password.is_some() && m.username.is_none() {
+        return Err(invalid(
+            "mqtt.username",
+            "is required when a password is given",
+        ));
+    }
+    let tls_wanted = m.tls.unwrap_or(false);
+    let has_tls_files = m.ca_file.is_some() || m.client_cert.is_some() || m.client_key.is_some();
+    if has_tls_files && !tls_wanted {
+        return Err(invalid(
+            "mqtt.tls",
+            "must be true when ca_file, client_cert or client_key is given",
+        ));
+    }
+    if m.client_cert.is_some() != m.client_key.is_some() {
+        return Err(invalid(
+            "mqtt.client_key",
+            "client_cert and client_key go together",
+        ));
+    }
+    let tls = tls_wanted.then_some(MqttTls {
+        ca_file: m.ca_file,
+        client_cert: m.client_cert,
+        client_key: m.client_key,
+    });
+    let message_expiry = m
+        .message_expiry
+        .map(|d| d.0)
+        .unwrap_or(Duration::from_secs(3600));
+    if message_expiry < Duration::from_secs(1) || message_expiry.as_secs() > u32::MAX as u64 {
+        return Err(invalid(
+            "mqtt.message_expiry",
+            "must be between 1s and about 136 years",
+        ));
+    }
+    let max_message_bytes = m.max_message_bytes.map(|b| b.0 as usize);
+    if max_message_bytes.is_some_and(|b| b < 64) {
+        return Err(invalid("mqtt.max_message_bytes", "must be at least 64 B"));
+    }
+    let ha_prefix = m.ha_prefix.unwrap_or_else(|| "homeassistant".into());
+    if ha_prefix.is_empty() || ha_prefix.contains(['+', '#', '\0']) {
+        return Err(invalid(
+            "mqtt.ha_prefix",
+            "must be non-empty, without + # or NUL",
+        ));
+    }
+    let ha_event_types = m.ha_event_types.unwrap_or_default();
+    if ha_event_types.iter().any(|t| t.is_empty()) {
+        return Err(invalid("mqtt.ha_event_types", "must not hold empty names"));
+    }
+    Ok(MqttConfig {
+        host,
+        port: m.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+        client_id,
+        topic_prefix,
+        qos,
+        keep_alive,
+        max_inflight,
+        max_publish_rate: m.max_publish_rate,
+        stats_interval,
+        backoff_initial,
+        backoff_max,
+        protocol,
+        username: m.username,
+        password,
+        tls,
+        message_expiry,
+        max_message_bytes,
+        ha_discovery: m.ha_discovery.unwrap_or(false),
+        ha_prefix,
+        ha_event_types,
+        ha_device_name: m.ha_device_name.filter(|n| !n.trim().is_empty()),
+        ha_event_max_age: m
+            .ha_event_max_age
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(120)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+
+    #[test]
+    fn mqtt_password_comes_from_a_file_or_env_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2-file\n").expect("write");
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ))
+        .expect("password_file");
+        let secret = cfg.mqtt.password.as_ref().expect("password");
+        assert_eq!(secret.expose(), "hunter2-file", "trailing newline dropped");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password = <redacted>"), "{shown}");
+
+        std::env::set_var("ALERT_RELAY_CONFIG_TEST_PW", "hunter2-env");
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_env = \"ALERT_RELAY_CONFIG_TEST_PW\"\n"
+        ))
+        .expect("password_env");
+        assert_eq!(
+            cfg.mqtt.password.as_ref().map(Secret::expose),
+            Some("hunter2-env")
+        );
+        assert!(!cfg.redacted_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_mqtt_keys_name_their_key() {
+        let cases = [
+            (
+                "[mqtt]\npassword_file = \"/nonexistent/pw\"\nusername = \"u\"\n",
+                "mqtt.password_file",
+            ),
+            (
+                "[mqtt]\npassword_env = \"ALERT_RELAY_SURELY_UNSET_VAR\"\nusername = \"u\"\n",
+                "mqtt.password_env",
+            ),
+            ("[mqtt]\npassword_env = \"HOME\"\n", "mqtt.username"),
+            ("[mqtt]\npassword = \"inline\"\n", "password"),
+            ("[mqtt]\nca_file = \"/ca.pem\"\n", "mqtt.tls"),
+            (
+                "[mqtt]\ntls = true\nclient_cert = \"/c.pem\"\n",
+                "mqtt.client_key",
+            ),
+            ("[mqtt]\nprotocol = \"6\"\n", "mqtt.protocol"),
+            ("[mqtt]\nmessage_expiry = \"0s\"\n", "mqtt.message_expiry"),
+            ("[mqtt]\nmax_message_bytes = 10\n", "mqtt.max_message_bytes"),
+            ("[mqtt]\nmax_publish_rate = 0\n", "mqtt.max_publish_rate"),
+            ("[mqtt]\nha_prefix = \"home/#\"\n", "mqtt.ha_prefix"),
+            ("[mqtt]\nha_event_types = [\"\"]\n", "mqtt.ha_event_types"),
+        ];
+        for (text, key) in cases {
+            let e = err_of(&format!("{MINIMAL}{text}"));
+            assert!(e.contains(key), "expected {key} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt_defaults_and_tls_port() {
+        let cfg = Config::parse(MINIMAL).expect("minimal");
+        assert_eq!(cfg.mqtt.protocol, MqttProtocol::V311);
+        assert_eq!(cfg.mqtt.tls, None);
+        assert_eq!(cfg.mqtt.message_expiry, Duration::from_secs(3600));
+        assert!(!cfg.mqtt.ha_discovery);
+        assert_eq!(cfg.mqtt.ha_prefix, "homeassistant");
+        let cfg = Config::parse(&format!("{MINIMAL}[mqtt]\ntls = true\nprotocol = \"5\"\n"))
+            .expect("tls");
+        assert_eq!(cfg.mqtt.port, 8883);
+        assert_eq!(cfg.mqtt.protocol, MqttProtocol::V5);
+        assert!(cfg.mqtt.tls.is_some());
+    }
+}

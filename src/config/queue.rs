@@ -1,0 +1,110 @@
+//! `[queue]`: the on-disk queue's place, bounds and fsync policy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, DurationStr};
+use super::{invalid, ConfigError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Group commit: every record written together shares one fsync, before publishing.
+    Batch,
+    /// One fsync per record.
+    Always,
+    /// Never fsync (tmpfs / RAM disks): a power cut loses what the kernel had not written.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub on_full: OnFull,
+    pub fsync: FsyncPolicy,
+    /// Size at which a segment file is closed and a new one started.
+    pub segment_bytes: u64,
+    /// Most unpublished records held (None = bounded by `max_bytes` only).
+    pub max_records: Option<u64>,
+    /// Unpublished records older than this are dropped (and counted) instead of published.
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub(super) dir: Option<PathBuf>,
+    max_bytes: Option<ByteSize>,
+    on_full: Option<String>,
+    fsync: Option<String>,
+    segment_bytes: Option<ByteSize>,
+    max_records: Option<u64>,
+    max_age: Option<DurationStr>,
+}
+
+/// Where the queue lives unless `queue.dir` says otherwise (the systemd unit's StateDirectory).
+pub const DEFAULT_QUEUE_DIR: &str = "/var/lib/alert-relay/queue";
+
+pub(super) fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
+    let max_bytes = q.max_bytes.map(|b| b.0).unwrap_or(64 << 20);
+    if max_bytes < 64 << 10 {
+        return Err(invalid("queue.max_bytes", "must be at least 64 KiB"));
+    }
+    let on_full = match q.on_full.as_deref().unwrap_or("drop_oldest") {
+        "drop_oldest" => OnFull::DropOldest,
+        "drop_newest" => OnFull::DropNewest,
+        other => {
+            return Err(invalid(
+                "queue.on_full",
+                format!("{other:?} is not one of \"drop_oldest\", \"drop_newest\""),
+            ))
+        }
+    };
+    let fsync = match q.fsync.as_deref().unwrap_or("batch") {
+        "batch" => FsyncPolicy::Batch,
+        "always" => FsyncPolicy::Always,
+        "never" => FsyncPolicy::Never,
+        other => {
+            return Err(invalid(
+                "queue.fsync",
+                format!("{other:?} is not one of \"batch\", \"always\", \"never\""),
+            ))
+        }
+    };
+    // Segments are deleted whole, so drop_oldest frees at least one segment: keep at least
+    // eight segments within max_bytes, and no segment larger than 4 MiB (cheap to rescan).
+    let default_segment = (max_bytes / 8).clamp(16 << 10, 4 << 20);
+    let segment_bytes = q.segment_bytes.map(|b| b.0).unwrap_or(default_segment);
+    if segment_bytes < 4 << 10 || segment_bytes > max_bytes / 2 {
+        return Err(invalid(
+            "queue.segment_bytes",
+            "must be at least 4 KiB and at most half of queue.max_bytes",
+        ));
+    }
+    // drop_oldest frees whole segments, and segments are capped at max_records / 8 records, so
+    // a bound below 16 would leave segments of one or two records (an fsync'd file each).
+    if q.max_records.is_some_and(|n| n < 16) {
+        return Err(invalid("queue.max_records", "must be at least 16"));
+    }
+    let max_age = q.max_age.map(|d| d.0);
+    if max_age.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(invalid("queue.max_age", "must be at least 1s"));
+    }
+    Ok(QueueConfig {
+        max_records: q.max_records,
+        max_age,
+        dir: q.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_QUEUE_DIR)),
+        max_bytes,
+        on_full,
+        fsync,
+        segment_bytes,
+    })
+}
