@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::units::{ByteSize, DurationStr};
-use super::{invalid, ConfigError, Secret};
+use super::{invalid, ConfigError, Secret, SecretSource};
 
 /// The HTTP listener: `POST /webhook`, `GET /healthz`, `GET /metrics`.
 #[derive(Debug, Clone)]
@@ -15,7 +15,7 @@ pub struct HttpConfig {
     /// Shared webhook token; `None` turns `POST /webhook` off (404), leaving health and metrics.
     pub token: Option<Secret>,
     /// Where the token came from, for `check-config` (`token_env = "NAME"` or `token_file = "PATH"`).
-    pub token_source: Option<(&'static str, String)>,
+    pub token_from: Option<SecretSource>,
     /// Larger webhook bodies get 413 without being read.
     pub max_body_bytes: usize,
     /// Connections open at once; more are answered 503 and closed.
@@ -72,45 +72,21 @@ pub(super) fn validate_http(h: RawHttp) -> Result<Option<HttpConfig>, ConfigErro
             format!("{listen:?} is not an address:port such as \"127.0.0.1:8787\""),
         )
     })?;
-    let (token, token_source) = match (h.token_env, h.token_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "http.token_file",
-                "set either http.token_env or http.token_file, not both",
-            ))
-        }
-        (Some(var), None) => {
-            let v = std::env::var(&var).map_err(|_| {
-                invalid(
-                    "http.token_env",
-                    format!("environment variable {var:?} is not set (or not UTF-8)"),
-                )
-            })?;
-            (Some(v.trim().to_owned()), Some(("token_env", var)))
-        }
-        (None, Some(path)) => {
-            let v = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "http.token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            (
-                Some(v.trim().to_owned()),
-                Some(("token_file", path.display().to_string())),
-            )
-        }
-        (None, None) => (None, None),
-    };
-    if let (Some(t), Some((key, _))) = (&token, &token_source) {
-        // Short tokens can be guessed over the network.
-        if t.len() < 16 {
-            return Err(invalid(
-                format!("http.{key}"),
-                "the token must be at least 16 characters",
-            ));
-        }
-    }
+    let token_from = SecretSource::from_keys("http", "token", h.token_env, h.token_file)?;
+    let token = token_from
+        .as_ref()
+        .map(|from| {
+            let token = from.read_for("http", "token")?;
+            // Short tokens can be guessed over the network.
+            if token.expose().len() < 16 {
+                return Err(invalid(
+                    from.key("http", "token"),
+                    "the token must be at least 16 characters",
+                ));
+            }
+            Ok(token)
+        })
+        .transpose()?;
     let max_body_bytes = h
         .max_body_bytes
         .map(|b| b.0 as usize)
@@ -140,8 +116,8 @@ pub(super) fn validate_http(h: RawHttp) -> Result<Option<HttpConfig>, ConfigErro
     }
     Ok(Some(HttpConfig {
         listen,
-        token: token.map(Secret),
-        token_source,
+        token,
+        token_from,
         max_body_bytes,
         max_connections,
         request_timeout,

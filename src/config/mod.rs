@@ -39,12 +39,12 @@ pub use http::{
 pub use mqtt::{MqttConfig, MqttProtocol, MqttTls, Qos};
 pub use pattern::{parse_pattern, pattern_from_json, Pattern, MIN_PATTERN_STEP};
 pub use queue::{FsyncPolicy, OnFull, QueueConfig, DEFAULT_QUEUE_DIR};
-pub use secret::Secret;
+pub use secret::{Secret, SecretSource};
 pub use source::{
     SourceConfig, SourceMode, TlsConfig, DEFAULT_MAX_FRAME_BYTES, RELAYABLE_CHANNELS,
 };
 pub use units::{fmt_duration, parse_duration};
-pub use videodb::{check_api_id, AlertBinding, ApiKeyOrigin, VideoDbConfig, DEFAULT_API_KEY_ENV};
+pub use videodb::{check_api_id, AlertBinding, VideoDbConfig, DEFAULT_API_KEY_ENV};
 
 use gpio::{validate_gpio, RawGpio, RawRule};
 use http::{validate_http, RawHttp};
@@ -156,8 +156,8 @@ impl Config {
                 let _ = writeln!(out, "api_url = {:?}", redact_url(&v.api_url));
                 // Where the key comes from, never the key.
                 let _ = match &v.api_key_from {
-                    ApiKeyOrigin::Env(name) => writeln!(out, "api_key_env = {name:?}"),
-                    ApiKeyOrigin::File(p) => {
+                    SecretSource::Env(name) => writeln!(out, "api_key_env = {name:?}"),
+                    SecretSource::File(p) => {
                         writeln!(out, "api_key_file = {:?}", p.display().to_string())
                     }
                 };
@@ -349,9 +349,13 @@ impl Config {
         }
         if let Some(h) = &self.http {
             let _ = writeln!(out, "\n[http]\nlisten = \"{}\"", h.listen);
-            if let Some((key, from)) = &h.token_source {
-                let _ = writeln!(out, "{key} = {from:?}");
-            }
+            let _ = match &h.token_from {
+                Some(SecretSource::Env(var)) => writeln!(out, "token_env = {var:?}"),
+                Some(SecretSource::File(p)) => {
+                    writeln!(out, "token_file = {:?}", p.display().to_string())
+                }
+                None => Ok(()),
+            };
             let _ = writeln!(out, "max_body_bytes = {}", h.max_body_bytes);
             let _ = writeln!(out, "max_connections = {}", h.max_connections);
             let _ = writeln!(

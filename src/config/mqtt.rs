@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::units::{ByteSize, DurationStr};
-use super::{checks, identity, invalid, ConfigError, Secret};
+use super::{checks, identity, invalid, ConfigError, Secret, SecretSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Qos {
@@ -35,6 +35,8 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Read from `password_file` or `password_env`; never printed.
     pub password: Option<Secret>,
+    /// Where the password came from, for `check-config`.
+    pub password_from: Option<SecretSource>,
     /// TLS to the broker; `None` = plain TCP.
     pub tls: Option<MqttTls>,
     /// MQTT 5 message expiry of alerts, so stale alerts do not pile up in offline sessions.
@@ -171,31 +173,12 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
             ))
         }
     };
-    let password = match (m.password_file, m.password_env) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "mqtt.password_file",
-                "give either password_file or password_env, not both",
-            ))
-        }
-        (Some(path), None) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "mqtt.password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            // One line; a trailing newline from `echo pw > file` is not part of it.
-            Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()))
-        }
-        (None, Some(var)) => Some(Secret(std::env::var(&var).map_err(|_| {
-            invalid(
-                "mqtt.password_env",
-                format!("environment variable {var} is not set (or not UTF-8)"),
-            )
-        })?)),
-        (None, None) => None,
-    };
+    let password_from =
+        SecretSource::from_keys("mqtt", "password", m.password_env, m.password_file)?;
+    let password = password_from
+        .as_ref()
+        .map(|from| from.read_for("mqtt", "password"))
+        .transpose()?;
     if password.is_some() && m.username.is_none() {
         return Err(invalid(
             "mqtt.username",
@@ -261,6 +244,7 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
         protocol,
         username: m.username,
         password,
+        password_from,
         tls,
         message_expiry,
         max_message_bytes,

@@ -1,14 +1,13 @@
 //! VideoDB mode of `[source]` (no `source.url`): the REST API, its key and the alerts bound
 //! to every new connection.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::source::RawSource;
-use super::{checks, invalid, ConfigError, Secret, DEFAULT_QUEUE_DIR};
+use super::{checks, invalid, ConfigError, Secret, SecretSource, DEFAULT_QUEUE_DIR};
 
 #[derive(Debug, Clone)]
 pub struct VideoDbConfig {
@@ -16,7 +15,7 @@ pub struct VideoDbConfig {
     pub api_url: String,
     pub api_key: Secret,
     /// Where the key came from, for error messages and `check-config`.
-    pub api_key_from: ApiKeyOrigin,
+    pub api_key_from: SecretSource,
     pub collection_id: String,
     pub alerts: Vec<AlertBinding>,
     /// The ids of the alerts this relay created, so they can be disabled after a reconnect
@@ -27,22 +26,6 @@ pub struct VideoDbConfig {
     pub auth_retry: Duration,
     /// Bounds every REST call (connect, TLS, request, response).
     pub request_timeout: Duration,
-}
-
-/// `source.api_key_env` or `source.api_key_file`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiKeyOrigin {
-    Env(String),
-    File(PathBuf),
-}
-
-impl fmt::Display for ApiKeyOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApiKeyOrigin::Env(name) => write!(f, "environment variable {name}"),
-            ApiKeyOrigin::File(p) => write!(f, "file {}", p.display()),
-        }
-    }
 }
 
 /// One `[[source.alerts]]` entry: an event to bind, on one index of one stream.
@@ -106,45 +89,26 @@ pub(super) fn validate_videodb(
         return Err(invalid("source.api_url", why));
     }
     let api_url = api_url.trim_end_matches('/').to_string();
-    let (api_key, api_key_from) = match (&s.api_key_env, &s.api_key_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "source.api_key_file",
-                "give either api_key_env or api_key_file, not both",
-            ))
-        }
-        (_, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "source.api_key_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let key = text.trim();
-            if key.is_empty() {
-                return Err(invalid(
-                    "source.api_key_file",
-                    format!("{} is empty", path.display()),
-                ));
+    let api_key_from = SecretSource::from_keys(
+        "source",
+        "api_key",
+        s.api_key_env.clone(),
+        s.api_key_file.clone(),
+    )?
+    .unwrap_or_else(|| SecretSource::Env(DEFAULT_API_KEY_ENV.into()));
+    let api_key = api_key_from.read().map_err(|why| {
+        let hint = match api_key_from {
+            SecretSource::Env(_) => {
+                " (VideoDB mode needs the API key; or set source.api_key_file, or source.url \
+                 for generic mode)"
             }
-            (Secret::new(key), ApiKeyOrigin::File(path.clone()))
-        }
-        (env, None) => {
-            let name = env.as_deref().unwrap_or(DEFAULT_API_KEY_ENV);
-            let key = std::env::var(name).unwrap_or_default();
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(invalid(
-                    "source.api_key_env",
-                    format!(
-                        "environment variable {name} is not set (VideoDB mode needs the API key; \
-                         or set source.api_key_file, or source.url for generic mode)"
-                    ),
-                ));
-            }
-            (Secret::new(key), ApiKeyOrigin::Env(name.to_string()))
-        }
-    };
+            SecretSource::File(_) => "",
+        };
+        invalid(
+            api_key_from.key("source", "api_key"),
+            format!("{why}{hint}"),
+        )
+    })?;
     let collection_id = s.collection_id.clone().unwrap_or_else(|| "default".into());
     check_api_id("source.collection_id", &collection_id)?;
     let mut alerts = Vec::new();
