@@ -11,7 +11,8 @@ use super::pattern::{validate_pattern, RawPattern};
 use super::units::DurationStr;
 use super::{checks, invalid, ConfigError, Pattern};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GpioBackendKind {
     Rppal,
     Cdev,
@@ -19,7 +20,8 @@ pub enum GpioBackendKind {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     Light,
     Buzzer,
@@ -133,7 +135,7 @@ pub struct GpioConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGpio {
-    backend: Option<String>,
+    backend: Option<GpioBackendKind>,
     sim_trace: Option<PathBuf>,
     #[serde(default)]
     outputs: Vec<RawOutput>,
@@ -167,8 +169,16 @@ pub(super) struct RawOutput {
     offset: Option<u32>,
     #[serde(default)]
     active_low: bool,
-    kind: Option<String>,
+    kind: Option<OutputKind>,
     max_on: Option<DurationStr>,
+}
+
+/// `missing_confidence`: whether an alert without a confidence passes `min_confidence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum MissingConfidence {
+    Skip,
+    Fire,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +187,7 @@ pub(super) struct RawRule {
     name: Option<String>,
     labels: Vec<String>,
     min_confidence: Option<f64>,
-    missing_confidence: Option<String>,
+    missing_confidence: Option<MissingConfidence>,
     output: Option<String>,
     outputs: Option<Vec<String>>,
     pattern: Option<RawPattern>,
@@ -193,18 +203,7 @@ pub(super) fn validate_gpio(
     g: RawGpio,
     raw_rules: impl ExactSizeIterator<Item = Result<RawRule, ConfigError>>,
 ) -> Result<GpioConfig, ConfigError> {
-    let backend = match g.backend.as_deref().unwrap_or("none") {
-        "rppal" => GpioBackendKind::Rppal,
-        "cdev" => GpioBackendKind::Cdev,
-        "sim" => GpioBackendKind::Sim,
-        "none" => GpioBackendKind::None,
-        other => {
-            return Err(invalid(
-                "gpio.backend",
-                format!("{other:?} is not one of \"rppal\", \"cdev\", \"sim\", \"none\""),
-            ))
-        }
-    };
+    let backend = g.backend.unwrap_or(GpioBackendKind::None);
     if g.sim_trace.is_some() && backend != GpioBackendKind::Sim {
         return Err(invalid(
             "gpio.sim_trace",
@@ -254,17 +253,7 @@ pub(super) fn validate_gpio(
                 ));
             }
         }
-        let kind = match o.kind.as_deref().unwrap_or("light") {
-            "light" => OutputKind::Light,
-            "buzzer" => OutputKind::Buzzer,
-            "passive_buzzer" => OutputKind::PassiveBuzzer,
-            other => {
-                return Err(invalid(
-                    key("kind"),
-                    format!("{other:?} is not one of \"light\", \"buzzer\", \"passive_buzzer\""),
-                ))
-            }
-        };
+        let kind = o.kind.unwrap_or(OutputKind::Light);
         let max_on = o.max_on.map(|d| d.0).unwrap_or(Duration::from_secs(30));
         if max_on.is_zero() {
             return Err(invalid(key("max_on"), "must be above zero"));
@@ -311,16 +300,7 @@ pub(super) fn validate_gpio(
         if !(0.0..=1.0).contains(&min_confidence) {
             return Err(invalid(key("min_confidence"), "must be between 0 and 1"));
         }
-        let fire_without_confidence = match r.missing_confidence.as_deref() {
-            None | Some("skip") => false,
-            Some("fire") => true,
-            Some(_) => {
-                return Err(invalid(
-                    key("missing_confidence"),
-                    "must be \"skip\" or \"fire\"",
-                ))
-            }
-        };
+        let fire_without_confidence = r.missing_confidence == Some(MissingConfidence::Fire);
         let wanted: Vec<String> = match (r.output, r.outputs) {
             (Some(o), None) => vec![o],
             (None, Some(os)) if !os.is_empty() => os,

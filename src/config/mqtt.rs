@@ -54,9 +54,11 @@ pub struct MqttConfig {
     pub ha_event_max_age: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum MqttProtocol {
+    #[serde(rename = "3.1.1", alias = "3", alias = "4")]
     V311,
+    #[serde(rename = "5", alias = "5.0")]
     V5,
 }
 
@@ -83,7 +85,7 @@ pub(super) struct RawMqtt {
     stats_interval: Option<DurationStr>,
     backoff_initial: Option<DurationStr>,
     backoff_max: Option<DurationStr>,
-    protocol: Option<String>,
+    protocol: Option<MqttProtocol>,
     username: Option<String>,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
@@ -163,16 +165,7 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
             "must be at least mqtt.backoff_initial, which must be above zero",
         ));
     }
-    let protocol = match m.protocol.as_deref().unwrap_or("3.1.1") {
-        "3.1.1" | "3" | "4" => MqttProtocol::V311,
-        "5" | "5.0" => MqttProtocol::V5,
-        other => {
-            return Err(invalid(
-                "mqtt.protocol",
-                format!("{other:?} is not \"3.1.1\" or \"5\""),
-            ))
-        }
-    };
+    let protocol = m.protocol.unwrap_or(MqttProtocol::V311);
     let password_from =
         SecretSource::from_keys("mqtt", "password", m.password_env, m.password_file)?;
     let password = password_from

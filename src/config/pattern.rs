@@ -30,10 +30,30 @@ pub enum Pattern {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum PatternKind {
+    Solid,
+    Blink,
+    Sequence,
+    Tone,
+}
+
+impl PatternKind {
+    fn name(self) -> &'static str {
+        match self {
+            PatternKind::Solid => "solid",
+            PatternKind::Blink => "blink",
+            PatternKind::Sequence => "sequence",
+            PatternKind::Tone => "tone",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPattern {
-    kind: String,
+    kind: PatternKind,
     duration: Option<DurationStr>,
     on: Option<DurationStr>,
     off: Option<DurationStr>,
@@ -80,14 +100,14 @@ pub(super) fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, Conf
         if present {
             Err(invalid(
                 format!("{key}.{field}"),
-                format!("does not apply to kind = {:?}", p.kind),
+                format!("does not apply to kind = {:?}", p.kind.name()),
             ))
         } else {
             Ok(())
         }
     };
-    match p.kind.as_str() {
-        "solid" => {
+    match p.kind {
+        PatternKind::Solid => {
             unexpected(p.on.is_some() || p.off.is_some(), "on")?;
             unexpected(p.count.is_some(), "count")?;
             unexpected(p.steps.is_some(), "steps")?;
@@ -96,7 +116,7 @@ pub(super) fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, Conf
                 duration: need(p.duration, "duration")?,
             })
         }
-        "blink" => {
+        PatternKind::Blink => {
             unexpected(p.steps.is_some(), "steps")?;
             unexpected(p.frequency.is_some() || p.duty.is_some(), "frequency")?;
             let on = need(p.on, "on")?;
@@ -120,7 +140,7 @@ pub(super) fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, Conf
                 }),
             }
         }
-        "sequence" => {
+        PatternKind::Sequence => {
             unexpected(p.on.is_some() || p.off.is_some(), "on")?;
             unexpected(p.count.is_some(), "count")?;
             unexpected(p.duration.is_some(), "duration")?;
@@ -138,7 +158,7 @@ pub(super) fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, Conf
             }
             Ok(Pattern::Sequence { steps })
         }
-        "tone" => {
+        PatternKind::Tone => {
             unexpected(p.on.is_some() || p.off.is_some(), "on")?;
             unexpected(p.count.is_some(), "count")?;
             unexpected(p.steps.is_some(), "steps")?;
@@ -161,10 +181,6 @@ pub(super) fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, Conf
                 duration: need(p.duration, "duration")?,
             })
         }
-        other => Err(invalid(
-            format!("{key}.kind"),
-            format!("{other:?} is not one of \"solid\", \"blink\", \"sequence\", \"tone\""),
-        )),
     }
 }
 

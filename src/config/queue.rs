@@ -8,13 +8,15 @@ use serde::Deserialize;
 use super::units::{ByteSize, DurationStr};
 use super::{invalid, ConfigError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OnFull {
     DropOldest,
     DropNewest,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Group commit: every record written together shares one fsync, before publishing.
     Batch,
@@ -43,8 +45,8 @@ pub struct QueueConfig {
 pub(super) struct RawQueue {
     pub(super) dir: Option<PathBuf>,
     max_bytes: Option<ByteSize>,
-    on_full: Option<String>,
-    fsync: Option<String>,
+    on_full: Option<OnFull>,
+    fsync: Option<FsyncPolicy>,
     segment_bytes: Option<ByteSize>,
     max_records: Option<u64>,
     max_age: Option<DurationStr>,
@@ -58,27 +60,8 @@ pub(super) fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
     if max_bytes < 64 << 10 {
         return Err(invalid("queue.max_bytes", "must be at least 64 KiB"));
     }
-    let on_full = match q.on_full.as_deref().unwrap_or("drop_oldest") {
-        "drop_oldest" => OnFull::DropOldest,
-        "drop_newest" => OnFull::DropNewest,
-        other => {
-            return Err(invalid(
-                "queue.on_full",
-                format!("{other:?} is not one of \"drop_oldest\", \"drop_newest\""),
-            ))
-        }
-    };
-    let fsync = match q.fsync.as_deref().unwrap_or("batch") {
-        "batch" => FsyncPolicy::Batch,
-        "always" => FsyncPolicy::Always,
-        "never" => FsyncPolicy::Never,
-        other => {
-            return Err(invalid(
-                "queue.fsync",
-                format!("{other:?} is not one of \"batch\", \"always\", \"never\""),
-            ))
-        }
-    };
+    let on_full = q.on_full.unwrap_or(OnFull::DropOldest);
+    let fsync = q.fsync.unwrap_or(FsyncPolicy::Batch);
     // Segments are deleted whole, so drop_oldest frees at least one segment: keep at least
     // eight segments within max_bytes, and no segment larger than 4 MiB (cheap to rescan).
     let default_segment = (max_bytes / 8).clamp(16 << 10, 4 << 20);
