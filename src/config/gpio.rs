@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::pattern::{validate_pattern, RawPattern};
-use super::units::DurationStr;
+use super::units::{bounded, DurationStr};
 use super::{checks, invalid, ConfigError, Pattern};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -254,10 +254,13 @@ pub(super) fn validate_gpio(
             }
         }
         let kind = o.kind.unwrap_or(OutputKind::Light);
-        let max_on = o.max_on.map(|d| d.0).unwrap_or(Duration::from_secs(30));
-        if max_on.is_zero() {
-            return Err(invalid(key("max_on"), "must be above zero"));
-        }
+        let max_on = bounded(
+            &key("max_on"),
+            o.max_on,
+            Duration::from_secs(30),
+            ABOVE_ZERO,
+            "must be above zero",
+        )?;
         outputs.push(OutputConfig {
             name: o.name,
             pin: o.pin,
@@ -296,10 +299,13 @@ pub(super) fn validate_gpio(
                 "needs at least one non-empty label or glob",
             ));
         }
-        let min_confidence = r.min_confidence.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&min_confidence) {
-            return Err(invalid(key("min_confidence"), "must be between 0 and 1"));
-        }
+        let min_confidence = bounded(
+            &key("min_confidence"),
+            r.min_confidence,
+            0.0,
+            0.0..=1.0,
+            "must be between 0 and 1",
+        )?;
         let fire_without_confidence = r.missing_confidence == Some(MissingConfidence::Fire);
         let wanted: Vec<String> = match (r.output, r.outputs) {
             (Some(o), None) => vec![o],
@@ -352,13 +358,13 @@ pub(super) fn validate_gpio(
                     .map_err(|e| invalid(format!("gpio.rules[{i}].quiet_hours[{j}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let max_age = r.max_age.map(|d| d.0).unwrap_or(Duration::from_secs(30));
-        if max_age.is_zero() {
-            return Err(invalid(
-                key("max_age"),
-                "must be above zero (a zero max_age would drop every alert)",
-            ));
-        }
+        let max_age = bounded(
+            &key("max_age"),
+            r.max_age,
+            Duration::from_secs(30),
+            ABOVE_ZERO,
+            "must be above zero (a zero max_age would drop every alert)",
+        )?;
         let audible = idx
             .iter()
             .map(|&o| outputs[o].kind != OutputKind::Light)
@@ -371,7 +377,7 @@ pub(super) fn validate_gpio(
             outputs: idx,
             pattern,
             priority: r.priority.unwrap_or(0),
-            cooldown: r.cooldown.map(|d| d.0).unwrap_or(Duration::ZERO),
+            cooldown: r.cooldown.map_or(Duration::ZERO, Duration::from),
             max_age,
             rtstream_id: r.rtstream_id,
             quiet_hours,
@@ -422,6 +428,9 @@ fn is_entity_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Any duration but zero.
+const ABOVE_ZERO: std::ops::RangeFrom<Duration> = Duration::from_nanos(1)..;
+
 /// Default acknowledge-button debounce: longer than the bounce of common tactile switches
 /// (a few ms), far shorter than a deliberate press.
 pub const DEFAULT_ACK_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -451,10 +460,13 @@ pub(super) fn validate_ack_button(
             format!("{p} is not a BCM GPIO number (0-53)"),
         ));
     }
-    let debounce = b.debounce.map(|d| d.0).unwrap_or(DEFAULT_ACK_DEBOUNCE);
-    if debounce > Duration::from_secs(1) {
-        return Err(invalid("gpio.ack_button.debounce", "must be at most 1s"));
-    }
+    let debounce = bounded(
+        "gpio.ack_button.debounce",
+        b.debounce,
+        DEFAULT_ACK_DEBOUNCE,
+        ..=Duration::from_secs(1),
+        "must be at most 1s",
+    )?;
     Ok(AckButton {
         pin: b.pin,
         line: b.line,

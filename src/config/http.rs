@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::{ByteSize, DurationStr};
+use super::units::{bounded, ByteSize, DurationStr};
 use super::{invalid, ConfigError, Secret, SecretSource};
 
 /// The HTTP listener: `POST /webhook`, `GET /healthz`, `GET /metrics`.
@@ -87,33 +87,27 @@ pub(super) fn validate_http(h: RawHttp) -> Result<Option<HttpConfig>, ConfigErro
             Ok(token)
         })
         .transpose()?;
-    let max_body_bytes = h
-        .max_body_bytes
-        .map(|b| b.0 as usize)
-        .unwrap_or(DEFAULT_HTTP_MAX_BODY_BYTES);
-    if !(256..=1 << 20).contains(&max_body_bytes) {
-        return Err(invalid(
-            "http.max_body_bytes",
-            "must be between 256 B and 1 MiB (the queue's record limit)",
-        ));
-    }
-    let max_connections = h.max_connections.unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
-    if !(1..=1024).contains(&max_connections) {
-        return Err(invalid(
-            "http.max_connections",
-            "must be between 1 and 1024",
-        ));
-    }
-    let request_timeout = h
-        .request_timeout
-        .map(|d| d.0)
-        .unwrap_or(DEFAULT_HTTP_REQUEST_TIMEOUT);
-    if request_timeout < Duration::from_millis(100) || request_timeout > Duration::from_secs(300) {
-        return Err(invalid(
-            "http.request_timeout",
-            "must be between 100ms and 5m",
-        ));
-    }
+    let max_body_bytes = bounded(
+        "http.max_body_bytes",
+        h.max_body_bytes,
+        DEFAULT_HTTP_MAX_BODY_BYTES,
+        256..=1 << 20,
+        "must be between 256 B and 1 MiB (the queue's record limit)",
+    )?;
+    let max_connections = bounded(
+        "http.max_connections",
+        h.max_connections,
+        DEFAULT_HTTP_MAX_CONNECTIONS,
+        1..=1024,
+        "must be between 1 and 1024",
+    )?;
+    let request_timeout = bounded(
+        "http.request_timeout",
+        h.request_timeout,
+        DEFAULT_HTTP_REQUEST_TIMEOUT,
+        Duration::from_millis(100)..=Duration::from_secs(300),
+        "must be between 100ms and 5m",
+    )?;
     Ok(Some(HttpConfig {
         listen,
         token,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::{ByteSize, DurationStr};
+use super::units::{backoff_pair, bounded, bounded_opt, ByteSize, DurationStr};
 use super::{checks, identity, invalid, ConfigError, Secret, SecretSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +107,7 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     if let Some(why) = checks::topic_prefix_problem(&topic_prefix) {
         return Err(invalid("mqtt.topic_prefix", why));
     }
-    if m.port == Some(0) {
-        return Err(invalid("mqtt.port", "must be 1 to 65535"));
-    }
+    let port = bounded_opt("mqtt.port", m.port, 1.., "must be 1 to 65535")?;
     let qos = match m.qos.unwrap_or(1) {
         0 => Qos::AtMostOnce,
         1 => Qos::AtLeastOnce,
@@ -130,41 +128,37 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     if client_id.is_empty() || client_id.len() > 128 {
         return Err(invalid("mqtt.client_id", "must be 1 to 128 characters"));
     }
-    let max_inflight = m.max_inflight.unwrap_or(64);
-    if max_inflight == 0 {
-        return Err(invalid("mqtt.max_inflight", "must be at least 1"));
-    }
-    if m.max_publish_rate == Some(0) {
-        return Err(invalid(
-            "mqtt.max_publish_rate",
-            "must be at least 1 (leave it out for no limit)",
-        ));
-    }
-    let keep_alive = m.keep_alive.map(|d| d.0).unwrap_or(Duration::from_secs(30));
-    if keep_alive < Duration::from_secs(1) {
-        return Err(invalid("mqtt.keep_alive", "must be at least 1s"));
-    }
-    let stats_interval = m
-        .stats_interval
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(60));
-    if stats_interval < Duration::from_secs(1) {
-        return Err(invalid("mqtt.stats_interval", "must be at least 1s"));
-    }
-    let backoff_initial = m
-        .backoff_initial
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_millis(250));
-    let backoff_max = m
-        .backoff_max
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(30));
-    if backoff_initial.is_zero() || backoff_max < backoff_initial {
-        return Err(invalid(
-            "mqtt.backoff_max",
-            "must be at least mqtt.backoff_initial, which must be above zero",
-        ));
-    }
+    let max_inflight = bounded(
+        "mqtt.max_inflight",
+        m.max_inflight,
+        64,
+        1..,
+        "must be at least 1",
+    )?;
+    let max_publish_rate = bounded_opt(
+        "mqtt.max_publish_rate",
+        m.max_publish_rate,
+        1..,
+        "must be at least 1 (leave it out for no limit)",
+    )?;
+    let at_least_1s = |key: &str, value: Option<DurationStr>, default: u64| {
+        let default = Duration::from_secs(default);
+        bounded(
+            key,
+            value,
+            default,
+            Duration::from_secs(1)..,
+            "must be at least 1s",
+        )
+    };
+    let keep_alive = at_least_1s("mqtt.keep_alive", m.keep_alive, 30)?;
+    let stats_interval = at_least_1s("mqtt.stats_interval", m.stats_interval, 60)?;
+    let (backoff_initial, backoff_max) = backoff_pair(
+        "mqtt",
+        m.backoff_initial,
+        m.backoff_max,
+        (Duration::from_millis(250), Duration::from_secs(30)),
+    )?;
     let protocol = m.protocol.unwrap_or(MqttProtocol::V311);
     let password_from =
         SecretSource::from_keys("mqtt", "password", m.password_env, m.password_file)?;
@@ -197,20 +191,19 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
         client_cert: m.client_cert,
         client_key: m.client_key,
     });
-    let message_expiry = m
-        .message_expiry
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(3600));
-    if message_expiry < Duration::from_secs(1) || message_expiry.as_secs() > u32::MAX as u64 {
-        return Err(invalid(
-            "mqtt.message_expiry",
-            "must be between 1s and about 136 years",
-        ));
-    }
-    let max_message_bytes = m.max_message_bytes.map(|b| b.0 as usize);
-    if max_message_bytes.is_some_and(|b| b < 64) {
-        return Err(invalid("mqtt.max_message_bytes", "must be at least 64 B"));
-    }
+    let message_expiry = bounded(
+        "mqtt.message_expiry",
+        m.message_expiry,
+        Duration::from_secs(3600),
+        Duration::from_secs(1)..=Duration::from_secs(u32::MAX.into()),
+        "must be between 1s and about 136 years",
+    )?;
+    let max_message_bytes = bounded_opt(
+        "mqtt.max_message_bytes",
+        m.max_message_bytes,
+        64..,
+        "must be at least 64 B",
+    )?;
     let ha_prefix = m.ha_prefix.unwrap_or_else(|| "homeassistant".into());
     if ha_prefix.is_empty() || ha_prefix.contains(['+', '#', '\0']) {
         return Err(invalid(
@@ -224,13 +217,13 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
     }
     Ok(MqttConfig {
         host,
-        port: m.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+        port: port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
         client_id,
         topic_prefix,
         qos,
         keep_alive,
         max_inflight,
-        max_publish_rate: m.max_publish_rate,
+        max_publish_rate,
         stats_interval,
         backoff_initial,
         backoff_max,
@@ -247,8 +240,7 @@ pub(super) fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig, ConfigError> {
         ha_device_name: m.ha_device_name.filter(|n| !n.trim().is_empty()),
         ha_event_max_age: m
             .ha_event_max_age
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(120)),
+            .map_or(Duration::from_secs(120), Duration::from),
     })
 }
 

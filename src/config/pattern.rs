@@ -1,11 +1,12 @@
 //! Output patterns (`solid`, `blink`, `sequence`, `tone`): in rules, `[gpio.patterns]`,
 //! `test-output --pattern` and the MQTT `cmd/test` payload.
 
+use std::ops::Bound;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::DurationStr;
+use super::units::{bounded, DurationStr};
 use super::{invalid, ConfigError};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,13 +169,13 @@ pub(super) fn validate_pattern(p: RawPattern, key: &str) -> Result<Pattern, Conf
                 .ok_or_else(|| {
                     invalid(format!("{key}.frequency"), "is required, 20 to 20000 Hz")
                 })?;
-            let duty = p.duty.unwrap_or(0.5);
-            if !(duty > 0.0 && duty < 1.0) {
-                return Err(invalid(
-                    format!("{key}.duty"),
-                    "must be between 0 and 1 (exclusive)",
-                ));
-            }
+            let duty = bounded(
+                &format!("{key}.duty"),
+                p.duty,
+                0.5,
+                (Bound::Excluded(0.0), Bound::Excluded(1.0)),
+                "must be between 0 and 1 (exclusive)",
+            )?;
             Ok(Pattern::Tone {
                 frequency,
                 duty,

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::units::{bounded, bounded_opt};
 use super::units::{ByteSize, DurationStr};
-use super::{invalid, ConfigError};
+use super::ConfigError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,33 +57,41 @@ pub(super) struct RawQueue {
 pub const DEFAULT_QUEUE_DIR: &str = "/var/lib/alert-relay/queue";
 
 pub(super) fn validate_queue(q: RawQueue) -> Result<QueueConfig, ConfigError> {
-    let max_bytes = q.max_bytes.map(|b| b.0).unwrap_or(64 << 20);
-    if max_bytes < 64 << 10 {
-        return Err(invalid("queue.max_bytes", "must be at least 64 KiB"));
-    }
+    let max_bytes = bounded(
+        "queue.max_bytes",
+        q.max_bytes,
+        64 << 20,
+        64 << 10..,
+        "must be at least 64 KiB",
+    )?;
     let on_full = q.on_full.unwrap_or(OnFull::DropOldest);
     let fsync = q.fsync.unwrap_or(FsyncPolicy::Batch);
     // Segments are deleted whole, so drop_oldest frees at least one segment: keep at least
     // eight segments within max_bytes, and no segment larger than 4 MiB (cheap to rescan).
     let default_segment = (max_bytes / 8).clamp(16 << 10, 4 << 20);
-    let segment_bytes = q.segment_bytes.map(|b| b.0).unwrap_or(default_segment);
-    if segment_bytes < 4 << 10 || segment_bytes > max_bytes / 2 {
-        return Err(invalid(
-            "queue.segment_bytes",
-            "must be at least 4 KiB and at most half of queue.max_bytes",
-        ));
-    }
+    let segment_bytes = bounded(
+        "queue.segment_bytes",
+        q.segment_bytes,
+        default_segment,
+        4 << 10..=max_bytes / 2,
+        "must be at least 4 KiB and at most half of queue.max_bytes",
+    )?;
     // drop_oldest frees whole segments, and segments are capped at max_records / 8 records, so
     // a bound below 16 would leave segments of one or two records (an fsync'd file each).
-    if q.max_records.is_some_and(|n| n < 16) {
-        return Err(invalid("queue.max_records", "must be at least 16"));
-    }
-    let max_age = q.max_age.map(|d| d.0);
-    if max_age.is_some_and(|d| d < Duration::from_secs(1)) {
-        return Err(invalid("queue.max_age", "must be at least 1s"));
-    }
+    let max_records = bounded_opt(
+        "queue.max_records",
+        q.max_records,
+        16..,
+        "must be at least 16",
+    )?;
+    let max_age = bounded_opt(
+        "queue.max_age",
+        q.max_age,
+        Duration::from_secs(1)..,
+        "must be at least 1s",
+    )?;
     Ok(QueueConfig {
-        max_records: q.max_records,
+        max_records,
         max_age,
         dir: q.dir.unwrap_or_else(|| PathBuf::from(DEFAULT_QUEUE_DIR)),
         max_bytes,

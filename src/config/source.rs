@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::{ByteSize, DurationStr};
+use super::units::{backoff_pair, bounded, ByteSize, DurationStr};
 use super::videodb::{validate_videodb, RawAlertBinding, VideoDbConfig};
 use super::{checks, invalid, ConfigError, Secret};
 
@@ -99,6 +99,9 @@ pub(super) struct RawSource {
     pub(super) transcript_interim: Option<bool>,
 }
 
+/// Shortest connect, ping, pong and REST timeout: below it a slow link never connects.
+pub(super) const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Largest frame the relay accepts by default: VideoDB alerts are well under 2 KiB; 64 KiB leaves
 /// room for verbose explanations without letting one frame balloon memory.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -107,57 +110,31 @@ pub(super) fn validate_source(
     s: RawSource,
     queue_dir: Option<&Path>,
 ) -> Result<SourceConfig, ConfigError> {
-    let max_frame_bytes = s
-        .max_frame_bytes
-        .map(|b| b.0 as usize)
-        .unwrap_or(DEFAULT_MAX_FRAME_BYTES);
-    if !(256..=16 << 20).contains(&max_frame_bytes) {
-        return Err(invalid(
-            "source.max_frame_bytes",
-            "must be between 256 B and 16 MiB",
-        ));
-    }
-    let backoff_initial = s
-        .backoff_initial
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_millis(500));
-    let backoff_max = s
-        .backoff_max
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(30));
-    if backoff_initial.is_zero() || backoff_max < backoff_initial {
-        return Err(invalid(
-            "source.backoff_max",
-            "must be at least source.backoff_initial, which must be above zero",
-        ));
-    }
-    let connect_timeout = s
-        .connect_timeout
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(10));
-    if connect_timeout < Duration::from_millis(100) {
-        return Err(invalid("source.connect_timeout", "must be at least 100ms"));
-    }
+    let max_frame_bytes = bounded(
+        "source.max_frame_bytes",
+        s.max_frame_bytes,
+        DEFAULT_MAX_FRAME_BYTES,
+        256..=16 << 20,
+        "must be between 256 B and 16 MiB",
+    )?;
+    let (backoff_initial, backoff_max) = backoff_pair(
+        "source",
+        s.backoff_initial,
+        s.backoff_max,
+        (Duration::from_millis(500), Duration::from_secs(30)),
+    )?;
+    let at_least_100ms = |key: &str, value: Option<DurationStr>, default: u64| {
+        let default = Duration::from_secs(default);
+        bounded(key, value, default, MIN_TIMEOUT.., "must be at least 100ms")
+    };
+    let connect_timeout = at_least_100ms("source.connect_timeout", s.connect_timeout, 10)?;
     // 20 s keeps NAT and Wi-Fi middleboxes from forgetting an idle connection and is the
     // only timer an idle relay runs; 10 s for the pong covers a slow link's round trip.
-    let ping_interval = s
-        .ping_interval
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(20));
-    let pong_timeout = s
-        .pong_timeout
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(10));
-    if ping_interval < Duration::from_millis(100) {
-        return Err(invalid("source.ping_interval", "must be at least 100ms"));
-    }
-    if pong_timeout < Duration::from_millis(100) {
-        return Err(invalid("source.pong_timeout", "must be at least 100ms"));
-    }
+    let ping_interval = at_least_100ms("source.ping_interval", s.ping_interval, 20)?;
+    let pong_timeout = at_least_100ms("source.pong_timeout", s.pong_timeout, 10)?;
     let stable_after = s
         .stable_after
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(30));
+        .map_or(Duration::from_secs(30), Duration::from);
     let tls = validate_tls(s.ca_file.clone(), s.builtin_roots, s.insecure_skip_verify)?;
     let (channels, durable_channels) =
         validate_channels(s.channels.clone(), s.durable_channels.clone())?;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::source::RawSource;
+use super::source::{RawSource, MIN_TIMEOUT};
+use super::units::bounded;
 use super::{checks, invalid, ConfigError, Secret, SecretSource, DEFAULT_QUEUE_DIR};
 
 #[derive(Debug, Clone)]
@@ -146,20 +147,20 @@ pub(super) fn validate_videodb(
             .unwrap_or(Path::new("."))
             .join("videodb-alerts.json")
     });
-    let auth_retry = s
-        .auth_retry
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(300));
-    if auth_retry < Duration::from_secs(1) {
-        return Err(invalid("source.auth_retry", "must be at least 1s"));
-    }
-    let request_timeout = s
-        .request_timeout
-        .map(|d| d.0)
-        .unwrap_or(Duration::from_secs(15));
-    if request_timeout < Duration::from_millis(100) {
-        return Err(invalid("source.request_timeout", "must be at least 100ms"));
-    }
+    let auth_retry = bounded(
+        "source.auth_retry",
+        s.auth_retry,
+        Duration::from_secs(300),
+        Duration::from_secs(1)..,
+        "must be at least 1s",
+    )?;
+    let request_timeout = bounded(
+        "source.request_timeout",
+        s.request_timeout,
+        Duration::from_secs(15),
+        MIN_TIMEOUT..,
+        "must be at least 100ms",
+    )?;
     Ok(VideoDbConfig {
         api_url,
         api_key,
