@@ -5,13 +5,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::pattern::{validate_pattern, RawPattern};
 use super::units::{bounded, DurationStr};
-use super::{checks, invalid, ConfigError, Pattern};
+use super::{checks, invalid, print, ConfigError, Pattern};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GpioBackendKind {
     Rppal,
@@ -20,7 +20,7 @@ pub enum GpioBackendKind {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     Light,
@@ -28,7 +28,7 @@ pub enum OutputKind {
     PassiveBuzzer,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OutputConfig {
     pub name: String,
     /// BCM pin number (rppal).
@@ -40,6 +40,7 @@ pub struct OutputConfig {
     pub offset: Option<u32>,
     pub active_low: bool,
     pub kind: OutputKind,
+    #[serde(serialize_with = "print::duration")]
     pub max_on: Duration,
 }
 
@@ -100,7 +101,7 @@ impl fmt::Display for QuietWindow {
 }
 
 /// An input pin that silences every active pattern when pressed (an acknowledge button).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AckButton {
     /// BCM number (rppal).
     pub pin: Option<u8>,
@@ -112,24 +113,84 @@ pub struct AckButton {
     /// Pressed pulls the pin low (the usual button to ground with a pull-up).
     pub active_low: bool,
     /// Contact bounce shorter than this is ignored.
+    #[serde(serialize_with = "print::duration")]
     pub debounce: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct GpioConfig {
     pub backend: GpioBackendKind,
     pub sim_trace: Option<PathBuf>,
     pub outputs: Vec<OutputConfig>,
     /// Shared, not copied, by the rule engine and the publisher: 10,000 rules are megabytes.
+    /// Printed by [`print_gpio`], with their outputs by name.
+    #[serde(skip)]
     pub rules: std::sync::Arc<Vec<RuleConfig>>,
     pub ack_button: Option<AckButton>,
     /// Named patterns (`[gpio.patterns]`) that commands and Home Assistant (siren tones, light
     /// effects) pick by name, sorted by name.
+    #[serde(serialize_with = "print::named")]
     pub patterns: Vec<(String, Pattern)>,
     /// Priority of manual commands (`outputs/{name}/set`) against rule patterns.
     pub manual_priority: i32,
     /// Whether a snooze also keeps lights dark (else only buzzers are snoozed).
     pub snooze_lights: bool,
+}
+
+/// `[gpio]` as `check-config` prints it: its keys, and the rules with their outputs by name.
+pub(super) fn print_gpio<S: Serializer>(g: &GpioConfig, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Printed<'a> {
+        #[serde(flatten)]
+        gpio: &'a GpioConfig,
+        rules: Vec<PrintedRule<'a>>,
+    }
+    let rules = g.rules.iter().map(|r| PrintedRule::new(r, &g.outputs));
+    Printed {
+        gpio: g,
+        rules: rules.collect(),
+    }
+    .serialize(s)
+}
+
+/// One `[[gpio.rules]]` table as written: a view of a [`RuleConfig`].
+#[derive(Serialize)]
+struct PrintedRule<'a> {
+    name: &'a Option<String>,
+    labels: &'a [String],
+    min_confidence: f64,
+    missing_confidence: Option<MissingConfidence>,
+    outputs: Vec<&'a str>,
+    pattern: &'a Pattern,
+    priority: i32,
+    #[serde(serialize_with = "print::duration")]
+    cooldown: Duration,
+    #[serde(serialize_with = "print::duration")]
+    max_age: Duration,
+    rtstream_id: &'a Option<String>,
+    quiet_hours: Vec<String>,
+}
+
+impl<'a> PrintedRule<'a> {
+    fn new(r: &'a RuleConfig, outputs: &'a [OutputConfig]) -> PrintedRule<'a> {
+        PrintedRule {
+            name: &r.name,
+            labels: &r.labels,
+            min_confidence: r.min_confidence,
+            missing_confidence: r.fire_without_confidence.then_some(MissingConfidence::Fire),
+            outputs: r
+                .outputs
+                .iter()
+                .map(|&i| outputs[i].name.as_str())
+                .collect(),
+            pattern: &r.pattern,
+            priority: r.priority,
+            cooldown: r.cooldown,
+            max_age: r.max_age,
+            rtstream_id: &r.rtstream_id,
+            quiet_hours: r.quiet_hours.iter().map(|w| w.to_string()).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,7 +235,7 @@ pub(super) struct RawOutput {
 }
 
 /// `missing_confidence`: whether an alert without a confidence passes `min_confidence`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum MissingConfidence {
     Skip,

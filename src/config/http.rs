@@ -3,18 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::units::{bounded, ByteSize, DurationStr};
-use super::{invalid, ConfigError, Secret, SecretSource};
+use super::{invalid, print, secret, ConfigError, Secret, SecretSource};
 
 /// The HTTP listener: `POST /webhook`, `GET /healthz`, `GET /metrics`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HttpConfig {
     pub listen: std::net::SocketAddr,
     /// Shared webhook token; `None` turns `POST /webhook` off (404), leaving health and metrics.
+    #[serde(skip)]
     pub token: Option<Secret>,
     /// Where the token came from, for `check-config` (`token_env = "NAME"` or `token_file = "PATH"`).
+    #[serde(flatten, serialize_with = "secret::print_token")]
     pub token_from: Option<SecretSource>,
     /// Larger webhook bodies get 413 without being read.
     pub max_body_bytes: usize,
@@ -22,6 +24,7 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Time a client has to send a request's headers (also the keep-alive idle limit) and,
     /// separately, its body: slow clients are cut off.
+    #[serde(serialize_with = "print::duration")]
     pub request_timeout: Duration,
 }
 

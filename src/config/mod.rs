@@ -7,10 +7,9 @@
 //!
 //! Every error names the key (`queue.max_bytes`, `gpio.rules[1].output`) and the reason.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod checks;
 mod gpio;
@@ -19,6 +18,7 @@ mod identity;
 mod mqtt;
 mod pattern;
 mod pieces;
+mod print;
 mod queue;
 mod secret;
 mod sections;
@@ -38,6 +38,7 @@ pub use http::{
 };
 pub use mqtt::{MqttConfig, MqttProtocol, MqttTls, Qos};
 pub use pattern::{parse_pattern, pattern_from_json, Pattern, MIN_PATTERN_STEP};
+pub use print::redact_url;
 pub use queue::{FsyncPolicy, OnFull, QueueConfig, DEFAULT_QUEUE_DIR};
 pub use secret::{Secret, SecretSource};
 pub use source::{
@@ -72,11 +73,12 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The validated configuration, one field per section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub source: SourceConfig,
     pub queue: QueueConfig,
     pub mqtt: MqttConfig,
+    #[serde(serialize_with = "gpio::print_gpio")]
     pub gpio: GpioConfig,
     /// `None` when `[http] listen` is absent: no HTTP server.
     pub http: Option<HttpConfig>,
@@ -132,293 +134,11 @@ impl Config {
         validate(raw, rules.into_iter().map(Ok))
     }
 
-    /// The resolved config as TOML, for `check-config`. Secrets never appear in it.
+    /// The resolved config as TOML, for `check-config`. Secrets never appear in it: each
+    /// shows where it comes from (see `print`).
     pub fn redacted_toml(&self) -> String {
-        let mut out = String::new();
-        let s = &self.source;
-        let q = &self.queue;
-        let m = &self.mqtt;
-        let g = &self.gpio;
-        use fmt::Write;
-        let _ = writeln!(out, "[source]");
-        match &s.mode {
-            SourceMode::Generic { url, headers } => {
-                let _ = writeln!(out, "url = {:?}", redact_url(url));
-                if !headers.is_empty() {
-                    let h: Vec<String> = headers
-                        .iter()
-                        .map(|(k, _)| format!("{k:?} = \"<redacted>\""))
-                        .collect();
-                    let _ = writeln!(out, "headers = {{ {} }}", h.join(", "));
-                }
-            }
-            SourceMode::VideoDb(v) => {
-                let _ = writeln!(out, "api_url = {:?}", redact_url(&v.api_url));
-                // Where the key comes from, never the key.
-                let _ = match &v.api_key_from {
-                    SecretSource::Env(name) => writeln!(out, "api_key_env = {name:?}"),
-                    SecretSource::File(p) => {
-                        writeln!(out, "api_key_file = {:?}", p.display().to_string())
-                    }
-                };
-                let _ = writeln!(out, "collection_id = {:?}", v.collection_id);
-                let _ = writeln!(out, "state_file = {:?}", v.state_file.display().to_string());
-                let _ = writeln!(out, "auth_retry = \"{}\"", fmt_duration(v.auth_retry));
-                let _ = writeln!(
-                    out,
-                    "request_timeout = \"{}\"",
-                    fmt_duration(v.request_timeout)
-                );
-            }
-        }
-        if let Some(ca) = &s.tls.ca_file {
-            let _ = writeln!(out, "ca_file = {:?}", ca.display().to_string());
-        }
-        let _ = writeln!(out, "builtin_roots = {}", s.tls.builtin_roots);
-        if s.tls.insecure_skip_verify {
-            let _ = writeln!(
-                out,
-                "insecure_skip_verify = true   # WARNING: certificates are not checked"
-            );
-        }
-        let _ = writeln!(out, "ping_interval = \"{}\"", fmt_duration(s.ping_interval));
-        let _ = writeln!(out, "pong_timeout = \"{}\"", fmt_duration(s.pong_timeout));
-        let _ = writeln!(out, "stable_after = \"{}\"", fmt_duration(s.stable_after));
-        let _ = writeln!(out, "channels = {:?}", s.channels);
-        let _ = writeln!(out, "durable_channels = {:?}", s.durable_channels);
-        let _ = writeln!(out, "transcript_interim = {}", s.transcript_interim);
-        let _ = writeln!(out, "max_frame_bytes = {}", s.max_frame_bytes);
-        let _ = writeln!(
-            out,
-            "connect_timeout = \"{}\"",
-            fmt_duration(s.connect_timeout)
-        );
-        let _ = writeln!(
-            out,
-            "backoff_initial = \"{}\"",
-            fmt_duration(s.backoff_initial)
-        );
-        let _ = writeln!(out, "backoff_max = \"{}\"", fmt_duration(s.backoff_max));
-        if let SourceMode::VideoDb(v) = &s.mode {
-            for a in &v.alerts {
-                let _ = writeln!(
-                    out,
-                    "\n[[source.alerts]]\nrtstream_id = {:?}\nindex_id = {:?}\nevent_id = {:?}",
-                    a.rtstream_id, a.index_id, a.event_id
-                );
-                if let Some(u) = &a.callback_url {
-                    let _ = writeln!(out, "callback_url = {:?}", redact_url(u));
-                }
-            }
-        }
-        let _ = writeln!(out, "\n[queue]\ndir = {:?}", q.dir.display().to_string());
-        let _ = writeln!(out, "max_bytes = {}", q.max_bytes);
-        let _ = writeln!(
-            out,
-            "on_full = \"{}\"",
-            match q.on_full {
-                OnFull::DropOldest => "drop_oldest",
-                OnFull::DropNewest => "drop_newest",
-            }
-        );
-        let _ = writeln!(
-            out,
-            "fsync = \"{}\"",
-            match q.fsync {
-                FsyncPolicy::Batch => "batch",
-                FsyncPolicy::Always => "always",
-                FsyncPolicy::Never => "never",
-            }
-        );
-        let _ = writeln!(out, "segment_bytes = {}", q.segment_bytes);
-        if let Some(n) = q.max_records {
-            let _ = writeln!(out, "max_records = {n}");
-        }
-        if let Some(d) = q.max_age {
-            let _ = writeln!(out, "max_age = \"{}\"", fmt_duration(d));
-        }
-        let _ = writeln!(out, "\n[mqtt]\nhost = {:?}\nport = {}", m.host, m.port);
-        let _ = writeln!(
-            out,
-            "client_id = {:?}\ntopic_prefix = {:?}",
-            m.client_id, m.topic_prefix
-        );
-        let _ = writeln!(out, "qos = {}", m.qos as u8);
-        let _ = writeln!(out, "keep_alive = \"{}\"", fmt_duration(m.keep_alive));
-        let _ = writeln!(out, "max_inflight = {}", m.max_inflight);
-        if let Some(r) = m.max_publish_rate {
-            let _ = writeln!(out, "max_publish_rate = {r}");
-        }
-        let _ = writeln!(
-            out,
-            "stats_interval = \"{}\"",
-            fmt_duration(m.stats_interval)
-        );
-        write_mqtt_extras(&mut out, m);
-        let _ = writeln!(
-            out,
-            "\n[gpio]\nbackend = \"{}\"",
-            match g.backend {
-                GpioBackendKind::Rppal => "rppal",
-                GpioBackendKind::Cdev => "cdev",
-                GpioBackendKind::Sim => "sim",
-                GpioBackendKind::None => "none",
-            }
-        );
-        if let Some(t) = &g.sim_trace {
-            let _ = writeln!(out, "sim_trace = {:?}", t.display().to_string());
-        }
-        let _ = writeln!(out, "manual_priority = {}", g.manual_priority);
-        let _ = writeln!(out, "snooze_lights = {}", g.snooze_lights);
-        for o in &g.outputs {
-            let _ = writeln!(out, "\n[[gpio.outputs]]\nname = {:?}", o.name);
-            if let Some(p) = o.pin {
-                let _ = writeln!(out, "pin = {p}");
-            }
-            if let Some(l) = &o.line {
-                let _ = writeln!(out, "line = {l:?}");
-            }
-            if let Some(c) = &o.chip {
-                let _ = writeln!(out, "chip = {c:?}");
-            }
-            if let Some(off) = o.offset {
-                let _ = writeln!(out, "offset = {off}");
-            }
-            let _ = writeln!(out, "active_low = {}", o.active_low);
-            let _ = writeln!(
-                out,
-                "kind = \"{}\"",
-                match o.kind {
-                    OutputKind::Light => "light",
-                    OutputKind::Buzzer => "buzzer",
-                    OutputKind::PassiveBuzzer => "passive_buzzer",
-                }
-            );
-            let _ = writeln!(out, "max_on = \"{}\"", fmt_duration(o.max_on));
-        }
-        for r in g.rules.iter() {
-            let names: Vec<&str> = r
-                .outputs
-                .iter()
-                .map(|&i| g.outputs[i].name.as_str())
-                .collect();
-            let _ = writeln!(out, "\n[[gpio.rules]]\nlabels = {:?}", r.labels);
-            if let Some(n) = &r.name {
-                let _ = writeln!(out, "name = {n:?}");
-            }
-            let _ = writeln!(out, "min_confidence = {}", r.min_confidence);
-            if r.fire_without_confidence {
-                let _ = writeln!(out, "missing_confidence = \"fire\"");
-            }
-            let _ = writeln!(out, "outputs = {names:?}");
-            let _ = writeln!(out, "pattern = {}", fmt_pattern(&r.pattern));
-            let _ = writeln!(out, "priority = {}", r.priority);
-            let _ = writeln!(out, "cooldown = \"{}\"", fmt_duration(r.cooldown));
-            let _ = writeln!(out, "max_age = \"{}\"", fmt_duration(r.max_age));
-            if let Some(id) = &r.rtstream_id {
-                let _ = writeln!(out, "rtstream_id = {id:?}");
-            }
-            if !r.quiet_hours.is_empty() {
-                let w: Vec<String> = r.quiet_hours.iter().map(|w| w.to_string()).collect();
-                let _ = writeln!(out, "quiet_hours = {w:?}");
-            }
-        }
-        if !g.patterns.is_empty() {
-            let _ = writeln!(out, "\n[gpio.patterns]");
-            for (name, p) in &g.patterns {
-                let _ = writeln!(out, "{name} = {}", fmt_pattern(p));
-            }
-        }
-        if let Some(b) = &g.ack_button {
-            let mut parts = Vec::new();
-            if let Some(p) = b.pin {
-                parts.push(format!("pin = {p}"));
-            }
-            if let Some(l) = &b.line {
-                parts.push(format!("line = {l:?}"));
-            }
-            if let Some(c) = &b.chip {
-                parts.push(format!("chip = {c:?}"));
-            }
-            if let Some(o) = b.offset {
-                parts.push(format!("offset = {o}"));
-            }
-            parts.push(format!("active_low = {}", b.active_low));
-            parts.push(format!("debounce = \"{}\"", fmt_duration(b.debounce)));
-            let _ = writeln!(out, "\n[gpio.ack_button]\n{}", parts.join("\n"));
-        }
-        if let Some(h) = &self.http {
-            let _ = writeln!(out, "\n[http]\nlisten = \"{}\"", h.listen);
-            let _ = match &h.token_from {
-                Some(SecretSource::Env(var)) => writeln!(out, "token_env = {var:?}"),
-                Some(SecretSource::File(p)) => {
-                    writeln!(out, "token_file = {:?}", p.display().to_string())
-                }
-                None => Ok(()),
-            };
-            let _ = writeln!(out, "max_body_bytes = {}", h.max_body_bytes);
-            let _ = writeln!(out, "max_connections = {}", h.max_connections);
-            let _ = writeln!(
-                out,
-                "request_timeout = \"{}\"",
-                fmt_duration(h.request_timeout)
-            );
-        }
-        out
+        print::to_toml(self, &["source", "queue", "mqtt", "gpio", "http"])
     }
-}
-
-/// The `[mqtt]` keys beyond the basics, for `check-config`. The password itself is never
-/// written, only whether one is set.
-fn write_mqtt_extras(out: &mut String, m: &MqttConfig) {
-    use fmt::Write;
-    let _ = writeln!(
-        out,
-        "protocol = \"{}\"",
-        match m.protocol {
-            MqttProtocol::V311 => "3.1.1",
-            MqttProtocol::V5 => "5",
-        }
-    );
-    if let Some(u) = &m.username {
-        let _ = writeln!(out, "username = {u:?}");
-    }
-    if m.password.is_some() {
-        let _ = writeln!(out, "# password = <redacted> (set)");
-    }
-    let _ = writeln!(out, "tls = {}", m.tls.is_some());
-    if let Some(t) = &m.tls {
-        for (k, v) in [
-            ("ca_file", &t.ca_file),
-            ("client_cert", &t.client_cert),
-            ("client_key", &t.client_key),
-        ] {
-            if let Some(p) = v {
-                let _ = writeln!(out, "{k} = {:?}", p.display().to_string());
-            }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "message_expiry = \"{}\"",
-        fmt_duration(m.message_expiry)
-    );
-    if let Some(b) = m.max_message_bytes {
-        let _ = writeln!(out, "max_message_bytes = {b}");
-    }
-    let _ = writeln!(out, "ha_discovery = {}", m.ha_discovery);
-    let _ = writeln!(out, "ha_prefix = {:?}", m.ha_prefix);
-    if !m.ha_event_types.is_empty() {
-        let _ = writeln!(out, "ha_event_types = {:?}", m.ha_event_types);
-    }
-    if let Some(n) = &m.ha_device_name {
-        let _ = writeln!(out, "ha_device_name = {n:?}");
-    }
-    let _ = writeln!(
-        out,
-        "ha_event_max_age = \"{}\"",
-        fmt_duration(m.ha_event_max_age)
-    );
 }
 
 /// Deserializes TOML text; the error names the key path and the line.
@@ -442,66 +162,6 @@ fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigEr
             format!("{reason}{line}"),
         )
     })
-}
-
-/// Hides query strings and userinfo: pre-authenticated URLs carry their token there.
-pub fn redact_url(url: &str) -> String {
-    let mut u = url.to_string();
-    if let Some(q) = u.find('?') {
-        u.truncate(q);
-        u.push_str("?<redacted>");
-    }
-    if let Some(scheme_end) = u.find("://") {
-        let rest = &u[scheme_end + 3..];
-        let host_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@') {
-            u = format!("{}<redacted>@{}", &u[..scheme_end + 3], &rest[at + 1..]);
-        }
-    }
-    u
-}
-
-fn fmt_pattern(p: &Pattern) -> String {
-    match p {
-        Pattern::Solid { duration } => {
-            format!(
-                "{{ kind = \"solid\", duration = \"{}\" }}",
-                fmt_duration(*duration)
-            )
-        }
-        Pattern::Blink {
-            on,
-            off,
-            count,
-            duration,
-        } => {
-            let tail = match (count, duration) {
-                (Some(c), _) => format!("count = {c}"),
-                (None, Some(d)) => format!("duration = \"{}\"", fmt_duration(*d)),
-                (None, None) => String::new(),
-            };
-            format!(
-                "{{ kind = \"blink\", on = \"{}\", off = \"{}\", {tail} }}",
-                fmt_duration(*on),
-                fmt_duration(*off)
-            )
-        }
-        Pattern::Sequence { steps } => {
-            let s: Vec<String> = steps
-                .iter()
-                .map(|(a, b)| format!("[\"{}\", \"{}\"]", fmt_duration(*a), fmt_duration(*b)))
-                .collect();
-            format!("{{ kind = \"sequence\", steps = [{}] }}", s.join(", "))
-        }
-        Pattern::Tone {
-            frequency,
-            duty,
-            duration,
-        } => format!(
-            "{{ kind = \"tone\", frequency = {frequency}, duty = {duty}, duration = \"{}\" }}",
-            fmt_duration(*duration)
-        ),
-    }
 }
 
 fn validate(

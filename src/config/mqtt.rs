@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::units::{backoff_pair, bounded, bounded_opt, ByteSize, DurationStr};
-use super::{checks, identity, invalid, ConfigError, Secret, SecretSource};
+use super::{checks, identity, invalid, print, secret, ConfigError, Secret, SecretSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Qos {
@@ -15,31 +16,39 @@ pub enum Qos {
     ExactlyOnce,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct MqttConfig {
     pub host: String,
     pub port: u16,
     pub client_id: String,
     pub topic_prefix: String,
     pub qos: Qos,
+    #[serde(serialize_with = "print::duration")]
     pub keep_alive: Duration,
     /// Publishes sent but not yet acknowledged by the broker, at most.
     pub max_inflight: u16,
     /// Queue records published per second, at most (`None`: as fast as the broker acks).
     pub max_publish_rate: Option<u32>,
+    #[serde(serialize_with = "print::duration")]
     pub stats_interval: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub backoff_initial: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub backoff_max: Duration,
     /// `3.1.1` (default) or `5`.
     pub protocol: MqttProtocol,
     pub username: Option<String>,
     /// Read from `password_file` or `password_env`; never printed.
+    #[serde(rename = "# password")]
     pub password: Option<Secret>,
     /// Where the password came from, for `check-config`.
+    #[serde(flatten, serialize_with = "secret::print_password")]
     pub password_from: Option<SecretSource>,
     /// TLS to the broker; `None` = plain TCP.
+    #[serde(flatten, serialize_with = "print_tls")]
     pub tls: Option<MqttTls>,
     /// MQTT 5 message expiry of alerts, so stale alerts do not pile up in offline sessions.
+    #[serde(serialize_with = "print::duration")]
     pub message_expiry: Duration,
     /// The broker's message size limit, when known: larger records are set aside unsent.
     pub max_message_bytes: Option<usize>,
@@ -51,10 +60,11 @@ pub struct MqttConfig {
     /// The device's name in Home Assistant (default: the client id).
     pub ha_device_name: Option<String>,
     /// Alerts older than this (since the relay received them) do not reach `{prefix}/event`.
+    #[serde(serialize_with = "print::duration")]
     pub ha_event_max_age: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum MqttProtocol {
     #[serde(rename = "3.1.1", alias = "3", alias = "4")]
     V311,
@@ -69,6 +79,25 @@ pub struct MqttTls {
     /// PEM client certificate chain and key, for brokers that require client certificates.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+}
+
+/// Printed as `mqtt.qos`: the number.
+impl Serialize for Qos {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+/// `tls = true|false` and, with TLS, the files: the flat `[mqtt]` keys.
+fn print_tls<S: Serializer>(tls: &Option<MqttTls>, s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(None)?;
+    map.serialize_entry("tls", &tls.is_some())?;
+    if let Some(t) = tls {
+        map.serialize_entry("ca_file", &t.ca_file)?;
+        map.serialize_entry("client_cert", &t.client_cert)?;
+        map.serialize_entry("client_key", &t.client_key)?;
+    }
+    map.end()
 }
 
 #[derive(Debug, Default, Deserialize)]

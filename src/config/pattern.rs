@@ -4,29 +4,36 @@
 use std::ops::Bound;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::units::{bounded, DurationStr};
-use super::{invalid, ConfigError};
+use super::{invalid, print, ConfigError};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Pattern {
     Solid {
+        #[serde(serialize_with = "print::duration")]
         duration: Duration,
     },
     Blink {
+        #[serde(serialize_with = "print::duration")]
         on: Duration,
+        #[serde(serialize_with = "print::duration")]
         off: Duration,
         /// Either a count or a total duration.
         count: Option<u32>,
+        #[serde(serialize_with = "print::opt_duration")]
         duration: Option<Duration>,
     },
     Sequence {
+        #[serde(serialize_with = "print::duration_pairs")]
         steps: Vec<(Duration, Duration)>,
     },
     Tone {
         frequency: u32,
         duty: f64,
+        #[serde(serialize_with = "print::duration")]
         duration: Duration,
     },
 }

@@ -3,20 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::units::{bounded, bounded_opt};
 use super::units::{ByteSize, DurationStr};
-use super::ConfigError;
+use super::{print, ConfigError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFull {
     DropOldest,
     DropNewest,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Group commit: every record written together shares one fsync, before publishing.
@@ -27,7 +27,7 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct QueueConfig {
     pub dir: PathBuf,
     pub max_bytes: u64,
@@ -38,6 +38,7 @@ pub struct QueueConfig {
     /// Most unpublished records held (None = bounded by `max_bytes` only).
     pub max_records: Option<u64>,
     /// Unpublished records older than this are dropped (and counted) instead of published.
+    #[serde(serialize_with = "print::opt_duration")]
     pub max_age: Option<Duration>,
 }
 

@@ -9,6 +9,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
 use super::{invalid, ConfigError};
 
 /// A secret string (API key, header value, MQTT password, webhook token): never printed by
@@ -30,6 +33,13 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// Printed (`check-config`) as `<redacted>`, like `Debug`.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
     }
 }
 
@@ -99,6 +109,39 @@ impl SecretSource {
         self.read()
             .map_err(|why| invalid(self.key(section, name), why))
     }
+}
+
+/// `{name}_env = "VAR"` or `{name}_file = "PATH"`: how a flattened source field prints.
+fn print_as<S: Serializer>(
+    name: &str,
+    from: Option<&SecretSource>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(None)?;
+    match from {
+        Some(SecretSource::Env(var)) => map.serialize_entry(&format!("{name}_env"), var)?,
+        Some(SecretSource::File(path)) => map.serialize_entry(&format!("{name}_file"), path)?,
+        None => {}
+    }
+    map.end()
+}
+
+pub(super) fn print_api_key<S: Serializer>(from: &SecretSource, s: S) -> Result<S::Ok, S::Error> {
+    print_as("api_key", Some(from), s)
+}
+
+pub(super) fn print_password<S: Serializer>(
+    from: &Option<SecretSource>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    print_as("password", from.as_ref(), s)
+}
+
+pub(super) fn print_token<S: Serializer>(
+    from: &Option<SecretSource>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    print_as("token", from.as_ref(), s)
 }
 
 #[cfg(test)]

@@ -4,28 +4,36 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::units::{backoff_pair, bounded, ByteSize, DurationStr};
 use super::videodb::{validate_videodb, RawAlertBinding, VideoDbConfig};
-use super::{checks, invalid, ConfigError, Secret};
+use super::{checks, invalid, print, ConfigError, Secret};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SourceConfig {
     /// Where the WebSocket URL comes from: given (generic) or fetched from VideoDB's REST API.
+    #[serde(flatten)]
     pub mode: SourceMode,
     /// Frames above this many bytes are skipped and counted (not a reason to reconnect).
     pub max_frame_bytes: usize,
     /// Bounds the TCP + TLS + WebSocket handshake, and the wait for `connection_id`.
+    #[serde(serialize_with = "print::duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub backoff_initial: Duration,
+    #[serde(serialize_with = "print::duration")]
     pub backoff_max: Duration,
     /// A connection that stayed up this long resets the backoff.
+    #[serde(serialize_with = "print::duration")]
     pub stable_after: Duration,
     /// A WebSocket ping goes out this long after the previous one.
+    #[serde(serialize_with = "print::duration")]
     pub ping_interval: Duration,
     /// No frame at all (pong or data) this long after a ping: the connection is dead.
+    #[serde(serialize_with = "print::duration")]
     pub pong_timeout: Duration,
+    #[serde(flatten)]
     pub tls: TlsConfig,
     /// Channels relayed besides `alert` (normalised: `visual_index` is `scene_index`).
     pub channels: Vec<String>,
@@ -37,12 +45,15 @@ pub struct SourceConfig {
 }
 
 /// The two ways to find the WebSocket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
 pub enum SourceMode {
     /// `source.url` given: connect to it directly, with optional extra headers.
     Generic {
+        #[serde(serialize_with = "print::url")]
         url: String,
         /// Extra handshake headers (e.g. `Authorization`); values are secrets.
+        #[serde(serialize_with = "print::named", skip_serializing_if = "Vec::is_empty")]
         headers: Vec<(String, Secret)>,
     },
     /// No `source.url`: ask VideoDB's REST API for a fresh URL before every connect and bind
@@ -50,7 +61,7 @@ pub enum SourceMode {
     VideoDb(VideoDbConfig),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TlsConfig {
     /// Extra PEM certificates to trust (private deployments).
     pub ca_file: Option<PathBuf>,

@@ -4,18 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::source::{RawSource, MIN_TIMEOUT};
 use super::units::bounded;
-use super::{checks, invalid, ConfigError, Secret, SecretSource, DEFAULT_QUEUE_DIR};
+use super::{checks, invalid, print, secret, ConfigError, Secret, SecretSource, DEFAULT_QUEUE_DIR};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct VideoDbConfig {
     /// REST base, without a trailing `/`.
+    #[serde(serialize_with = "print::url")]
     pub api_url: String,
+    #[serde(skip)]
     pub api_key: Secret,
     /// Where the key came from, for error messages and `check-config`.
+    #[serde(flatten, serialize_with = "secret::print_api_key")]
     pub api_key_from: SecretSource,
     pub collection_id: String,
     pub alerts: Vec<AlertBinding>,
@@ -24,18 +27,21 @@ pub struct VideoDbConfig {
     pub state_file: PathBuf,
     /// How long to wait before retrying after the API rejected the key (401/403) or the
     /// request (other 4xx): such errors do not fix themselves, so retry slowly.
+    #[serde(serialize_with = "print::duration")]
     pub auth_retry: Duration,
     /// Bounds every REST call (connect, TLS, request, response).
+    #[serde(serialize_with = "print::duration")]
     pub request_timeout: Duration,
 }
 
 /// One `[[source.alerts]]` entry: an event to bind, on one index of one stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlertBinding {
     pub rtstream_id: String,
     pub index_id: String,
     pub event_id: String,
     /// Also deliver this alert as a webhook (dual delivery).
+    #[serde(serialize_with = "print::opt_url")]
     pub callback_url: Option<String>,
 }
 
