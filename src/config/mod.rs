@@ -6,6 +6,12 @@
 //! prints a secret ([`Config::redacted_toml`] is the only printable form).
 //!
 //! Every error names the key (`queue.max_bytes`, `gpio.rules[1].output`) and the reason.
+//!
+//! Layout: one file per section (`source`, `videodb`, `queue`, `mqtt`, `gpio`, `pattern`,
+//! `http`), each holding its raw struct, its typed struct (whose `Serialize` is how
+//! `check-config` prints it), its validation and its tests, so a new key touches one file.
+//! `secret` reads every secret by one rule, `units` parses durations and sizes and bounds
+//! values, `print` writes the TOML; this file ties the sections into [`Config`].
 
 use std::path::{Path, PathBuf};
 
