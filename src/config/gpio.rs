@@ -8,11 +8,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::pattern::{validate_pattern, RawPattern};
-use super::units::{bounded, DurationStr};
+use super::units::{bounded, names, DurationStr};
 use super::{checks, invalid, print, ConfigError, Pattern};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum GpioBackendKind {
     Rppal,
     Cdev,
@@ -20,13 +20,17 @@ pub enum GpioBackendKind {
     None,
 }
 
+names!(GpioBackendKind { "rppal" => Rppal, "cdev" => Cdev, "sim" => Sim, "none" => None });
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum OutputKind {
     Light,
     Buzzer,
     PassiveBuzzer,
 }
+
+names!(OutputKind { "light" => Light, "buzzer" => Buzzer, "passive_buzzer" => PassiveBuzzer });
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputConfig {
@@ -236,11 +240,13 @@ pub(super) struct RawOutput {
 
 /// `missing_confidence`: whether an alert without a confidence passes `min_confidence`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub(super) enum MissingConfidence {
     Skip,
     Fire,
 }
+
+names!(MissingConfidence { "skip" => Skip, "fire" => Fire });
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

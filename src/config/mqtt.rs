@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::units::{backoff_pair, bounded, bounded_opt, ByteSize, DurationStr};
+use super::units::{backoff_pair, bounded, bounded_opt, names, ByteSize, DurationStr};
 use super::{checks, identity, invalid, print, secret, ConfigError, Secret, SecretSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +65,13 @@ pub struct MqttConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum MqttProtocol {
-    #[serde(rename = "3.1.1", alias = "3", alias = "4")]
     V311,
-    #[serde(rename = "5", alias = "5.0")]
     V5,
 }
+
+names!(MqttProtocol { "3.1.1" => V311, "3" => V311, "4" => V311, "5" => V5, "5.0" => V5 });
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttTls {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{bounded, DurationStr};
+use super::units::{bounded, names, DurationStr};
 use super::{invalid, print, ConfigError};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,7 +39,7 @@ pub enum Pattern {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub(super) enum PatternKind {
     Solid,
     Blink,
@@ -47,16 +47,7 @@ pub(super) enum PatternKind {
     Tone,
 }
 
-impl PatternKind {
-    fn name(self) -> &'static str {
-        match self {
-            PatternKind::Solid => "solid",
-            PatternKind::Blink => "blink",
-            PatternKind::Sequence => "sequence",
-            PatternKind::Tone => "tone",
-        }
-    }
-}
+names!(PatternKind { "solid" => Solid, "blink" => Blink, "sequence" => Sequence, "tone" => Tone });
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,19 +5,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{bounded, bounded_opt};
+use super::units::{bounded, bounded_opt, names};
 use super::units::{ByteSize, DurationStr};
 use super::{print, ConfigError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum OnFull {
     DropOldest,
     DropNewest,
 }
 
+names!(OnFull { "drop_oldest" => DropOldest, "drop_newest" => DropNewest });
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum FsyncPolicy {
     /// Group commit: every record written together shares one fsync, before publishing.
     Batch,
@@ -26,6 +28,8 @@ pub enum FsyncPolicy {
     /// Never fsync (tmpfs / RAM disks): a power cut loses what the kernel had not written.
     Never,
 }
+
+names!(FsyncPolicy { "batch" => Batch, "always" => Always, "never" => Never });
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueConfig {

@@ -61,6 +61,59 @@ impl From<ByteSize> for usize {
     }
 }
 
+/// The names of a string enum of the config (`on_full = "drop_oldest"`) in one table, which
+/// it deserializes from and serializes to through `String`: serde's derived enum visitors,
+/// instantiated for each deserializer, cost several KiB of binary per enum, this a few bytes.
+/// An alias follows the name it stands for; `name()` gives the first.
+macro_rules! names {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            const NAMES: &'static [(&'static str, $ty)] = &[$(($name, $ty::$variant)),+];
+
+            /// The name the config writes.
+            pub fn name(self) -> &'static str {
+                super::units::name_of(self, Self::NAMES)
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = String;
+
+            fn try_from(s: String) -> Result<$ty, String> {
+                super::units::by_name(&s, Self::NAMES)
+            }
+        }
+
+        impl From<$ty> for &'static str {
+            fn from(v: $ty) -> &'static str {
+                v.name()
+            }
+        }
+    };
+}
+pub(super) use names;
+
+pub(super) fn name_of<T: PartialEq>(value: T, names: &[(&'static str, T)]) -> &'static str {
+    names
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or("", |(n, _)| n)
+}
+
+/// The value named `s`, or serde's words for an unknown variant.
+pub(super) fn by_name<T: Copy>(s: &str, names: &[(&'static str, T)]) -> Result<T, String> {
+    match names.iter().find(|(n, _)| *n == s) {
+        Some((_, v)) => Ok(*v),
+        None => {
+            let all: Vec<String> = names.iter().map(|(n, _)| format!("`{n}`")).collect();
+            Err(format!(
+                "unknown variant `{s}`, expected one of {}",
+                all.join(", ")
+            ))
+        }
+    }
+}
+
 /// A key's value, or `default` when it is absent, refused with `reason` unless it lies in
 /// `range`: the one "default, then a range check" of every section.
 pub(super) fn bounded<R: Into<T>, T: PartialOrd>(
