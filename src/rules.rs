@@ -295,10 +295,10 @@ mod tests {
     fn rule(labels: &[&str], min_conf: f64, cooldown_ms: u64, max_age_s: u64) -> RuleConfig {
         RuleConfig {
             name: None,
-            labels: labels.iter().map(|s| s.to_string()).collect(),
+            labels: labels.iter().map(|&s| s.into()).collect(),
             min_confidence: min_conf,
             fire_without_confidence: false,
-            outputs: vec![0],
+            outputs: vec![0].into(),
             pattern: Pattern::Solid {
                 duration: Duration::from_millis(300),
             },
@@ -306,8 +306,8 @@ mod tests {
             cooldown: Duration::from_millis(cooldown_ms),
             max_age: Duration::from_secs(max_age_s),
             rtstream_id: None,
-            quiet_hours: Vec::new(),
-            audible: vec![false],
+            quiet_hours: Box::default(),
+            audible: vec![false].into(),
         }
     }
 
@@ -451,12 +451,13 @@ mod tests {
         // 2025-01-01T21:30:00Z is 23:30 at UTC+2: inside 22:00-07:00 there, outside in UTC.
         let t = crate::clock::parse_rfc3339("2025-01-01T21:30:00Z").expect("ts");
         let mut r = rule(&["x"], 0.0, 0, 30);
-        r.outputs = vec![0, 1];
-        r.audible = vec![false, true];
+        r.outputs = vec![0, 1].into();
+        r.audible = vec![false, true].into();
         r.quiet_hours = vec![QuietWindow {
             start_min: 22 * 60,
             end_min: 7 * 60,
-        }];
+        }]
+        .into();
         let a = alert("x", Confidence::Valid(1.0), Some(t));
         let mut plus2 = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(7200));
         let d = plus2.decide(&a, t, t, Instant::now());
@@ -523,9 +524,10 @@ mod tests {
         r.quiet_hours = vec![crate::config::QuietWindow {
             start_min: 0,
             end_min: 24 * 60 - 1,
-        }];
-        r.outputs = vec![0];
-        r.audible = vec![true];
+        }]
+        .into();
+        r.outputs = vec![0].into();
+        r.audible = vec![true].into();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(12 * 3600);
         let a = alert("x", Confidence::Valid(0.9), None);
         let mut e = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(0));
