@@ -166,6 +166,16 @@ struct RuleSwitch {
     entity_category: &'static str,
 }
 
+/// The event entity's own fields: a struct, as its `event_types` list every exact label of
+/// every rule (written straight from the slice, not copied into a `Value` first).
+#[derive(Serialize)]
+struct EventFields<'a> {
+    state_topic: String,
+    event_types: &'a [String],
+    json_attributes_topic: String,
+    icon: &'static str,
+}
+
 /// Writes entity `object` of `platform` as JSON into `buf` (cleared first) and returns its
 /// retained config topic.
 fn render<F: Serialize>(
@@ -355,12 +365,12 @@ fn render_step(
             cfg,
             input,
             ("event", "alert", "Alert"),
-            json!({
-                "state_topic": event_topic(cfg),
-                "event_types": input.event_types,
-                "json_attributes_topic": event_topic(cfg),
-                "icon": "mdi:cctv",
-            }),
+            EventFields {
+                state_topic: event_topic(cfg),
+                event_types: input.event_types,
+                json_attributes_topic: event_topic(cfg),
+                icon: "mdi:cctv",
+            },
             buf,
         ),
         Step::Output(i, part) => {
