@@ -1,0 +1,644 @@
+//! `[gpio]`: the backend, outputs, `[[gpio.rules]]`, the ack button and named patterns.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::pattern::{validate_pattern, RawPattern};
+use super::units::{bounded, names, DurationStr};
+use super::{checks, invalid, print, ConfigError, Pattern};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum GpioBackendKind {
+    Rppal,
+    Cdev,
+    Sim,
+    None,
+}
+
+names!(GpioBackendKind { "rppal" => Rppal, "cdev" => Cdev, "sim" => Sim, "none" => None });
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum OutputKind {
+    Light,
+    Buzzer,
+    PassiveBuzzer,
+}
+
+names!(OutputKind { "light" => Light, "buzzer" => Buzzer, "passive_buzzer" => PassiveBuzzer });
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputConfig {
+    pub name: String,
+    /// BCM pin number (rppal).
+    pub pin: Option<u8>,
+    /// Line name such as `GPIO17` (cdev).
+    pub line: Option<String>,
+    /// Chip label or path plus offset (cdev).
+    pub chip: Option<String>,
+    pub offset: Option<u32>,
+    pub active_low: bool,
+    pub kind: OutputKind,
+    #[serde(serialize_with = "print::duration")]
+    pub max_on: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Optional name: a named rule can be armed and disarmed over MQTT (`rules/{name}/set`).
+    pub name: Option<String>,
+    pub labels: Box<[Box<str>]>,
+    pub min_confidence: f64,
+    /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
+    /// alert shape, `{"event_label", "timestamp", "text"}`) passes `min_confidence`. Default
+    /// false ("skip"). A garbled confidence never passes.
+    pub fire_without_confidence: bool,
+    /// Indexes into `GpioConfig::outputs`.
+    pub outputs: Box<[usize]>,
+    pub pattern: Pattern,
+    pub priority: i32,
+    pub cooldown: Duration,
+    pub max_age: Duration,
+    /// Fires only for alerts from this stream (exact or glob); `None` = any stream.
+    pub rtstream_id: Option<Box<str>>,
+    /// Local-time windows in which this rule's buzzer outputs stay silent (lights still fire).
+    pub quiet_hours: Box<[QuietWindow]>,
+    /// Which of `outputs` are audible (`buzzer`, `passive_buzzer`): those quiet hours mute.
+    /// Empty without quiet hours (boxed slices: 10,000 rules hold no spare capacity).
+    pub audible: Box<[bool]>,
+}
+
+/// A daily local-time window `start..end` in minutes after midnight; wraps midnight when
+/// `end < start` (`22:00-07:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietWindow {
+    pub start_min: u16,
+    pub end_min: u16,
+}
+
+impl QuietWindow {
+    /// Whether `minute` (0..1440, local time) lies in the window.
+    pub fn contains(&self, minute: u16) -> bool {
+        if self.start_min <= self.end_min {
+            (self.start_min..self.end_min).contains(&minute)
+        } else {
+            minute >= self.start_min || minute < self.end_min
+        }
+    }
+}
+
+impl fmt::Display for QuietWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02}",
+            self.start_min / 60,
+            self.start_min % 60,
+            self.end_min / 60,
+            self.end_min % 60
+        )
+    }
+}
+
+/// An input pin that silences every active pattern when pressed (an acknowledge button).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AckButton {
+    /// BCM number (rppal).
+    pub pin: Option<u8>,
+    /// Line name (cdev).
+    pub line: Option<String>,
+    /// Chip label or path plus offset (cdev).
+    pub chip: Option<String>,
+    pub offset: Option<u32>,
+    /// Pressed pulls the pin low (the usual button to ground with a pull-up).
+    pub active_low: bool,
+    /// Contact bounce shorter than this is ignored.
+    #[serde(serialize_with = "print::duration")]
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpioConfig {
+    pub backend: GpioBackendKind,
+    pub sim_trace: Option<PathBuf>,
+    pub outputs: Vec<OutputConfig>,
+    /// Shared, not copied, by the rule engine and the publisher: 10,000 rules are megabytes.
+    /// Printed by [`print_gpio`], with their outputs by name.
+    #[serde(skip)]
+    pub rules: std::sync::Arc<Vec<RuleConfig>>,
+    pub ack_button: Option<AckButton>,
+    /// Named patterns (`[gpio.patterns]`) that commands and Home Assistant (siren tones, light
+    /// effects) pick by name, sorted by name.
+    #[serde(serialize_with = "print::named")]
+    pub patterns: Vec<(String, Pattern)>,
+    /// Priority of manual commands (`outputs/{name}/set`) against rule patterns.
+    pub manual_priority: i32,
+    /// Whether a snooze also keeps lights dark (else only buzzers are snoozed).
+    pub snooze_lights: bool,
+}
+
+/// `[gpio]` as `check-config` prints it: its keys, and the rules with their outputs by name.
+pub(super) fn print_gpio<S: Serializer>(g: &GpioConfig, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Printed<'a> {
+        #[serde(flatten)]
+        gpio: &'a GpioConfig,
+        rules: Vec<PrintedRule<'a>>,
+    }
+    let rules = g.rules.iter().map(|r| PrintedRule::new(r, &g.outputs));
+    Printed {
+        gpio: g,
+        rules: rules.collect(),
+    }
+    .serialize(s)
+}
+
+/// One `[[gpio.rules]]` table as written: a view of a [`RuleConfig`].
+#[derive(Serialize)]
+struct PrintedRule<'a> {
+    name: &'a Option<String>,
+    labels: &'a [Box<str>],
+    min_confidence: f64,
+    missing_confidence: Option<MissingConfidence>,
+    outputs: Vec<&'a str>,
+    pattern: &'a Pattern,
+    priority: i32,
+    #[serde(serialize_with = "print::duration")]
+    cooldown: Duration,
+    #[serde(serialize_with = "print::duration")]
+    max_age: Duration,
+    rtstream_id: &'a Option<Box<str>>,
+    quiet_hours: Vec<String>,
+}
+
+impl<'a> PrintedRule<'a> {
+    fn new(r: &'a RuleConfig, outputs: &'a [OutputConfig]) -> PrintedRule<'a> {
+        PrintedRule {
+            name: &r.name,
+            labels: &r.labels,
+            min_confidence: r.min_confidence,
+            missing_confidence: r.fire_without_confidence.then_some(MissingConfidence::Fire),
+            outputs: r
+                .outputs
+                .iter()
+                .map(|&i| outputs[i].name.as_str())
+                .collect(),
+            pattern: &r.pattern,
+            priority: r.priority,
+            cooldown: r.cooldown,
+            max_age: r.max_age,
+            rtstream_id: &r.rtstream_id,
+            quiet_hours: r.quiet_hours.iter().map(|w| w.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGpio {
+    backend: Option<GpioBackendKind>,
+    sim_trace: Option<PathBuf>,
+    #[serde(default)]
+    outputs: Vec<RawOutput>,
+    /// `None` when absent: the `[[gpio.rules]]` tables may be parsed apart (see `sections`).
+    pub(super) rules: Option<Vec<RawRule>>,
+    ack_button: Option<RawAckButton>,
+    #[serde(default)]
+    patterns: std::collections::BTreeMap<String, RawPattern>,
+    manual_priority: Option<i32>,
+    snooze_lights: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAckButton {
+    pin: Option<u8>,
+    line: Option<String>,
+    chip: Option<String>,
+    offset: Option<u32>,
+    active_low: Option<bool>,
+    debounce: Option<DurationStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutput {
+    name: String,
+    pin: Option<u8>,
+    line: Option<String>,
+    chip: Option<String>,
+    offset: Option<u32>,
+    #[serde(default)]
+    active_low: bool,
+    kind: Option<OutputKind>,
+    max_on: Option<DurationStr>,
+}
+
+/// `missing_confidence`: whether an alert without a confidence passes `min_confidence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub(super) enum MissingConfidence {
+    Skip,
+    Fire,
+}
+
+names!(MissingConfidence { "skip" => Skip, "fire" => Fire });
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    name: Option<String>,
+    labels: Vec<String>,
+    min_confidence: Option<f64>,
+    missing_confidence: Option<MissingConfidence>,
+    output: Option<String>,
+    outputs: Option<Vec<String>>,
+    pattern: Option<RawPattern>,
+    priority: Option<i32>,
+    cooldown: Option<DurationStr>,
+    max_age: Option<DurationStr>,
+    rtstream_id: Option<String>,
+    #[serde(default)]
+    quiet_hours: Vec<String>,
+}
+
+pub(super) fn validate_gpio(
+    g: RawGpio,
+    raw_rules: impl ExactSizeIterator<Item = Result<RawRule, ConfigError>>,
+) -> Result<GpioConfig, ConfigError> {
+    let backend = g.backend.unwrap_or(GpioBackendKind::None);
+    if g.sim_trace.is_some() && backend != GpioBackendKind::Sim {
+        return Err(invalid(
+            "gpio.sim_trace",
+            "only applies to backend = \"sim\"",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut outputs = Vec::new();
+    for (i, o) in g.outputs.into_iter().enumerate() {
+        let key = |k: &str| format!("gpio.outputs[{i}].{k}");
+        if o.name.is_empty()
+            || !o
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                key("name"),
+                "must be non-empty letters, digits, _ or -",
+            ));
+        }
+        if !names.insert(o.name.clone()) {
+            return Err(invalid(key("name"), format!("{:?} is used twice", o.name)));
+        }
+        match backend {
+            GpioBackendKind::Rppal if o.pin.is_none() => {
+                return Err(invalid(
+                    key("pin"),
+                    "is required with backend = \"rppal\" (BCM number)",
+                ))
+            }
+            GpioBackendKind::Cdev
+                if o.line.is_none() && (o.chip.is_none() || o.offset.is_none()) =>
+            {
+                return Err(invalid(
+                    key("line"),
+                    "backend = \"cdev\" needs line = \"GPIO17\" or chip + offset",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(p) = o.pin {
+            if p > 53 {
+                return Err(invalid(
+                    key("pin"),
+                    format!("{p} is not a BCM GPIO number (0-53)"),
+                ));
+            }
+        }
+        let kind = o.kind.unwrap_or(OutputKind::Light);
+        let max_on = bounded(
+            &key("max_on"),
+            o.max_on,
+            Duration::from_secs(30),
+            ABOVE_ZERO,
+            "must be above zero",
+        )?;
+        outputs.push(OutputConfig {
+            name: o.name,
+            pin: o.pin,
+            line: o.line,
+            chip: o.chip,
+            offset: o.offset,
+            active_low: o.active_low,
+            kind,
+            max_on,
+        });
+    }
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    // Hashes, not copies, of the names seen: 10,000 names are cloned for nothing otherwise.
+    let mut rule_names = HashSet::new();
+    for (i, r) in raw_rules.enumerate() {
+        let r = r?;
+        let key = |k: &str| format!("gpio.rules[{i}].{k}");
+        if let Some(n) = &r.name {
+            if !is_entity_name(n) {
+                return Err(invalid(
+                    key("name"),
+                    "must be non-empty letters, digits, _ or - (64 at most)",
+                ));
+            }
+            let seen = !rule_names.insert(name_hash(n))
+                && rules
+                    .iter()
+                    .any(|o: &RuleConfig| o.name.as_ref() == Some(n));
+            if seen {
+                return Err(invalid(key("name"), format!("{n:?} is used twice")));
+            }
+        }
+        if r.labels.is_empty() || r.labels.iter().any(|l| l.is_empty()) {
+            return Err(invalid(
+                key("labels"),
+                "needs at least one non-empty label or glob",
+            ));
+        }
+        let min_confidence = bounded(
+            &key("min_confidence"),
+            r.min_confidence,
+            0.0,
+            0.0..=1.0,
+            "must be between 0 and 1",
+        )?;
+        let fire_without_confidence = r.missing_confidence == Some(MissingConfidence::Fire);
+        let wanted: Vec<String> = match (r.output, r.outputs) {
+            (Some(o), None) => vec![o],
+            (None, Some(os)) if !os.is_empty() => os,
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("output"),
+                    "give either output or outputs, not both",
+                ))
+            }
+            _ => return Err(invalid(key("output"), "is required (or outputs = [...])")),
+        };
+        let mut idx = Vec::with_capacity(wanted.len());
+        for name in &wanted {
+            let pos = outputs
+                .iter()
+                .position(|o| &o.name == name)
+                .ok_or_else(|| invalid(key("output"), format!("no output named {name:?}")))?;
+            idx.push(pos);
+        }
+        let pattern = match r.pattern {
+            Some(p) => validate_pattern(p, &key("pattern"))?,
+            None => Pattern::Solid {
+                duration: Duration::from_secs(1),
+            },
+        };
+        if let Pattern::Tone { .. } = pattern {
+            if let Some(&o) = idx
+                .iter()
+                .find(|&&o| outputs[o].kind != OutputKind::PassiveBuzzer)
+            {
+                return Err(invalid(
+                    key("pattern"),
+                    format!(
+                        "a tone needs a passive_buzzer output, {:?} is not",
+                        outputs[o].name
+                    ),
+                ));
+            }
+        }
+        if r.rtstream_id.as_deref() == Some("") {
+            return Err(invalid(key("rtstream_id"), "must not be empty"));
+        }
+        let quiet_hours = r
+            .quiet_hours
+            .iter()
+            .enumerate()
+            .map(|(j, w)| {
+                parse_quiet_window(w)
+                    .map_err(|e| invalid(format!("gpio.rules[{i}].quiet_hours[{j}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_age = bounded(
+            &key("max_age"),
+            r.max_age,
+            Duration::from_secs(30),
+            ABOVE_ZERO,
+            "must be above zero (a zero max_age would drop every alert)",
+        )?;
+        let audible = idx
+            .iter()
+            .filter(|_| !quiet_hours.is_empty())
+            .map(|&o| outputs[o].kind != OutputKind::Light)
+            .collect();
+        rules.push(RuleConfig {
+            name: r.name,
+            labels: r.labels.into_iter().map(String::into_boxed_str).collect(),
+            min_confidence,
+            fire_without_confidence,
+            outputs: idx.into_boxed_slice(),
+            pattern,
+            priority: r.priority.unwrap_or(0),
+            cooldown: r.cooldown.map_or(Duration::ZERO, Duration::from),
+            max_age,
+            rtstream_id: r.rtstream_id.map(String::into_boxed_str),
+            quiet_hours: quiet_hours.into_boxed_slice(),
+            audible,
+        });
+    }
+    let ack_button = g
+        .ack_button
+        .map(|b| validate_ack_button(b, backend))
+        .transpose()?;
+    if let Some((key, why)) = checks::duplicate_hardware(&outputs, ack_button.as_ref()) {
+        return Err(invalid(key, why));
+    }
+    let mut patterns = Vec::new();
+    for (name, p) in g.patterns {
+        let key = format!("gpio.patterns.{name}");
+        if !is_entity_name(&name) {
+            return Err(invalid(
+                key,
+                "a pattern name must be letters, digits, _ or - (64 at most)",
+            ));
+        }
+        patterns.push((name, validate_pattern(p, &key)?));
+    }
+    Ok(GpioConfig {
+        backend,
+        sim_trace: g.sim_trace,
+        outputs,
+        // Into an Arc without a copy (`Arc<[T]>` from a Vec copies: 2.5 MB more at the peak).
+        rules: std::sync::Arc::new(rules),
+        ack_button,
+        patterns,
+        manual_priority: g.manual_priority.unwrap_or(100),
+        snooze_lights: g.snooze_lights.unwrap_or(true),
+    })
+}
+
+fn name_hash(n: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(n)
+}
+
+/// Names that end up in MQTT topics and Home Assistant ids (rules, patterns).
+fn is_entity_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Any duration but zero.
+const ABOVE_ZERO: std::ops::RangeFrom<Duration> = Duration::from_nanos(1)..;
+
+/// Default acknowledge-button debounce: longer than the bounce of common tactile switches
+/// (a few ms), far shorter than a deliberate press.
+pub const DEFAULT_ACK_DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub(super) fn validate_ack_button(
+    b: RawAckButton,
+    backend: GpioBackendKind,
+) -> Result<AckButton, ConfigError> {
+    match backend {
+        GpioBackendKind::Rppal if b.pin.is_none() => {
+            return Err(invalid(
+                "gpio.ack_button.pin",
+                "is required with backend = \"rppal\" (BCM number)",
+            ))
+        }
+        GpioBackendKind::Cdev if b.line.is_none() && (b.chip.is_none() || b.offset.is_none()) => {
+            return Err(invalid(
+                "gpio.ack_button.line",
+                "backend = \"cdev\" needs line = \"GPIO5\" or chip + offset",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(p) = b.pin.filter(|p| *p > 53) {
+        return Err(invalid(
+            "gpio.ack_button.pin",
+            format!("{p} is not a BCM GPIO number (0-53)"),
+        ));
+    }
+    let debounce = bounded(
+        "gpio.ack_button.debounce",
+        b.debounce,
+        DEFAULT_ACK_DEBOUNCE,
+        ..=Duration::from_secs(1),
+        "must be at most 1s",
+    )?;
+    Ok(AckButton {
+        pin: b.pin,
+        line: b.line,
+        chip: b.chip,
+        offset: b.offset,
+        active_low: b.active_low.unwrap_or(true),
+        debounce,
+    })
+}
+
+/// Parses `"22:00-07:00"` (local time, 24-hour clock).
+fn parse_quiet_window(s: &str) -> Result<QuietWindow, String> {
+    let hm = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    };
+    let bad = || format!("{s:?} is not a window like \"22:00-07:00\"");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (start_min, end_min) = (hm(a).ok_or_else(bad)?, hm(b).ok_or_else(bad)?);
+    let (start_min, end_min) = (start_min % 1440, end_min % 1440);
+    if start_min == end_min {
+        return Err(format!("{s:?} is empty (start equals end)"));
+    }
+    Ok(QuietWindow { start_min, end_min })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+
+    #[test]
+    fn gpio_keys_name_their_key() {
+        let outputs = "[gpio]\nbackend = \"rppal\"\n[[gpio.outputs]]\nname = \"r\"\npin = 17\n";
+        let rule = "[[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\n";
+        let cases = [
+            (
+                format!("{rule}quiet_hours = [\"22:00-25:00\"]\n"),
+                "gpio.rules[0].quiet_hours[0]",
+            ),
+            (
+                format!("{rule}quiet_hours = [\"07:00-07:00\"]\n"),
+                "gpio.rules[0].quiet_hours[0]",
+            ),
+            (
+                format!("{rule}rtstream_id = \"\"\n"),
+                "gpio.rules[0].rtstream_id",
+            ),
+            (
+                "[gpio.ack_button]\nline = \"GPIO5\"\n".to_string(),
+                "gpio.ack_button.pin",
+            ),
+            (
+                "[gpio.ack_button]\npin = 5\ndebounce = \"5s\"\n".to_string(),
+                "gpio.ack_button.debounce",
+            ),
+            (
+                "[gpio.ack_button]\npin = 5\nbounce = \"5ms\"\n".to_string(),
+                "bounce",
+            ),
+        ];
+        for (tail, key) in cases {
+            let e = err_of(&format!("{MINIMAL}{outputs}{tail}"));
+            assert!(e.contains(key), "expected {key} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn gpio_extras_parse_with_defaults() {
+        let cfg = Config::parse(&format!(
+            "{MINIMAL}[gpio]\nbackend = \"cdev\"\n[[gpio.outputs]]\nname = \"r\"\nchip = \"pinctrl-rp1\"\noffset = 17\n\
+             [[gpio.rules]]\nlabels = [\"x\"]\noutput = \"r\"\nrtstream_id = \"rts-*\"\nquiet_hours = [\"22:30-06:45\"]\n\
+             [gpio.ack_button]\nline = \"GPIO5\"\n"
+        ))
+        .expect("config");
+        let r = &cfg.gpio.rules[0];
+        assert_eq!(r.rtstream_id.as_deref(), Some("rts-*"));
+        assert_eq!(
+            r.quiet_hours,
+            [QuietWindow {
+                start_min: 22 * 60 + 30,
+                end_min: 6 * 60 + 45
+            }]
+            .into()
+        );
+        let b = cfg.gpio.ack_button.as_ref().expect("button");
+        assert!(b.active_low);
+        assert_eq!(b.debounce, DEFAULT_ACK_DEBOUNCE);
+        assert!(cfg
+            .redacted_toml()
+            .contains("quiet_hours = [\"22:30-06:45\"]"));
+        assert_eq!(
+            parse_pattern(
+                "{ kind = \"tone\", frequency = 2000, duration = \"1s\" }",
+                "p"
+            )
+            .expect("tone"),
+            Pattern::Tone {
+                frequency: 2000,
+                duty: 0.5,
+                duration: Duration::from_secs(1)
+            }
+        );
+    }
+}
