@@ -18,6 +18,7 @@
 //! else UTC, via the small `tz-rs` crate that reads the system's TZif files rather than
 //! embedding a zone database) and only when some rule has quiet hours; `decide` stays pure.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -90,7 +91,9 @@ pub struct Decision {
 
 pub struct RuleEngine {
     rules: Arc<Vec<RuleConfig>>,
-    last_fired: Vec<Option<Instant>>,
+    /// When each rule that has fired last fired, by index: only those (10,000 rules that never
+    /// fire hold nothing).
+    last_fired: HashMap<usize, Instant>,
     /// Disarmed rules match but never fire (Home Assistant's rule switch, `rules/{name}/set`).
     armed: Vec<bool>,
     zone: LocalZone,
@@ -114,7 +117,7 @@ impl RuleEngine {
         let n = rules.len();
         RuleEngine {
             rules,
-            last_fired: vec![None; n],
+            last_fired: HashMap::new(),
             armed: vec![true; n],
             zone,
         }
@@ -143,19 +146,24 @@ impl RuleEngine {
             self.zone.clone()
         };
         let mut next = RuleEngine::with_zone(rules, zone);
+        // By name, not by a scan per rule: 10,000 rules would be 10^8 comparisons.
+        let old: HashMap<&str, usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(j, r)| Some((r.name.as_deref()?, j)))
+            .collect();
         for (i, rule) in next.rules.iter().enumerate() {
             let Some(name) = &rule.name else { continue };
-            let Some(j) = self
-                .rules
-                .iter()
-                .position(|r| r.name.as_ref() == Some(name))
-            else {
+            let Some(&j) = old.get(name.as_str()) else {
                 continue;
             };
             next.armed[i] = self.armed[j];
             // RuleConfig has no PartialEq (config owns it); its Debug form shows every field.
             if format!("{rule:?}") == format!("{:?}", self.rules[j]) {
-                next.last_fired[i] = self.last_fired[j];
+                if let Some(&t) = self.last_fired.get(&j) {
+                    next.last_fired.insert(i, t);
+                }
             }
         }
         next
@@ -223,7 +231,7 @@ impl RuleEngine {
                 d.stale += 1;
                 continue;
             }
-            if let Some(last) = self.last_fired[i] {
+            if let Some(&last) = self.last_fired.get(&i) {
                 if now.duration_since(last) < rule.cooldown {
                     d.cooling_down += 1;
                     continue;
@@ -253,7 +261,7 @@ impl RuleEngine {
             }
             // A rule that only muted buzzers did nothing a user noticed: no cooldown.
             if fired {
-                self.last_fired[i] = Some(now);
+                self.last_fired.insert(i, now);
             }
         }
         d
@@ -295,10 +303,10 @@ mod tests {
     fn rule(labels: &[&str], min_conf: f64, cooldown_ms: u64, max_age_s: u64) -> RuleConfig {
         RuleConfig {
             name: None,
-            labels: labels.iter().map(|s| s.to_string()).collect(),
+            labels: labels.iter().map(|&s| s.into()).collect(),
             min_confidence: min_conf,
             fire_without_confidence: false,
-            outputs: vec![0],
+            outputs: vec![0].into(),
             pattern: Pattern::Solid {
                 duration: Duration::from_millis(300),
             },
@@ -306,8 +314,8 @@ mod tests {
             cooldown: Duration::from_millis(cooldown_ms),
             max_age: Duration::from_secs(max_age_s),
             rtstream_id: None,
-            quiet_hours: Vec::new(),
-            audible: vec![false],
+            quiet_hours: Box::default(),
+            audible: vec![false].into(),
         }
     }
 
@@ -451,12 +459,13 @@ mod tests {
         // 2025-01-01T21:30:00Z is 23:30 at UTC+2: inside 22:00-07:00 there, outside in UTC.
         let t = crate::clock::parse_rfc3339("2025-01-01T21:30:00Z").expect("ts");
         let mut r = rule(&["x"], 0.0, 0, 30);
-        r.outputs = vec![0, 1];
-        r.audible = vec![false, true];
+        r.outputs = vec![0, 1].into();
+        r.audible = vec![false, true].into();
         r.quiet_hours = vec![QuietWindow {
             start_min: 22 * 60,
             end_min: 7 * 60,
-        }];
+        }]
+        .into();
         let a = alert("x", Confidence::Valid(1.0), Some(t));
         let mut plus2 = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(7200));
         let d = plus2.decide(&a, t, t, Instant::now());
@@ -523,9 +532,10 @@ mod tests {
         r.quiet_hours = vec![crate::config::QuietWindow {
             start_min: 0,
             end_min: 24 * 60 - 1,
-        }];
-        r.outputs = vec![0];
-        r.audible = vec![true];
+        }]
+        .into();
+        r.outputs = vec![0].into();
+        r.audible = vec![true].into();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(12 * 3600);
         let a = alert("x", Confidence::Valid(0.9), None);
         let mut e = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(0));

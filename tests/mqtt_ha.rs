@@ -445,3 +445,98 @@ async fn no_discovery_unless_enabled() {
     assert!(sub.on("alert-relay/event").is_empty());
     relay.stop().await;
 }
+
+/// 2,000 named rules are 2,000 switch configs and 2,000 rule states on every connect, far more
+/// than rumqttc's request channel holds: every one must arrive (none dropped for want of
+/// room), on connect and again when Home Assistant says it is online, with `online` and the
+/// stats flowing meanwhile. The discovery is streamed ([`alert_relay::publish::ha::Discovery`]).
+#[tokio::test]
+async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
+    const RULES: usize = 2000;
+    let wait = Duration::from_secs(90);
+    let broker = Broker::start(free_port());
+    let port = broker.port();
+    let sub = Subscriber::start(port, "#").await;
+    let ws = WsServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = relay_config(&ws.url(), port, dir.path(), "ha_discovery = true");
+    text.push_str("[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"red\"\n");
+    for i in 0..RULES {
+        text.push_str(&format!(
+            "[[gpio.rules]]\nname = \"r{i}\"\nlabels = [\"label_{i}\"]\noutput = \"red\"\n"
+        ));
+    }
+    let relay = Relay::start(&text);
+    // How many times each rule's switch config and state have arrived; checked in place (the
+    // relay runs on this test's thread: a slow check would slow it).
+    let counts = |sub: &Subscriber| {
+        let mut configs = vec![0usize; RULES];
+        let mut states = vec![0usize; RULES];
+        let rule = |s: &str| s.strip_prefix('r')?.parse::<usize>().ok();
+        for m in sub.messages.lock().expect("lock").iter() {
+            if let Some(rest) = m.topic.strip_prefix("homeassistant/switch/") {
+                let object = rest.split('/').nth(1).unwrap_or("");
+                let name = object.strip_prefix("rule_").unwrap_or("");
+                if let Some(i) = rule(name).filter(|&i| i < RULES) {
+                    configs[i] += 1;
+                }
+            } else if let Some(rest) = m.topic.strip_prefix("alert-relay/rules/") {
+                if let Some(i) = rest
+                    .strip_suffix("/state")
+                    .and_then(rule)
+                    .filter(|&i| i < RULES)
+                {
+                    assert_eq!(m.payload, b"ON", "{}", m.topic);
+                    states[i] += 1;
+                }
+            }
+        }
+        (configs, states)
+    };
+    wait_until("2,000 switch configs and 2,000 rule states", wait, || {
+        let (c, s) = counts(&sub);
+        c.iter().all(|&n| n >= 1) && s.iter().all(|&n| n >= 1)
+    })
+    .await;
+    assert!(
+        sub.on("alert-relay/status")
+            .iter()
+            .any(|m| m.payload == b"online"),
+        "online was sent"
+    );
+    wait_until("the relay's stats", wait, || {
+        !sub.on("alert-relay/stats").is_empty()
+    })
+    .await;
+    say_ha_is_online(port).await;
+    wait_until("every switch config again after HA's birth", wait, || {
+        counts(&sub).0.iter().all(|&n| n >= 2)
+    })
+    .await;
+    let (configs, states) = counts(&sub);
+    assert!(configs.iter().all(|&n| n == 2), "each config twice");
+    assert!(states.iter().all(|&n| n == 1), "each state once");
+    for m in sub.on("homeassistant/switch/") {
+        let i = m
+            .topic
+            .split("/rule_r")
+            .nth(1)
+            .and_then(|r| r.split('/').next());
+        assert_eq!(
+            m.json()["command_topic"],
+            format!("alert-relay/rules/r{}/set", i.unwrap_or("?")),
+            "{}",
+            m.topic
+        );
+    }
+    // Everything else of the discovery came too (the event entity and the diagnostics).
+    for object in ["alert", "source", "queue_depth", "set_aside"] {
+        assert!(
+            sub.on("homeassistant/")
+                .iter()
+                .any(|m| m.topic.ends_with(&format!("/{object}/config"))),
+            "{object}"
+        );
+    }
+    relay.stop().await;
+}

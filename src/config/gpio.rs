@@ -52,24 +52,25 @@ pub struct OutputConfig {
 pub struct RuleConfig {
     /// Optional name: a named rule can be armed and disarmed over MQTT (`rules/{name}/set`).
     pub name: Option<String>,
-    pub labels: Vec<String>,
+    pub labels: Box<[Box<str>]>,
     pub min_confidence: f64,
     /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
     /// alert shape, `{"event_label", "timestamp", "text"}`) passes `min_confidence`. Default
     /// false ("skip"). A garbled confidence never passes.
     pub fire_without_confidence: bool,
     /// Indexes into `GpioConfig::outputs`.
-    pub outputs: Vec<usize>,
+    pub outputs: Box<[usize]>,
     pub pattern: Pattern,
     pub priority: i32,
     pub cooldown: Duration,
     pub max_age: Duration,
     /// Fires only for alerts from this stream (exact or glob); `None` = any stream.
-    pub rtstream_id: Option<String>,
+    pub rtstream_id: Option<Box<str>>,
     /// Local-time windows in which this rule's buzzer outputs stay silent (lights still fire).
-    pub quiet_hours: Vec<QuietWindow>,
+    pub quiet_hours: Box<[QuietWindow]>,
     /// Which of `outputs` are audible (`buzzer`, `passive_buzzer`): those quiet hours mute.
-    pub audible: Vec<bool>,
+    /// Empty without quiet hours (boxed slices: 10,000 rules hold no spare capacity).
+    pub audible: Box<[bool]>,
 }
 
 /// A daily local-time window `start..end` in minutes after midnight; wraps midnight when
@@ -161,7 +162,7 @@ pub(super) fn print_gpio<S: Serializer>(g: &GpioConfig, s: S) -> Result<S::Ok, S
 #[derive(Serialize)]
 struct PrintedRule<'a> {
     name: &'a Option<String>,
-    labels: &'a [String],
+    labels: &'a [Box<str>],
     min_confidence: f64,
     missing_confidence: Option<MissingConfidence>,
     outputs: Vec<&'a str>,
@@ -171,7 +172,7 @@ struct PrintedRule<'a> {
     cooldown: Duration,
     #[serde(serialize_with = "print::duration")]
     max_age: Duration,
-    rtstream_id: &'a Option<String>,
+    rtstream_id: &'a Option<Box<str>>,
     quiet_hours: Vec<String>,
 }
 
@@ -385,7 +386,7 @@ pub(super) fn validate_gpio(
             }
             _ => return Err(invalid(key("output"), "is required (or outputs = [...])")),
         };
-        let mut idx = Vec::new();
+        let mut idx = Vec::with_capacity(wanted.len());
         for name in &wanted {
             let pos = outputs
                 .iter()
@@ -434,20 +435,21 @@ pub(super) fn validate_gpio(
         )?;
         let audible = idx
             .iter()
+            .filter(|_| !quiet_hours.is_empty())
             .map(|&o| outputs[o].kind != OutputKind::Light)
             .collect();
         rules.push(RuleConfig {
             name: r.name,
-            labels: r.labels,
+            labels: r.labels.into_iter().map(String::into_boxed_str).collect(),
             min_confidence,
             fire_without_confidence,
-            outputs: idx,
+            outputs: idx.into_boxed_slice(),
             pattern,
             priority: r.priority.unwrap_or(0),
             cooldown: r.cooldown.map_or(Duration::ZERO, Duration::from),
             max_age,
-            rtstream_id: r.rtstream_id,
-            quiet_hours,
+            rtstream_id: r.rtstream_id.map(String::into_boxed_str),
+            quiet_hours: quiet_hours.into_boxed_slice(),
             audible,
         });
     }
@@ -614,10 +616,11 @@ mod tests {
         assert_eq!(r.rtstream_id.as_deref(), Some("rts-*"));
         assert_eq!(
             r.quiet_hours,
-            vec![QuietWindow {
+            [QuietWindow {
                 start_min: 22 * 60 + 30,
                 end_min: 6 * 60 + 45
             }]
+            .into()
         );
         let b = cfg.gpio.ack_button.as_ref().expect("button");
         assert!(b.active_low);

@@ -88,6 +88,12 @@ impl Correlator {
         self.in_flight
     }
 
+    /// Own messages handed to the client and not yet written: what of ours waits in its
+    /// request channel.
+    pub fn own_unwritten(&self) -> usize {
+        self.unassigned.iter().filter(|s| s.is_none()).count()
+    }
+
     /// The oldest record written to the wire and not yet acknowledged.
     pub fn oldest_written(&self) -> Option<u64> {
         self.awaiting

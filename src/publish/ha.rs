@@ -22,6 +22,7 @@
 //! All are available while `{prefix}/status` is `online`. Discovery is re-sent whenever
 //! `{ha_prefix}/status` says `online` (Home Assistant restarted) and when a label is learned.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::config::{GpioConfig, MqttConfig, OutputKind, Pattern, RuleConfig};
@@ -84,12 +85,14 @@ pub fn event_types(cfg: &MqttConfig, rules: &[RuleConfig]) -> Vec<String> {
         .iter()
         .flat_map(|r| r.labels.iter())
         .filter(|l| !l.contains(['*', '?', '[']))
-        .cloned()
+        .map(|l| l.to_string())
         .chain(cfg.ha_event_types.iter().cloned())
         .chain([OTHER_EVENT_TYPE.to_string()])
         .collect();
     v.sort();
     v.dedup();
+    // Kept for the relay's life: without the collect's spare capacity (10,000 rules).
+    v.shrink_to_fit();
     v
 }
 
@@ -104,18 +107,21 @@ pub fn with_learned<'a>(
     v
 }
 
-fn device(cfg: &MqttConfig, configuration_url: Option<&str>) -> Value {
-    let mut d = json!({
-        "identifiers": [node_id(cfg)],
-        "name": cfg.ha_device_name.as_deref().unwrap_or(&cfg.client_id),
-        "model": "alert-relay",
-        "manufacturer": "alert-relay project",
-        "sw_version": env!("CARGO_PKG_VERSION"),
-    });
-    if let (Some(url), Value::Object(m)) = (configuration_url, &mut d) {
-        m.insert("configuration_url".into(), json!(url));
-    }
-    d
+#[derive(Serialize)]
+struct Device<'a> {
+    identifiers: [&'a str; 1],
+    name: &'a str,
+    model: &'static str,
+    manufacturer: &'static str,
+    sw_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    configuration_url: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Origin {
+    name: &'static str,
+    sw_version: &'static str,
 }
 
 /// What discovery needs besides the MQTT config.
@@ -130,17 +136,55 @@ pub struct DiscoveryInput<'a> {
     pub snooze_for: &'a str,
 }
 
-/// Fields every entity shares: identity, availability on `{prefix}/status`, the device, the
-/// origin. `default_entity_id` (`{platform}.{slug}`) replaced `object_id` in Home Assistant
-/// 2025.10 (`object_id` stops working in 2026.4), so only the new key is sent; older versions
-/// ignore it and derive the entity id from the device and entity names.
-fn common(
+/// One entity's config: the fields every entity shares (identity, availability on
+/// `{prefix}/status`, the device, the origin) and its own `fields`. `default_entity_id`
+/// (`{platform}.{slug}`) replaced `object_id` in Home Assistant 2025.10 (`object_id` stops
+/// working in 2026.4), so only the new key is sent; older versions ignore it and derive the
+/// entity id from the device and entity names.
+#[derive(Serialize)]
+struct Entity<'a, F: Serialize> {
+    name: &'a str,
+    unique_id: String,
+    default_entity_id: String,
+    availability_topic: String,
+    payload_available: &'static str,
+    payload_not_available: &'static str,
+    device: Device<'a>,
+    origin: Origin,
+    #[serde(flatten)]
+    fields: F,
+}
+
+/// A named rule's switch: the one entity there are thousands of, so a struct, not a `Value`.
+#[derive(Serialize)]
+struct RuleSwitch {
+    command_topic: String,
+    state_topic: String,
+    payload_on: &'static str,
+    payload_off: &'static str,
+    icon: &'static str,
+    entity_category: &'static str,
+}
+
+/// The event entity's own fields: a struct, as its `event_types` list every exact label of
+/// every rule (written straight from the slice, not copied into a `Value` first).
+#[derive(Serialize)]
+struct EventFields<'a> {
+    state_topic: String,
+    event_types: &'a [String],
+    json_attributes_topic: String,
+    icon: &'static str,
+}
+
+/// Writes entity `object` of `platform` as JSON into `buf` (cleared first) and returns its
+/// retained config topic.
+fn render<F: Serialize>(
     cfg: &MqttConfig,
-    url: Option<&str>,
-    platform: &str,
-    object: &str,
-    name: &str,
-) -> Map<String, Value> {
+    input: &DiscoveryInput<'_>,
+    (platform, object, name): (&str, &str, &str),
+    fields: F,
+    buf: &mut Vec<u8>,
+) -> Option<String> {
     let node = node_id(cfg);
     let slug: String = format!("{node}_{object}")
         .chars()
@@ -152,25 +196,33 @@ fn common(
             }
         })
         .collect();
-    let mut m = Map::new();
-    m.insert("name".into(), json!(name));
-    m.insert("unique_id".into(), json!(format!("{node}_{object}")));
-    m.insert(
-        "default_entity_id".into(),
-        json!(format!("{platform}.{slug}")),
-    );
-    m.insert(
-        "availability_topic".into(),
-        json!(format!("{}/status", cfg.topic_prefix)),
-    );
-    m.insert("payload_available".into(), json!("online"));
-    m.insert("payload_not_available".into(), json!("offline"));
-    m.insert("device".into(), device(cfg, url));
-    m.insert(
-        "origin".into(),
-        json!({"name": "alert-relay", "sw_version": env!("CARGO_PKG_VERSION")}),
-    );
-    m
+    let entity = Entity {
+        name,
+        unique_id: format!("{node}_{object}"),
+        default_entity_id: format!("{platform}.{slug}"),
+        availability_topic: format!("{}/status", cfg.topic_prefix),
+        payload_available: "online",
+        payload_not_available: "offline",
+        device: Device {
+            identifiers: [&node],
+            name: cfg.ha_device_name.as_deref().unwrap_or(&cfg.client_id),
+            model: "alert-relay",
+            manufacturer: "alert-relay project",
+            sw_version: env!("CARGO_PKG_VERSION"),
+            configuration_url: input.configuration_url,
+        },
+        origin: Origin {
+            name: "alert-relay",
+            sw_version: env!("CARGO_PKG_VERSION"),
+        },
+        fields,
+    };
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &entity).ok()?;
+    Some(format!(
+        "{}/{platform}/{node}/{object}/config",
+        cfg.ha_prefix
+    ))
 }
 
 /// Named patterns that output `kind` can play (tones only on a passive buzzer).
@@ -182,244 +234,317 @@ pub fn patterns_for(gpio: &GpioConfig, kind: OutputKind) -> Vec<String> {
         .collect()
 }
 
-/// Every discovery message: (retained config topic, JSON payload).
-pub fn discovery(cfg: &MqttConfig, input: &DiscoveryInput<'_>) -> Vec<(String, Value)> {
-    let node = node_id(cfg);
-    let ha = &cfg.ha_prefix;
+/// Where a [`Discovery`] is in the list of entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Event,
+    /// Output `i`: its binary sensor (0), light or siren (1), test button (2).
+    Output(usize, u8),
+    Silence,
+    Snooze,
+    SilencedUntil,
+    /// The switch of rule `i` (unnamed rules have none).
+    Rule(usize),
+    Source,
+    /// The diagnostic sensor `i` of [`SENSORS`].
+    Sensor(usize),
+    Done,
+}
+
+/// The diagnostic sensors on `{prefix}/health`: object, name, key, state class, icon.
+const SENSORS: [(&str, &str, &str, &str, &str); 4] = [
+    (
+        "queue_depth",
+        "Queue depth",
+        "queue_depth",
+        "measurement",
+        "mdi:tray-full",
+    ),
+    (
+        "received",
+        "Alerts received",
+        "received",
+        "total_increasing",
+        "mdi:bell-ring",
+    ),
+    (
+        "dropped",
+        "Alerts dropped",
+        "dropped",
+        "total_increasing",
+        "mdi:delete-alert",
+    ),
+    (
+        "set_aside",
+        "Alerts set aside",
+        "set_aside",
+        "total_increasing",
+        "mdi:tray-remove",
+    ),
+];
+
+/// The discovery messages, one at a time: each payload is rendered into the caller's buffer
+/// when it is sent, so 10,000 named rules never exist as 10,000 payloads at once (and the
+/// sender can wait for room in the client's channel between two). The input is passed to each
+/// [`Discovery::next`]: a reload in between shows in the rest.
+#[derive(Debug)]
+pub struct Discovery {
+    step: Step,
+}
+
+impl Default for Discovery {
+    fn default() -> Discovery {
+        Discovery { step: Step::Event }
+    }
+}
+
+impl Discovery {
+    /// Whether the next message is the first: the event entity, the only one that lists
+    /// `event_types` (the others ignore them).
+    pub fn at_start(&self) -> bool {
+        self.step == Step::Event
+    }
+
+    /// Renders the next message's payload into `buf` and returns its retained config topic;
+    /// `None` when all have been rendered.
+    pub fn next(
+        &mut self,
+        cfg: &MqttConfig,
+        input: &DiscoveryInput<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Option<String> {
+        loop {
+            let step = self.step;
+            if step == Step::Done {
+                return None;
+            }
+            self.step = advance(step, input);
+            if let Some(topic) = render_step(step, cfg, input, buf) {
+                return Some(topic);
+            }
+        }
+    }
+}
+
+fn advance(step: Step, input: &DiscoveryInput<'_>) -> Step {
+    let outputs = input.gpio.outputs.len();
+    match step {
+        Step::Event => Step::Output(0, 0),
+        Step::Output(i, _) if i >= outputs => {
+            if input.controls {
+                Step::Silence
+            } else {
+                Step::Source
+            }
+        }
+        Step::Output(i, 0) if input.controls => Step::Output(i, 1),
+        Step::Output(i, 1) => Step::Output(i, 2),
+        Step::Output(i, _) => Step::Output(i + 1, 0),
+        Step::Silence => Step::Snooze,
+        Step::Snooze => Step::SilencedUntil,
+        Step::SilencedUntil => Step::Rule(0),
+        Step::Rule(i) if i >= input.gpio.rules.len() => Step::Source,
+        Step::Rule(i) => Step::Rule(i + 1),
+        Step::Source => Step::Sensor(0),
+        Step::Sensor(i) if i + 1 < SENSORS.len() => Step::Sensor(i + 1),
+        Step::Sensor(_) | Step::Done => Step::Done,
+    }
+}
+
+/// The message of `step`, if it has one (an output index past the end, an unnamed rule: none).
+fn render_step(
+    step: Step,
+    cfg: &MqttConfig,
+    input: &DiscoveryInput<'_>,
+    buf: &mut Vec<u8>,
+) -> Option<String> {
     let prefix = &cfg.topic_prefix;
-    let url = input.configuration_url;
-    let mut out = Vec::new();
-    let mut push = |platform: &str, object: &str, entity: Map<String, Value>| {
-        out.push((
-            format!("{ha}/{platform}/{node}/{object}/config"),
-            Value::Object(entity),
-        ));
-    };
-    let entity = |platform: &str, object: &str, name: &str, fields: Value| {
-        let mut m = common(cfg, url, platform, object, name);
-        if let Value::Object(f) = fields {
-            m.extend(f);
-        }
-        m
-    };
-
-    push(
-        "event",
-        "alert",
-        entity(
-            "event",
-            "alert",
-            "Alert",
-            json!({
-                "state_topic": event_topic(cfg),
-                "event_types": input.event_types,
-                "json_attributes_topic": event_topic(cfg),
-                "icon": "mdi:cctv",
-            }),
+    let health = || health_topic(prefix);
+    match step {
+        Step::Event => render(
+            cfg,
+            input,
+            ("event", "alert", "Alert"),
+            EventFields {
+                state_topic: event_topic(cfg),
+                event_types: input.event_types,
+                json_attributes_topic: event_topic(cfg),
+                icon: "mdi:cctv",
+            },
+            buf,
         ),
-    );
-
-    for o in &input.gpio.outputs {
-        let name = &o.name;
-        let object = format!("output_{name}");
-        push(
-            "binary_sensor",
-            &object,
-            entity(
-                "binary_sensor",
-                &object,
-                &format!("Output {name}"),
-                json!({
-                    "state_topic": format!("{prefix}/outputs/{name}"),
-                    "payload_on": "active",
-                    "payload_off": "idle",
-                    "device_class": "running",
-                    "entity_category": "diagnostic",
-                }),
-            ),
-        );
-        if !input.controls {
-            continue;
-        }
-        let set = format!("{prefix}/outputs/{name}/set");
-        let state = output_state_topic(prefix, name);
-        let named = patterns_for(input.gpio, o.kind);
-        if o.kind == OutputKind::Light {
-            let object = format!("light_{name}");
-            let mut fields = json!({
-                "schema": "json",
-                "command_topic": set,
-                "state_topic": state,
-                "supported_color_modes": ["onoff"],
-                "icon": "mdi:alarm-light",
-            });
-            if !named.is_empty() {
-                fields["effect"] = json!(true);
-                fields["effect_list"] = json!(named);
-            }
-            push("light", &object, entity("light", &object, name, fields));
-        } else {
-            let object = format!("siren_{name}");
-            let mut fields = json!({
-                "command_topic": set,
-                "state_topic": state,
-                "support_duration": true,
-                "support_volume_set": false,
-                "icon": "mdi:bullhorn",
-            });
-            if !named.is_empty() {
-                fields["available_tones"] = json!(named);
-            }
-            push("siren", &object, entity("siren", &object, name, fields));
-        }
-        let object = format!("test_{name}");
-        push(
-            "button",
-            &object,
-            entity(
-                "button",
-                &object,
-                &format!("Test {name}"),
-                json!({
-                    "command_topic": format!("{prefix}/cmd/test/{name}"),
-                    "payload_press": "",
-                    "device_class": "identify",
-                    "entity_category": "diagnostic",
-                }),
-            ),
-        );
-    }
-
-    if input.controls {
-        push(
-            "button",
-            "silence",
-            entity(
-                "button",
-                "silence",
-                "Silence",
-                json!({
-                    "command_topic": format!("{prefix}/cmd/silence"),
-                    "payload_press": "{}",
-                    "icon": "mdi:volume-off",
-                }),
-            ),
-        );
-        push(
-            "button",
-            "snooze",
-            entity(
-                "button",
-                "snooze",
-                &format!("Snooze {}", input.snooze_for),
-                json!({
-                    "command_topic": format!("{prefix}/cmd/snooze"),
-                    "payload_press": json!({"for": input.snooze_for}).to_string(),
-                    "icon": "mdi:alarm-snooze",
-                }),
-            ),
-        );
-        push(
-            "sensor",
-            "silenced_until",
-            entity(
-                "sensor",
-                "silenced_until",
-                "Silenced until",
-                json!({
-                    "state_topic": snooze_topic(prefix),
-                    "value_template": "{{ value_json.until }}",
-                    "device_class": "timestamp",
-                    "icon": "mdi:alarm-snooze",
-                }),
-            ),
-        );
-        for r in input.gpio.rules.iter() {
-            let Some(name) = &r.name else { continue };
-            let object = format!("rule_{name}");
-            push(
-                "switch",
-                &object,
-                entity(
-                    "switch",
-                    &object,
-                    &format!("Rule {name}"),
+        Step::Output(i, part) => {
+            let o = input.gpio.outputs.get(i)?;
+            let name = &o.name;
+            let set = format!("{prefix}/outputs/{name}/set");
+            let state = output_state_topic(prefix, name);
+            match part {
+                0 => render(
+                    cfg,
+                    input,
+                    (
+                        "binary_sensor",
+                        &format!("output_{name}"),
+                        &format!("Output {name}"),
+                    ),
                     json!({
-                        "command_topic": format!("{prefix}/rules/{name}/set"),
-                        "state_topic": rule_state_topic(prefix, name),
-                        "payload_on": "ON",
-                        "payload_off": "OFF",
-                        "icon": "mdi:shield-check",
-                        "entity_category": "config",
+                        "state_topic": format!("{prefix}/outputs/{name}"),
+                        "payload_on": "active",
+                        "payload_off": "idle",
+                        "device_class": "running",
+                        "entity_category": "diagnostic",
                     }),
+                    buf,
                 ),
-            );
+                1 if o.kind == OutputKind::Light => {
+                    let named = patterns_for(input.gpio, o.kind);
+                    let mut fields = json!({
+                        "schema": "json",
+                        "command_topic": set,
+                        "state_topic": state,
+                        "supported_color_modes": ["onoff"],
+                        "icon": "mdi:alarm-light",
+                    });
+                    if !named.is_empty() {
+                        fields["effect"] = json!(true);
+                        fields["effect_list"] = json!(named);
+                    }
+                    render(
+                        cfg,
+                        input,
+                        ("light", &format!("light_{name}"), name),
+                        fields,
+                        buf,
+                    )
+                }
+                1 => {
+                    let named = patterns_for(input.gpio, o.kind);
+                    let mut fields = json!({
+                        "command_topic": set,
+                        "state_topic": state,
+                        "support_duration": true,
+                        "support_volume_set": false,
+                        "icon": "mdi:bullhorn",
+                    });
+                    if !named.is_empty() {
+                        fields["available_tones"] = json!(named);
+                    }
+                    render(
+                        cfg,
+                        input,
+                        ("siren", &format!("siren_{name}"), name),
+                        fields,
+                        buf,
+                    )
+                }
+                _ => render(
+                    cfg,
+                    input,
+                    ("button", &format!("test_{name}"), &format!("Test {name}")),
+                    json!({
+                        "command_topic": format!("{prefix}/cmd/test/{name}"),
+                        "payload_press": "",
+                        "device_class": "identify",
+                        "entity_category": "diagnostic",
+                    }),
+                    buf,
+                ),
+            }
         }
-    }
-
-    let health = health_topic(prefix);
-    push(
-        "binary_sensor",
-        "source",
-        entity(
-            "binary_sensor",
-            "source",
-            "Alert source",
+        Step::Silence => render(
+            cfg,
+            input,
+            ("button", "silence", "Silence"),
             json!({
-                "state_topic": health,
+                "command_topic": format!("{prefix}/cmd/silence"),
+                "payload_press": "{}",
+                "icon": "mdi:volume-off",
+            }),
+            buf,
+        ),
+        Step::Snooze => render(
+            cfg,
+            input,
+            ("button", "snooze", &format!("Snooze {}", input.snooze_for)),
+            json!({
+                "command_topic": format!("{prefix}/cmd/snooze"),
+                "payload_press": json!({"for": input.snooze_for}).to_string(),
+                "icon": "mdi:alarm-snooze",
+            }),
+            buf,
+        ),
+        Step::SilencedUntil => render(
+            cfg,
+            input,
+            ("sensor", "silenced_until", "Silenced until"),
+            json!({
+                "state_topic": snooze_topic(prefix),
+                "value_template": "{{ value_json.until }}",
+                "device_class": "timestamp",
+                "icon": "mdi:alarm-snooze",
+            }),
+            buf,
+        ),
+        Step::Rule(i) => {
+            let name = input.gpio.rules.get(i)?.name.as_deref()?;
+            render(
+                cfg,
+                input,
+                ("switch", &format!("rule_{name}"), &format!("Rule {name}")),
+                RuleSwitch {
+                    command_topic: format!("{prefix}/rules/{name}/set"),
+                    state_topic: rule_state_topic(prefix, name),
+                    payload_on: "ON",
+                    payload_off: "OFF",
+                    icon: "mdi:shield-check",
+                    entity_category: "config",
+                },
+                buf,
+            )
+        }
+        Step::Source => render(
+            cfg,
+            input,
+            ("binary_sensor", "source", "Alert source"),
+            json!({
+                "state_topic": health(),
                 "value_template": "{{ 'ON' if value_json.source_connected else 'OFF' }}",
                 "device_class": "connectivity",
                 "entity_category": "diagnostic",
             }),
+            buf,
         ),
-    );
-    for (object, name, key, class, icon) in [
-        (
-            "queue_depth",
-            "Queue depth",
-            "queue_depth",
-            "measurement",
-            "mdi:tray-full",
-        ),
-        (
-            "received",
-            "Alerts received",
-            "received",
-            "total_increasing",
-            "mdi:bell-ring",
-        ),
-        (
-            "dropped",
-            "Alerts dropped",
-            "dropped",
-            "total_increasing",
-            "mdi:delete-alert",
-        ),
-        (
-            "set_aside",
-            "Alerts set aside",
-            "set_aside",
-            "total_increasing",
-            "mdi:tray-remove",
-        ),
-    ] {
-        push(
-            "sensor",
-            object,
-            entity(
-                "sensor",
-                object,
-                name,
+        Step::Sensor(i) => {
+            let (object, name, key, class, icon) = *SENSORS.get(i)?;
+            render(
+                cfg,
+                input,
+                ("sensor", object, name),
                 json!({
-                    "state_topic": health,
+                    "state_topic": health(),
                     "value_template": format!("{{{{ value_json.{key} }}}}"),
                     "unit_of_measurement": "alerts",
                     "state_class": class,
                     "icon": icon,
                     "entity_category": "diagnostic",
                 }),
-            ),
-        );
+                buf,
+            )
+        }
+        Step::Done => None,
+    }
+}
+
+/// Every discovery message at once, as (retained config topic, JSON): for tests and tools
+/// that look at them whole (the session streams them with [`Discovery`]).
+pub fn discovery(cfg: &MqttConfig, input: &DiscoveryInput<'_>) -> Vec<(String, Value)> {
+    let mut cursor = Discovery::default();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while let Some(topic) = cursor.next(cfg, input, &mut buf) {
+        if let Ok(v) = serde_json::from_slice(&buf) {
+            out.push((topic, v));
+        }
     }
     out
 }

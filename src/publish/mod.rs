@@ -94,6 +94,9 @@ const MAX_HELD_EVENTS: usize = 256;
 /// Room in rumqttc's request channel for our own messages (status, stats, discovery, command
 /// answers) on top of the in-flight window and one state message per output.
 const OWN_MESSAGE_ROOM: usize = 64;
+/// Own messages waiting in that channel above which discovery and rule states wait
+/// ([`Session::send_discovery`]).
+const DISCOVERY_IN_CHANNEL: usize = 16;
 
 pub fn status_topic(cfg: &MqttConfig) -> String {
     format!("{}/status", cfg.topic_prefix)
@@ -370,4 +373,8 @@ struct Session<'a> {
     replay_upto: u64,
     /// `{prefix}/health` last published.
     health_published: Option<Value>,
+    /// The discovery messages still to send ([`Session::send_discovery`]).
+    discovery: Option<ha::Discovery>,
+    /// The next rule whose state is still to send ([`Session::send_rule_states`]).
+    rule_states_from: Option<usize>,
 }

@@ -6,27 +6,33 @@ use tokio::time::Instant;
 
 use super::client::Props;
 use super::limit;
-use super::{ha, Session, DISCOVERY_SETTLE};
+use super::{ha, Session, DISCOVERY_IN_CHANNEL, DISCOVERY_SETTLE};
 use crate::config::{OutputKind, Qos};
 use crate::stats::queue_json;
 
 impl Session<'_> {
-    /// `{prefix}/rules/{name}/state` of every named rule, retained.
+    /// `{prefix}/rules/{name}/state` of every named rule, retained, (re)started from the first.
     pub(super) fn publish_rule_states(&mut self) {
-        let states: Vec<(String, bool)> = self
-            .links
-            .gpio_config
-            .rules
-            .iter()
-            .filter_map(|r| r.name.clone())
-            .map(|n| {
-                let armed = !self.links.state.disarmed.contains(&n);
-                (n, armed)
-            })
-            .collect();
-        for (name, armed) in states {
-            self.publish_rule_state(&name, armed);
+        self.rule_states_from = Some(0);
+        self.send_rule_states();
+    }
+
+    /// Sends what is left of the rule states, bounded like [`Session::send_discovery`]:
+    /// 10,000 named rules never overflow rumqttc's request channel.
+    pub(super) fn send_rule_states(&mut self) {
+        let Some(mut i) = self.rule_states_from.take() else {
+            return;
+        };
+        let rules = self.links.gpio_config.rules.clone();
+        while self.corr.own_unwritten() < DISCOVERY_IN_CHANNEL {
+            let Some(rule) = rules.get(i) else { return };
+            i += 1;
+            if let Some(name) = &rule.name {
+                let armed = !self.links.state.disarmed.contains(name);
+                self.publish_rule_state(name, armed);
+            }
         }
+        self.rule_states_from = Some(i);
     }
 
     pub(super) fn publish_rule_state(&mut self, name: &str, armed: bool) {
@@ -252,23 +258,42 @@ impl Session<'_> {
         }
     }
 
+    /// (Re)starts sending discovery from its first message.
     pub(super) fn publish_discovery(&mut self) {
-        self.events_held_until = Some(Instant::now() + DISCOVERY_SETTLE);
-        let types = self.links.all_event_types();
-        let input = ha::DiscoveryInput {
-            gpio: &self.links.gpio_config,
-            controls: self.links.gpio.is_some(),
-            event_types: &types,
-            configuration_url: self.links.configuration_url.as_deref(),
-            snooze_for: ha::SNOOZE_BUTTON_FOR,
+        self.discovery = Some(ha::Discovery::default());
+        self.send_discovery();
+    }
+
+    /// Sends what is left of the discovery (10,000 named rules are 10,000 messages) while
+    /// fewer than [`DISCOVERY_IN_CHANNEL`] own messages wait in rumqttc's request channel:
+    /// each is rendered when it is sent, none is dropped for want of room, and records and
+    /// other own messages keep theirs. Called again on every turn of the session loop (room
+    /// frees as rumqttc writes). Events are held until the last one has had time to apply.
+    pub(super) fn send_discovery(&mut self) {
+        let Some(mut cursor) = self.discovery.take() else {
+            return;
         };
-        for (topic, payload) in ha::discovery(&self.cfg, &input) {
-            self.publish_own(
-                topic,
-                payload.to_string().into_bytes(),
-                Qos::AtLeastOnce,
-                true,
-            );
+        // Only the first message lists the event types (10,000 rules: 10,000 labels).
+        let types = if cursor.at_start() {
+            self.links.all_event_types()
+        } else {
+            Vec::new()
+        };
+        let mut buf = Vec::new();
+        while self.corr.own_unwritten() < DISCOVERY_IN_CHANNEL {
+            let input = ha::DiscoveryInput {
+                gpio: &self.links.gpio_config,
+                controls: self.links.gpio.is_some(),
+                event_types: &types,
+                configuration_url: self.links.configuration_url.as_deref(),
+                snooze_for: ha::SNOOZE_BUTTON_FOR,
+            };
+            let Some(topic) = cursor.next(&self.cfg, &input, &mut buf) else {
+                return;
+            };
+            self.publish_own(topic, buf.clone(), Qos::AtLeastOnce, true);
+            self.events_held_until = Some(Instant::now() + DISCOVERY_SETTLE);
         }
+        self.discovery = Some(cursor);
     }
 }

@@ -61,6 +61,8 @@ impl<'a> Session<'a> {
             taken_over: false,
             replay_upto,
             health_published: None,
+            discovery: None,
+            rule_states_from: None,
         }
     }
 
@@ -125,6 +127,8 @@ impl<'a> Session<'a> {
             if let Err(e) = self.fill_window() {
                 self.stats.log_queue_error(&e);
             }
+            self.send_discovery();
+            self.send_rule_states();
             let room = self.corr.records_in_flight() < self.window;
             let flush_at = self.ack_flush_at;
             let held_until = self.events_held_until;
