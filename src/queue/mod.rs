@@ -95,6 +95,7 @@ use self::ack::*;
 use self::fs::{Filesystem, FsFile, OsFs};
 use self::recover::probe_writable;
 use self::segment::*;
+use self::writer::Receipt;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -310,6 +311,10 @@ pub struct Queue {
     read_retry: Option<(Instant, std::time::Duration)>,
     /// Older segments written by a roll but not yet fsynced: the next [`SyncJob`] syncs them.
     unsynced: Vec<Arc<dyn FsFile>>,
+    /// Senders of records written and not yet synced (one group commit's), by seq: answered
+    /// by [`Queue::ack`] when the broker acknowledges a record before its fsync ends; the
+    /// writer takes the rest back after the fsync ([`Queue::take_receipts`]).
+    receipts: BTreeMap<u64, Receipt>,
     /// The exclusive `flock` on `lock`, held while the queue is open (real filesystem only).
     _lock: Option<std::fs::File>,
 }
@@ -382,6 +387,7 @@ impl Queue {
             append_failure: None,
             roll_failure: None,
             unsynced: Vec::new(),
+            receipts: BTreeMap::new(),
             _lock: None,
         };
         let report = q.recover()?;
