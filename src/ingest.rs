@@ -20,17 +20,17 @@ use crate::stats::Stats;
 /// counted. Long enough to ride out an SD card's write stall, short enough that the socket
 /// keeps being read (and GPIO keeps firing) when the disk is gone.
 pub const QUEUE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long [`Ingest::accept_durable`] waits for the fsync that makes an alert durable. An SD
-/// card stalls for seconds at worst; past this the webhook answers 503 and the sender retries
-/// (the retry is deduplicated against this copy once it turns durable).
+/// How long [`Ingest::accept_durable`] waits for an alert to be safe (its fsync, or the broker's
+/// PUBACK). An SD card stalls for seconds at worst; past this the webhook answers 503 and the
+/// sender retries (the retry is deduplicated against this copy once it turns safe).
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer to [`Ingest::accept_durable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
-    /// This copy was appended and is durable under `seq`.
+    /// This copy was appended and is safe under `seq`: synced, or acknowledged by the broker.
     Durable(u64),
-    /// A copy seen earlier (either path) is durable under `seq`; this one was dropped.
+    /// A copy seen earlier (either path) is safe under `seq`; this one was dropped.
     Duplicate(u64),
 }
 
@@ -121,7 +121,11 @@ impl Ingest {
     }
 
     /// Like [`Ingest::accept`], but returns only once the alert (or the copy of it seen first)
-    /// is durable in the queue, with its seq: what a webhook may acknowledge.
+    /// is safe, with its seq: what a webhook may acknowledge. Safe is whichever comes first:
+    /// the fsync that covers it, or the broker's PUBACK (the publisher's [`Queue::ack`]
+    /// answers it while the fsync runs).
+    ///
+    /// [`Queue::ack`]: crate::queue::Queue::ack
     pub async fn accept_durable(&self, alert: Alert, via: Via) -> Result<Accepted, IngestError> {
         let deadline = tokio::time::Instant::now() + DURABLE_TIMEOUT;
         // A duplicate whose first copy failed is submitted again, once.

@@ -12,10 +12,13 @@
 //! - **Group commit.** [`Queue::append`] only buffers; [`Queue::commit`] writes the buffer with
 //!   one `write` and hands back a [`SyncJob`] that the caller fsyncs *outside* any lock.
 //!   [`Queue::mark_written`] makes the records readable right after the write, so they may be
-//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync, and only then are
-//!   senders told "accepted". With `fsync = "batch"` nothing a sender was told is accepted is
-//!   lost on a power cut; a record published but neither synced nor acknowledged is (it would be
-//!   lost waiting too); with `never`, whatever the kernel had not written back.
+//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync. A sender is told
+//!   "accepted" once its record is *safe*: synced, or acknowledged by the broker
+//!   ([`Queue::ack`] answers the receipt the writer left with the queue), whichever comes first.
+//!   With `fsync = "batch"` nothing a sender was told is accepted is lost on a power cut (an
+//!   acknowledged record may be, but the broker has it); a record published but neither synced
+//!   nor acknowledged is (it would be lost waiting too); with `never`, whatever the kernel had
+//!   not written back.
 //! - **Cheap acknowledgement.** The ack position lives in memory and is persisted to `ack`
 //!   (write + fsync + rename) at most about once a second and on close — never once per
 //!   PUBACK. Fully acknowledged segments are deleted with that persist, after it. The
