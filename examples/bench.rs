@@ -10,7 +10,10 @@
 //! CPU per alert and RSS of the relay (from /proc), idle RSS and idle wake-ups (context
 //! switches over an idle window), and bytes written to disk per payload byte. A
 //! `mosquitto_pub` run into the same broker, in the same invocation, gives the ceiling of this
-//! loop on this machine, so every throughput is also a ratio.
+//! loop on this machine, so every throughput is also a ratio. The same phases run first on
+//! `examples/forwarder.rs` (a 40-line forwarder that keeps nothing, a separate process too:
+//! `$ALERT_RELAY_BENCH_FORWARDER`, else built here), and each policy is reported against it in
+//! a `vs forwarder` line with issue 18's targets.
 
 mod support;
 
