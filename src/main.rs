@@ -88,16 +88,7 @@ fn run(cfg: Config, path: PathBuf) -> ExitCode {
         notify: systemd::reloading,
     };
     let stats = std::sync::Arc::new(alert_relay::stats::Stats::default());
-    // On the heap: the relay's state machine is large, and each move of it by value (into
-    // `watched`, into `block_on`) would leave a copy on the main thread's stack, whose touched
-    // pages stay resident for the life of the process.
-    let relay = Box::pin(alert_relay::run_reloading(
-        cfg,
-        Some(reload),
-        shutdown,
-        stats,
-        systemd::ready,
-    ));
+    let relay = alert_relay::run_reloading(cfg, Some(reload), shutdown, stats, systemd::ready);
     let result = rt.block_on(systemd::watched(relay));
     systemd::stopping();
     match result {
