@@ -1,5 +1,5 @@
-//! Upstream frames, envelopes and alerts: lenient parsing, label sanitising, and the record
-//! the queue stores.
+//! Upstream frames, envelopes and alerts: lenient parsing, label sanitising, the record the
+//! queue stores, and the best-effort message the source hands the publisher.
 //!
 //! Pure: no I/O, no clock (callers pass the time in). Parsing follows SPEC §2: the channel may
 //! come as `channel`, `type`, `event_type` or `event` (`{"event":"capture_session.active"}` is
@@ -240,6 +240,10 @@ pub struct QueuedMessage {
     /// A JSON object, serialised.
     pub body: Vec<u8>,
 }
+
+/// A best-effort channel message on its way from the source to the publisher, never queued:
+/// topic below the prefix, payload (the JSON body with its `relay` object).
+pub type LiveMessage = (String, Vec<u8>);
 
 /// Record payload version, so that a future layout can still read old queues.
 const RECORD_V1: u8 = 1;

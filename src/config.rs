@@ -1439,27 +1439,7 @@ fn validate_tls(
     insecure: Option<bool>,
 ) -> Result<TlsConfig, ConfigError> {
     if let Some(path) = &ca_file {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| {
-                invalid(
-                    "source.ca_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                invalid(
-                    "source.ca_file",
-                    format!("{} is not PEM: {e}", path.display()),
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(invalid(
-                "source.ca_file",
-                format!("{} holds no PEM certificate", path.display()),
-            ));
-        }
+        crate::tls::check_ca_file(path).map_err(|e| invalid("source.ca_file", e.to_string()))?;
     }
     let builtin_roots = builtin_roots.unwrap_or(ca_file.is_none());
     if !builtin_roots && ca_file.is_none() {

@@ -37,6 +37,7 @@ pub mod rules;
 pub mod source;
 pub mod stats;
 pub mod timesync;
+pub mod tls;
 pub mod topic;
 pub mod webhook;
 

@@ -17,7 +17,7 @@
 //!   client, the MQTT password inside TLS) is never logged, and no key log is configured.
 //! - hyper (the webhook server) logs through `tracing`, which is not compiled in; the relay's
 //!   HTTP code never logs a request's query or headers (the webhook token travels there).
-//! - `source::http` (the REST client) logs nothing; its errors name the URL without query.
+//! - `source::rest` (the REST client) logs nothing; its errors name the URL without query.
 //!
 //! `tests/secrets_in_logs.rs` runs the binary at `RUST_LOG=trace` with every secret in use.
 

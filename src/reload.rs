@@ -38,13 +38,14 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::alert::LiveMessage;
 use crate::config::{
     Config, ConfigError, GpioBackendKind, GpioConfig, HttpConfig, SourceConfig, SourceMode,
 };
 use crate::gpio::{self, GpioCommand, GpioError};
 use crate::ingest::Ingest;
 use crate::publish;
-use crate::source::{self, LiveMessage};
+use crate::source;
 use crate::stats::Stats;
 
 /// Where reload requests come from and where the config is read again.

@@ -23,10 +23,12 @@ mod cdev;
 pub mod pattern;
 mod rppal;
 pub mod safe;
+mod sim;
 mod tools;
 
-pub use backend::{open_backend, Backend, GpioError, OnPress, SimBackend};
+pub use backend::{Backend, GpioError, OnPress};
 pub use cdev::{resolve as resolve_cdev_line, ChipDesc, LineAddr};
+pub use sim::SimBackend;
 pub use tools::{describe, test_output, TestOutputError};
 
 use std::sync::Arc;
@@ -35,10 +37,23 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::{OutputConfig, Pattern};
+use crate::config::{GpioBackendKind, GpioConfig, OutputConfig, Pattern};
 use crate::rules::Fire;
 use crate::stats::Stats;
 use pattern::PatternCursor;
+
+/// Opens the configured backend, with every output claimed in its inactive state.
+pub fn open_backend(cfg: &GpioConfig) -> Result<Box<dyn Backend>, GpioError> {
+    match cfg.backend {
+        GpioBackendKind::None => Ok(Box::new(sim::NoneBackend)),
+        GpioBackendKind::Sim => Ok(Box::new(SimBackend::new(
+            &cfg.outputs,
+            cfg.sim_trace.as_deref(),
+        )?)),
+        GpioBackendKind::Rppal => rppal::open(&cfg.outputs),
+        GpioBackendKind::Cdev => cdev::open(&cfg.outputs),
+    }
+}
 
 /// Fires waiting for the engine. A burst larger than this is dropped at the sender (counted):
 /// lights cannot show more than a handful of patterns per second anyway.

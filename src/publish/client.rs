@@ -1,100 +1,19 @@
 //! One face over rumqttc's MQTT 3.1.1 and MQTT 5 clients, so the session logic exists once:
 //! [`connect`] builds a client and event loop for either protocol, [`Client`] publishes and
 //! subscribes, and [`EventLoop::poll`] reports what happened as an [`Ev`].
-//!
-//! Also builds the TLS configuration: rustls with the `ring` provider, roots from `ca_file` or
-//! the built-in web PKI roots, optional client certificate.
+//! The TLS configuration comes from [`crate::tls`].
 
 use std::sync::Arc;
 
 use rumqttc::v5::mqttbytes::v5 as m5;
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
-use crate::config::{MqttConfig, MqttProtocol, MqttTls, Qos};
+use crate::config::{MqttConfig, MqttProtocol, Qos};
 
 /// Largest MQTT packet we send or accept. Records are capped well below this by the queue.
 pub const MAX_PACKET_BYTES: usize = 2 << 20;
 /// Seconds to wait for TCP + TLS + CONNACK.
 const CONNECT_TIMEOUT_SECS: u64 = 10;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read mqtt.{key} {path}: {source}")]
-    Read {
-        key: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("mqtt.{key} {path} holds no usable PEM {what}")]
-    Pem {
-        key: &'static str,
-        path: String,
-        what: &'static str,
-    },
-    #[error("tls setup failed: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// Builds the rustls client configuration (ring provider, TLS 1.2 and 1.3).
-pub fn tls_config(t: &MqttTls) -> Result<rustls::ClientConfig, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let read = |key: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            key,
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    match &t.ca_file {
-        Some(path) => {
-            let pem = read("ca_file", path)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .filter_map(Result::ok)
-                .collect();
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(TlsError::Pem {
-                    key: "ca_file",
-                    path: path.display().to_string(),
-                    what: "certificate",
-                });
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots);
-    let cfg = match (&t.client_cert, &t.client_key) {
-        (Some(cert), Some(key)) => {
-            let pem = read("client_cert", cert)?;
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .filter_map(Result::ok)
-                .collect();
-            if chain.is_empty() {
-                return Err(TlsError::Pem {
-                    key: "client_cert",
-                    path: cert.display().to_string(),
-                    what: "certificate",
-                });
-            }
-            let pem = read("client_key", key)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::Pem {
-                key: "client_key",
-                path: key.display().to_string(),
-                what: "private key",
-            })?;
-            builder.with_client_auth_cert(chain, key_der)?
-        }
-        _ => builder.with_no_client_auth(),
-    };
-    Ok(cfg)
-}
 
 /// A client of either protocol version.
 pub enum Client {

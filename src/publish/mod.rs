@@ -56,7 +56,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::alert::QueuedMessage;
+use crate::alert::{LiveMessage, QueuedMessage};
 use crate::backoff::Backoff;
 use crate::config::{Config, GpioConfig, MqttConfig, MqttProtocol, OutputConfig, OutputKind, Qos};
 use crate::gpio::GpioCommand;
@@ -200,7 +200,7 @@ pub async fn run(
     queue: QueueHandle,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
-    mut live: mpsc::Receiver<crate::source::LiveMessage>,
+    mut live: mpsc::Receiver<LiveMessage>,
     mut reconf: mpsc::Receiver<Reconfigure>,
 ) {
     let mut cfg = cfg;
@@ -214,7 +214,7 @@ pub async fn run(
         }
         let capacity = cfg.max_inflight as usize + OWN_MESSAGE_ROOM + 2 * links.outputs.len();
         let started = Instant::now();
-        let end = match cfg.tls.as_ref().map(client::tls_config).transpose() {
+        let end = match cfg.tls.as_ref().map(crate::tls::client_config).transpose() {
             Err(e) => SessionEnd::Lost {
                 reason: e.to_string(),
                 connected: false,
@@ -224,7 +224,7 @@ pub async fn run(
                 taken_over: false,
             },
             Ok(tls) => {
-                let (client, mut el) = client::connect(&cfg, tls.map(Arc::new), capacity);
+                let (client, mut el) = client::connect(&cfg, tls, capacity);
                 let window = poison.window(cfg.max_inflight as usize);
                 let mut session = Session::new(
                     cfg.clone(),
@@ -528,7 +528,7 @@ impl<'a> Session<'a> {
         &mut self,
         el: &mut EventLoop,
         shutdown: &mut watch::Receiver<bool>,
-        live: &mut mpsc::Receiver<crate::source::LiveMessage>,
+        live: &mut mpsc::Receiver<LiveMessage>,
         reconf: &mut mpsc::Receiver<Reconfigure>,
     ) -> SessionEnd {
         // Connect: poll until CONNACK.

@@ -58,7 +58,7 @@ pub enum AdminError {
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(transparent)]
-    Tls(#[from] super::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs one command; returns the text to print on stdout.
@@ -66,8 +66,8 @@ pub async fn run(cfg: &SourceConfig, cmd: AdminCommand) -> Result<String, AdminE
     let SourceMode::VideoDb(v) = &cfg.mode else {
         return Err(AdminError::NotVideoDb);
     };
-    let tls = super::tls::client_config(&cfg.tls)?;
-    let api = Api::new(v, super::http::Client::new(tls, v.request_timeout));
+    let tls = crate::tls::client_config(&cfg.tls)?;
+    let api = Api::new(v, super::rest::Client::new(tls, v.request_timeout));
     match cmd {
         AdminCommand::AlertsList { target } => {
             let pairs = targets(&v.alerts, &target)?;

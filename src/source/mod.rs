@@ -16,13 +16,14 @@
 //! # Liveness
 //! A ping goes out every `ping_interval`; if nothing at all (pong or data) arrives within
 //! `pong_timeout` after it, the connection is declared dead (half-open TCP after a Wi-Fi drop
-//! never reports an error on its own) and replaced. These two timers are the only ones an idle
-//! connection runs.
+//! never reports an error on its own) and replaced (`liveness.rs` decides; one timer, the only
+//! one an idle connection runs).
 
 pub mod admin;
 pub mod frames;
-pub mod http;
-pub mod tls;
+mod liveness;
+pub mod rest;
+mod route;
 pub mod videodb;
 
 use std::sync::Arc;
@@ -32,21 +33,22 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 
 use crate::alert::{
-    connection_id_of, parse_frame_bytes, sanitize_topic_level, Alert, Envelope, Frame, FrameError,
+    connection_id_of, parse_frame_bytes, Alert, Envelope, Frame, FrameError, LiveMessage,
     QueuedMessage, Via,
 };
 use crate::backoff::Backoff;
 use crate::config::{redact_url, SourceConfig, SourceMode, VideoDbConfig};
 use crate::ingest::Ingest;
 use crate::stats::Stats;
+use crate::tls;
+use liveness::{Due, Liveness};
+pub use route::{channel_topic_suffix, route, ChannelRoute};
 
-/// A best-effort channel message: topic below the prefix, payload.
-pub type LiveMessage = (String, Vec<u8>);
 /// Best-effort messages waiting for the publisher. Transcripts come a few per second per
 /// stream; 256 rides out a broker hiccup of tens of seconds, then the oldest news is the least
 /// useful, so new ones are dropped and counted rather than buffered without bound.
@@ -68,16 +70,6 @@ pub enum SourceError {
     Api(#[from] videodb::ApiError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-}
-
-/// Builds the rustls connector: `ring` provider, Mozilla's roots built in.
-pub fn tls_connector() -> Result<Connector, rustls::Error> {
-    let cfg = tls::client_config(&crate::config::TlsConfig {
-        builtin_roots: true,
-        ..Default::default()
-    })
-    .map_err(|e| rustls::Error::General(e.to_string()))?;
-    Ok(Connector::Rustls(cfg))
 }
 
 /// Everything one connection needs, built once.
@@ -136,7 +128,7 @@ pub async fn run(
     };
     let upstream = match &cfg.mode {
         SourceMode::VideoDb(v) => Upstream::VideoDb {
-            api: videodb::Api::new(v, http::Client::new(tls.clone(), v.request_timeout)),
+            api: videodb::Api::new(v, rest::Client::new(tls.clone(), v.request_timeout)),
             cfg: v,
         },
         SourceMode::Generic { url, headers } => Upstream::Generic { url, headers },
@@ -245,18 +237,7 @@ async fn connect_and_read(
         url: shown.clone(),
         reason,
     };
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| connect_err(e.to_string()))?;
-    for (name, value) in headers {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| connect_err(format!("bad header name source.headers.{name}")))?;
-        let mut v = HeaderValue::from_str(value.expose())
-            .map_err(|_| connect_err(format!("bad value for source.headers.{name}")))?;
-        v.set_sensitive(true);
-        request.headers_mut().insert(n, v);
-    }
+    let request = handshake_request(&url, headers).map_err(connect_err)?;
 
     // 2. Connect.
     if url.starts_with("wss://") && cfg.tls.insecure_skip_verify {
@@ -277,46 +258,13 @@ async fn connect_and_read(
     };
 
     // 3. VideoDB: the first message is the connection_id, which the alerts are bound to.
-    let mut connection_id: Option<String> = None;
-    if ctx.api().is_some() {
-        let deadline = Instant::now() + cfg.connect_timeout;
-        while connection_id.is_none() {
-            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-                Err(_) => {
-                    return Err(SourceError::NoHello {
-                        url: shown,
-                        after: cfg.connect_timeout,
-                    })
-                }
-                Ok(None) => return Ok(End::Closed),
-                Ok(Some(Err(e))) => {
-                    return Err(SourceError::Read {
-                        url: shown,
-                        reason: e.to_string(),
-                    })
-                }
-                Ok(Some(Ok(m))) => m,
-            };
-            // The first frame that carries a `connection_id` is the hello, whatever else it
-            // holds (`{"type":"connected","connection_id":"c1"}`; a number too): the Python SDK
-            // reads the id from the first frame (websocket_client.py lines 33-35), the Node SDK
-            // from the first frame that has one. Any other frame is handled like any frame, and
-            // the wait goes on.
-            let bytes = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b.as_ref(),
-                Message::Close(_) => return Ok(End::Closed),
-                _ => continue,
-            };
-            // `frames` never delivers a message above `max_frame_bytes`.
-            if let Some(id) = connection_id_of(bytes) {
-                stats.inc(&stats.frames_received);
-                connection_id = Some(id);
-            } else {
-                on_message(bytes, matches!(msg, Message::Binary(_)), ctx).await;
-            }
-        }
-    }
+    let connection_id = match ctx.api() {
+        Some(_) => match read_hello(&mut ws, ctx, &shown).await? {
+            Some(id) => Some(id),
+            None => return Ok(End::Closed),
+        },
+        None => None,
+    };
     stats.inc(&stats.source_connects);
     if Stats::get(&stats.source_connects) > 1 {
         stats.inc(&stats.source_reconnects);
@@ -340,9 +288,7 @@ async fn connect_and_read(
     tokio::pin!(binding);
 
     // 5. Read, ping, and watch for silence.
-    let mut next_ping = Instant::now() + cfg.ping_interval;
-    let mut pong_due: Option<Instant> = None;
-    let mut read_at_ping = 0;
+    let mut liveness = Liveness::new(Instant::now(), cfg.ping_interval, cfg.pong_timeout);
     loop {
         tokio::select! {
             msg = ws.next() => {
@@ -352,7 +298,7 @@ async fn connect_and_read(
                     reason: e.to_string(),
                 })?;
                 // Anything from the server proves the path is alive.
-                pong_due = None;
+                liveness.on_message();
                 match msg {
                     Message::Text(text) => {
                         if let Some(id) = on_message(text.as_bytes(), false, ctx).await {
@@ -372,33 +318,92 @@ async fn connect_and_read(
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
-            _ = tokio::time::sleep_until(next_ping), if pong_due.is_none() => {
-                let now = Instant::now();
-                pong_due = Some(now + cfg.pong_timeout);
-                next_ping = now + cfg.ping_interval;
-                stats.inc(&stats.source_pings);
-                read_at_ping = ws.bytes_read();
-                // A peer that stopped reading can leave the send stuck behind a full buffer.
-                match tokio::time::timeout(cfg.pong_timeout, ws.send_ping()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(SourceError::Read { url: shown, reason: e.to_string() }),
-                    Err(_) => {
+            _ = tokio::time::sleep_until(liveness.deadline()) => {
+                match liveness.poll(Instant::now(), ws.bytes_read()) {
+                    Due::Idle => {}
+                    Due::Ping => {
+                        stats.inc(&stats.source_pings);
+                        // A peer that stopped reading can leave the send stuck behind a full
+                        // buffer.
+                        match tokio::time::timeout(cfg.pong_timeout, ws.send_ping()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Err(SourceError::Read { url: shown, reason: e.to_string() }),
+                            Err(_) => {
+                                stats.inc(&stats.source_ping_timeouts);
+                                return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
+                            }
+                        }
+                    }
+                    Due::PongOverdue => {
                         stats.inc(&stats.source_ping_timeouts);
                         return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
                     }
                 }
             }
-            _ = sleep_until_opt(pong_due), if pong_due.is_some() => {
-                // Bytes of a frame still streaming in (an oversize one being skipped) are
-                // proof of life too, though no message came out of them.
-                if ws.bytes_read() == read_at_ping {
-                    stats.inc(&stats.source_ping_timeouts);
-                    return Err(SourceError::PongTimeout { url: shown, after: cfg.pong_timeout });
-                }
-                pong_due = None;
-            }
             () = &mut binding => {}
         }
+    }
+}
+
+/// The handshake request for `url` with `source.headers` (marked sensitive); the error is the
+/// reason shown after "cannot connect to URL:".
+fn handshake_request(
+    url: &str,
+    headers: &[(String, crate::config::Secret)],
+) -> Result<Request, String> {
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("bad header name source.headers.{name}"))?;
+        let mut v = HeaderValue::from_str(value.expose())
+            .map_err(|_| format!("bad value for source.headers.{name}"))?;
+        v.set_sensitive(true);
+        request.headers_mut().insert(n, v);
+    }
+    Ok(request)
+}
+
+/// VideoDB: reads until the hello, within `connect_timeout`; `None`: the server closed first.
+/// The first frame that carries a `connection_id` is the hello, whatever else it holds
+/// (`{"type":"connected","connection_id":"c1"}`; a number too): the Python SDK reads the id from
+/// the first frame (websocket_client.py lines 33-35), the Node SDK from the first frame that
+/// has one. Any other frame is handled like any frame, and the wait goes on.
+async fn read_hello(
+    ws: &mut frames::FrameStream<'_, frames::Transport>,
+    ctx: &Ctx<'_>,
+    shown: &str,
+) -> Result<Option<String>, SourceError> {
+    let (cfg, stats) = (ctx.cfg, ctx.stats);
+    let deadline = Instant::now() + cfg.connect_timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => {
+                return Err(SourceError::NoHello {
+                    url: shown.to_string(),
+                    after: cfg.connect_timeout,
+                })
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => {
+                return Err(SourceError::Read {
+                    url: shown.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let bytes = match &msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b.as_ref(),
+            Message::Close(_) => return Ok(None),
+            _ => continue,
+        };
+        // `frames` never delivers a message above `max_frame_bytes`.
+        if let Some(id) = connection_id_of(bytes) {
+            stats.inc(&stats.frames_received);
+            return Ok(Some(id));
+        }
+        on_message(bytes, matches!(msg, Message::Binary(_)), ctx).await;
     }
 }
 
@@ -440,12 +445,6 @@ async fn bind_until_done(
         }
     }
     std::future::pending::<()>().await
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    if let Some(t) = t {
-        tokio::time::sleep_until(t).await
-    }
 }
 
 /// Counts and parses one text or binary message and passes it on; returns the
@@ -490,42 +489,6 @@ async fn on_message(text: &[u8], binary: bool, ctx: &Ctx<'_>) -> Option<String> 
     None
 }
 
-/// What happens to a non-alert envelope, by `source.channels` / `durable_channels`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ChannelRoute {
-    NotRelayed,
-    InterimDropped,
-    Durable,
-    BestEffort,
-}
-
-/// Pure routing decision for one envelope.
-pub fn route(cfg: &SourceConfig, env: &Envelope) -> ChannelRoute {
-    if !cfg.channels.contains(&env.channel) {
-        return ChannelRoute::NotRelayed;
-    }
-    if env.channel == "transcript"
-        && !cfg.transcript_interim
-        && env.data.get("is_final") == Some(&Value::Bool(false))
-    {
-        return ChannelRoute::InterimDropped;
-    }
-    if cfg.durable_channels.contains(&env.channel) {
-        ChannelRoute::Durable
-    } else {
-        ChannelRoute::BestEffort
-    }
-}
-
-/// `{channel}/{rtstream_id or _}`, both sanitised as topic levels.
-pub fn channel_topic_suffix(env: &Envelope) -> String {
-    format!(
-        "{}/{}",
-        sanitize_topic_level(&env.channel),
-        sanitize_topic_level(env.rtstream_id.as_deref().unwrap_or("_"))
-    )
-}
-
 async fn relay_channel(env: Envelope, ctx: &Ctx<'_>) {
     let stats = ctx.stats;
     let route = route(ctx.cfg, &env);
@@ -566,55 +529,5 @@ async fn relay_channel(env: Envelope, ctx: &Ctx<'_>) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::alert::parse_frame;
-    use crate::config::Config;
-
-    fn envelope(text: &str) -> Envelope {
-        match parse_frame(text) {
-            Ok(Frame::Envelope(e)) => e,
-            other => panic!("expected an envelope, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn channels_route_by_config_and_interim_transcripts_are_dropped() {
-        let cfg = Config::parse(
-            "[source]\nurl = \"ws://x/\"\nchannels = [\"transcript\", \"visual_index\"]\ndurable_channels = [\"scene_index\"]\n",
-        )
-        .expect("config")
-        .source;
-        let r = |t: &str| route(&cfg, &envelope(t));
-        assert_eq!(
-            r(r#"{"channel":"transcript","data":{"text":"hi","is_final":true}}"#),
-            ChannelRoute::BestEffort
-        );
-        assert_eq!(
-            r(r#"{"channel":"transcript","data":{"text":"h","is_final":false}}"#),
-            ChannelRoute::InterimDropped
-        );
-        assert_eq!(
-            r(r#"{"type":"visual_index","rtstream_id":"rt1","data":{}}"#),
-            ChannelRoute::Durable
-        );
-        assert_eq!(
-            r(r#"{"channel":"audio_index","data":{}}"#),
-            ChannelRoute::NotRelayed
-        );
-        assert_eq!(
-            channel_topic_suffix(&envelope(
-                r#"{"channel":"scene_index","rtstream_id":"a/b","data":{}}"#
-            )),
-            "scene_index/a_b"
-        );
-        assert_eq!(
-            channel_topic_suffix(&envelope(r#"{"channel":"transcript","data":{}}"#)),
-            "transcript/_"
-        );
     }
 }

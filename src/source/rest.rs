@@ -141,7 +141,7 @@ impl Client {
                     .await
                     .map_err(|e| HttpError::Tls {
                         host: addr,
-                        reason: super::tls::explain(&e.to_string()),
+                        reason: crate::tls::explain(&e.to_string()),
                     })?;
                 exchange(tls, &bytes, &shown, max_body).await
             } else {

@@ -1,35 +1,19 @@
-//! VideoDB's REST side (SPEC §2): the pre-authenticated WebSocket URL, alerts bound to one
-//! socket's `connection_id`, events; and the small state file that remembers which alerts this
-//! relay created, so that they never pile up across reconnects and restarts.
+//! VideoDB's REST calls (SPEC §2), each mirroring VideoDB's Python SDK 0.5.1 (the comments
+//! cite the SDK line it follows): the pre-authenticated WebSocket URL, which kind an index is,
+//! alerts (create, list, enable/disable, delete) and events. The API key travels in the
+//! `x-access-token` header only, never in a log line or an error.
 //!
-//! Owns: the API key on the wire (header `x-access-token`, never in a log line or an error),
-//! the alert-id state file. Never does: WebSocket I/O, retries (callers decide when to retry:
-//! [`ApiError::is_permanent`] tells them whether retrying soon can help).
-//!
-//! # Why a state file and not `GET .../alert`
-//! The list endpoint returns `alert_id, event_id, label, callback_url, status`, but not the
-//! `ws_connection_id` an alert is bound to. Matching on `event_id` + `callback_url` would also
-//! catch alerts an installer created by hand (`alert-relay alerts create`) for webhook
-//! delivery, and disable them. So the relay removes only ids it wrote down itself: every id is
-//! persisted (write, fsync, rename) right after its creation, before anything else happens.
-//! The same file remembers which kind each bound index is (v1 `/index/`, v2 `/indexes/`), as
-//! the service answered [`Api::index_kind`].
-//!
-//! Every request mirrors VideoDB's Python SDK 0.5.1 (PyPI `videodb`); the comments cite the
-//! SDK line each one follows. `.ci/videodb-sdk.sh` proves the stand-in the tests use against
-//! that SDK.
+//! Never does: retries (callers decide; [`ApiError::is_permanent`] tells them whether retrying
+//! soon can help), or touch the state file.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::http::{Client, HttpError};
-use crate::config::{AlertBinding, VideoDbConfig};
-use crate::stats::Stats;
+use crate::config::VideoDbConfig;
+use crate::source::rest::{self, Client, HttpError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -71,7 +55,7 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> Option<u16> {
+    pub(super) fn status(&self) -> Option<u16> {
         match self {
             ApiError::Unauthorized { status, .. } | ApiError::Status { status, .. } => {
                 Some(*status)
@@ -139,7 +123,7 @@ pub struct Api {
     collection_id: String,
     /// Set once the service showed it has no DELETE for alerts (405, or a 404 to a delete of
     /// an alert that a disable then found): later clean-ups only disable.
-    delete_unsupported: Arc<AtomicBool>,
+    pub(super) delete_unsupported: Arc<AtomicBool>,
 }
 
 /// One alert as `GET .../alert` lists it.
@@ -324,7 +308,7 @@ impl Api {
         body: Option<Value>,
     ) -> Result<Value, ApiError> {
         let bytes = self
-            .send(what, method, path, body, super::http::MAX_BODY_BYTES)
+            .send(what, method, path, body, rest::MAX_BODY_BYTES)
             .await?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(v.get("data").cloned().unwrap_or(Value::Null))
@@ -424,7 +408,7 @@ impl Api {
     }
 
     /// `GET .../alert` (rtstream.py lines 345 and 595), up to
-    /// [`super::http::MAX_LIST_BODY_BYTES`].
+    /// [`rest::MAX_LIST_BODY_BYTES`].
     pub async fn list_alerts(&self, index: &IndexRef) -> Result<Vec<ListedAlert>, ApiError> {
         let what = "list alerts";
         let bytes = self
@@ -433,7 +417,7 @@ impl Api {
                 "GET",
                 &index.alerts_path(),
                 None,
-                super::http::MAX_LIST_BODY_BYTES,
+                rest::MAX_LIST_BODY_BYTES,
             )
             .await?;
         let items = parse_list::<RawAlert>(what, &bytes)?;
@@ -508,7 +492,7 @@ impl Api {
                 "GET",
                 "/rtstream/event",
                 None,
-                super::http::MAX_LIST_BODY_BYTES,
+                rest::MAX_LIST_BODY_BYTES,
             )
             .await?;
         Ok(parse_list::<RawEvent>(what, &bytes)?
@@ -544,329 +528,3 @@ fn id_field(v: &Value, k: &str) -> Option<String> {
         _ => None,
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// The state file.
-
-/// An alert this relay created and has not yet seen deleted or disabled.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OwnedAlert {
-    pub rtstream_id: String,
-    pub index_id: String,
-    /// Files written before v2 indexes were known hold only v1 alerts.
-    #[serde(default = "v1")]
-    pub kind: IndexKind,
-    pub event_id: String,
-    pub alert_id: String,
-    pub connection_id: String,
-}
-
-fn v1() -> IndexKind {
-    IndexKind::V1
-}
-
-impl OwnedAlert {
-    fn index(&self) -> IndexRef {
-        IndexRef {
-            rtstream_id: self.rtstream_id.clone(),
-            index_id: self.index_id.clone(),
-            kind: self.kind,
-        }
-    }
-}
-
-/// An index whose kind the service told us.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KnownIndex {
-    pub rtstream_id: String,
-    pub index_id: String,
-    pub kind: IndexKind,
-}
-
-/// The state file's content.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct State {
-    pub alerts: Vec<OwnedAlert>,
-    #[serde(default)]
-    pub indexes: Vec<KnownIndex>,
-}
-
-impl State {
-    /// The remembered kind of an index, if any.
-    pub fn kind_of(&self, rtstream_id: &str, index_id: &str) -> Option<IndexKind> {
-        self.indexes
-            .iter()
-            .find(|k| k.rtstream_id == rtstream_id && k.index_id == index_id)
-            .map(|k| k.kind)
-    }
-
-    fn remember(&mut self, index: &IndexRef) {
-        self.indexes
-            .retain(|k| !(k.rtstream_id == index.rtstream_id && k.index_id == index.index_id));
-        self.indexes.push(KnownIndex {
-            rtstream_id: index.rtstream_id.clone(),
-            index_id: index.index_id.clone(),
-            kind: index.kind,
-        });
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the alert state file {path}: {source}")]
-pub struct StateError {
-    path: PathBuf,
-    source: std::io::Error,
-}
-
-/// The state as persisted. A missing file is an empty state; an unreadable one is set aside as
-/// `*.corrupt` (its alerts can then only be removed by hand) and logged.
-pub fn load_state(path: &Path) -> State {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::default(),
-        Err(e) => {
-            log::error!("videodb: cannot read {}: {e}", path.display());
-            return State::default();
-        }
-    };
-    match serde_json::from_slice::<State>(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            let aside = path.with_extension("json.corrupt");
-            let _ = std::fs::rename(path, &aside);
-            log::error!(
-                "videodb: {} is not valid ({e}); moved to {}; alerts it listed must be disabled by hand (alert-relay alerts list)",
-                path.display(),
-                aside.display()
-            );
-            State::default()
-        }
-    }
-}
-
-/// Writes the state atomically: temp file, fsync, rename.
-pub fn save_state(path: &Path, state: &State) -> Result<(), StateError> {
-    use std::io::Write;
-    let err = |source| StateError {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(state).unwrap_or_default();
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
-/// The index with its kind: remembered, or asked from the service and remembered.
-async fn index_of(
-    api: &Api,
-    state: &mut State,
-    state_file: &Path,
-    rtstream_id: &str,
-    index_id: &str,
-    stats: &Stats,
-) -> Result<IndexRef, ApiError> {
-    if let Some(kind) = state.kind_of(rtstream_id, index_id) {
-        return Ok(IndexRef {
-            rtstream_id: rtstream_id.into(),
-            index_id: index_id.into(),
-            kind,
-        });
-    }
-    let index = api.resolve(rtstream_id, index_id).await?;
-    log::info!(
-        "videodb: index {index_id} of stream {rtstream_id} is a {} index",
-        index.kind.as_str()
-    );
-    state.remember(&index);
-    persist(state_file, state, stats).await;
-    Ok(index)
-}
-
-/// Binds every configured alert to `connection_id`, then removes the alerts this relay created
-/// for earlier connections. Idempotent: a retry after a failure skips bindings already made
-/// for this connection, and a failed removal stays in the state file for the next round.
-pub async fn bind(
-    api: &Api,
-    bindings: &[AlertBinding],
-    state_file: &Path,
-    connection_id: &str,
-    stats: &Stats,
-) -> Result<(), ApiError> {
-    let mut state = load_state(state_file);
-    for b in bindings {
-        let done = state.alerts.iter().any(|o| {
-            o.connection_id == connection_id
-                && o.rtstream_id == b.rtstream_id
-                && o.index_id == b.index_id
-                && o.event_id == b.event_id
-        });
-        if done {
-            continue;
-        }
-        let remembered = state.kind_of(&b.rtstream_id, &b.index_id).is_some();
-        let mut index = index_of(
-            api,
-            &mut state,
-            state_file,
-            &b.rtstream_id,
-            &b.index_id,
-            stats,
-        )
-        .await?;
-        let create = |index: IndexRef| async move {
-            api.create_alert(
-                &index,
-                &b.event_id,
-                b.callback_url.as_deref(),
-                Some(connection_id),
-            )
-            .await
-        };
-        let alert_id = match create(index.clone()).await {
-            // A remembered kind may be stale (the index was recreated the other way): ask again.
-            Err(ApiError::Status { status: 404, .. }) if remembered => {
-                let fresh = api.resolve(&b.rtstream_id, &b.index_id).await?;
-                state.remember(&fresh);
-                persist(state_file, &state, stats).await;
-                index = fresh;
-                create(index.clone()).await?
-            }
-            r => r?,
-        };
-        stats.inc(&stats.videodb_alerts_created);
-        log::info!(
-            "videodb: alert {alert_id} binds event {} on {}/{} ({}) to connection {connection_id}",
-            b.event_id,
-            b.rtstream_id,
-            b.index_id,
-            index.kind.as_str()
-        );
-        state.alerts.push(OwnedAlert {
-            rtstream_id: b.rtstream_id.clone(),
-            index_id: b.index_id.clone(),
-            kind: index.kind,
-            event_id: b.event_id.clone(),
-            alert_id,
-            connection_id: connection_id.to_string(),
-        });
-        persist(state_file, &state, stats).await;
-    }
-    remove_owned(
-        api,
-        state_file,
-        &mut state,
-        |o| o.connection_id != connection_id,
-        stats,
-    )
-    .await
-}
-
-/// Removes every owned alert (clean shutdown: the socket they are bound to is closing).
-pub async fn disable_all(api: &Api, state_file: &Path, stats: &Stats) -> Result<(), ApiError> {
-    let mut state = load_state(state_file);
-    remove_owned(api, state_file, &mut state, |_| true, stats).await
-}
-
-/// How [`remove_alert`] got rid of an alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removed {
-    Deleted,
-    /// The service has no delete for it (404/405 to the DELETE): disabled instead.
-    Disabled,
-    /// Neither delete nor disable found it: already gone upstream.
-    Gone,
-}
-
-/// Deletes an alert where the service allows it, else disables it.
-pub async fn remove_alert(
-    api: &Api,
-    index: &IndexRef,
-    alert_id: &str,
-) -> Result<Removed, ApiError> {
-    let mut delete_answer = None;
-    if !api.delete_unsupported.load(Ordering::Relaxed) {
-        match api.delete_alert(index, alert_id).await {
-            Ok(()) => return Ok(Removed::Deleted),
-            Err(ApiError::Status { status: 405, .. }) => {
-                api.delete_unsupported.store(true, Ordering::Relaxed);
-            }
-            Err(ApiError::Status { status: 404, .. }) => delete_answer = Some(404),
-            Err(e) => return Err(e),
-        }
-    }
-    match api.set_alert_enabled(index, alert_id, false).await {
-        Ok(()) => {
-            if delete_answer == Some(404) {
-                // The alert exists, so the 404 was for the route: no DELETE on this service.
-                api.delete_unsupported.store(true, Ordering::Relaxed);
-            }
-            Ok(Removed::Disabled)
-        }
-        Err(ApiError::Status { status: 404, .. }) => Ok(Removed::Gone),
-        Err(e) => Err(e),
-    }
-}
-
-async fn remove_owned(
-    api: &Api,
-    state_file: &Path,
-    state: &mut State,
-    which: impl Fn(&OwnedAlert) -> bool,
-    stats: &Stats,
-) -> Result<(), ApiError> {
-    let mut first_error = None;
-    let old: Vec<OwnedAlert> = state.alerts.iter().filter(|o| which(o)).cloned().collect();
-    for o in old {
-        match remove_alert(api, &o.index(), &o.alert_id).await {
-            Ok(how) => {
-                stats.inc(&stats.videodb_alerts_disabled);
-                log::info!(
-                    "videodb: {} alert {} (was bound to connection {})",
-                    match how {
-                        Removed::Deleted => "deleted",
-                        Removed::Disabled => "disabled",
-                        Removed::Gone => "forgot (already gone upstream)",
-                    },
-                    o.alert_id,
-                    o.connection_id
-                );
-                state.alerts.retain(|x| x != &o);
-                persist(state_file, state, stats).await;
-            }
-            Err(e) if e.is_auth() => return Err(e),
-            Err(e) => {
-                log::debug!(
-                    "videodb: {e} (status {:?}); kept for the next round",
-                    e.status()
-                );
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// Saves off the runtime thread: an SD card's fsync can take long enough to delay socket
-/// reads and GPIO timing.
-async fn persist(path: &Path, state: &State, stats: &Stats) {
-    let p = path.to_owned();
-    let s = State {
-        alerts: state.alerts.clone(),
-        indexes: state.indexes.clone(),
-    };
-    let r = tokio::task::spawn_blocking(move || save_state(&p, &s)).await;
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => stats.warn_limited("videodb_state", format_args!("videodb: {e}")),
-        Err(e) => stats.warn_limited("videodb_state", format_args!("videodb: state file: {e}")),
-    }
-}
-
-/// How long a clean shutdown waits for the relay's alerts to be disabled.
-pub const SHUTDOWN_DISABLE_GRACE: Duration = Duration::from_secs(3);
