@@ -10,7 +10,10 @@
 //! CPU per alert and RSS of the relay (from /proc), idle RSS and idle wake-ups (context
 //! switches over an idle window), and bytes written to disk per payload byte. A
 //! `mosquitto_pub` run into the same broker, in the same invocation, gives the ceiling of this
-//! loop on this machine, so every throughput is also a ratio.
+//! loop on this machine, so every throughput is also a ratio. The same phases run first on
+//! `examples/forwarder.rs` (a 40-line forwarder that keeps nothing, a separate process too:
+//! `$ALERT_RELAY_BENCH_FORWARDER`, else built here), and each policy is reported against it in
+//! a `vs forwarder` line with issue 18's targets.
 
 mod support;
 
@@ -334,6 +337,249 @@ fn start_relay(bin: &Path, ws_url: &str, port: u16, dir: &Path, fsync: &str) -> 
     (child, Proc { pid })
 }
 
+/// What one process is measured as: the relay with an fsync policy, or the forwarder.
+enum Target<'a> {
+    Relay(&'a Path, &'a str),
+    Forwarder(PathBuf),
+}
+
+/// One process's figures; per-round lists are in the order measured.
+struct Row {
+    name: String,
+    burst_rates: Vec<f64>,
+    lost: usize,
+    dups: u64,
+    complete: bool,
+    peak_rss_kib: u64,
+    burst_cpu_ms: f64,
+    disk_per_payload: f64,
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
+    max_ms: Vec<f64>,
+    rate_cpu_ms: Vec<f64>,
+    rate_complete: bool,
+    idle_rss_kib: u64,
+    idle_pss_kib: u64,
+    idle_anon_kib: u64,
+    idle_threads: u64,
+    idle_wakeups: u64,
+    /// Context switches of the process (all threads) per alert in the fixed-rate run.
+    rate_cs_per_alert: Vec<f64>,
+}
+
+/// "a, b, c" with two decimals.
+fn spread2(xs: &[f64]) -> String {
+    xs.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn forwarder_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ALERT_RELAY_BENCH_FORWARDER") {
+        return PathBuf::from(bin);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--example", "forwarder"])
+        .current_dir(root)
+        .status()
+        .expect("run cargo build --release --example forwarder");
+    assert!(
+        status.success(),
+        "cargo build --release --example forwarder failed"
+    );
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("release/examples/forwarder")
+}
+
+async fn measure(
+    args: &Args,
+    seen: &Arc<Mutex<Seen>>,
+    port: u16,
+    payload_len: usize,
+    target: &Target<'_>,
+) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = WsServer::start().await;
+    *seen.lock().expect("lock") = Seen::default();
+    let (name, (mut child, proc_)) = match target {
+        Target::Relay(bin, policy) => (
+            policy.to_string(),
+            start_relay(bin, &ws.url(), port, dir.path(), policy),
+        ),
+        Target::Forwarder(bin) => {
+            let child = Command::new(bin)
+                .arg(ws.url())
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the forwarder");
+            let pid = child.id();
+            ("fwd".to_string(), (child, Proc { pid }))
+        }
+    };
+    // Wait for the process to connect upstream.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ws.connections.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Idle: RSS and wake-ups over a quiet window.
+    let idle_rss_kib = proc_.status_kib("VmRSS:");
+    // RSS = anonymous memory + pages of the binary and libc mapped from the page cache.
+    let idle_anon_kib = proc_.status_kib("RssAnon:");
+    let idle_pss_kib = proc_.pss_kib();
+    let idle_threads = proc_.status_kib("Threads:");
+    let cs0 = proc_.ctx_switches();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_wakeups = proc_.ctx_switches() - cs0;
+
+    // Burst: as fast as possible, `repeat` times on the same process.
+    let cpu0 = proc_.cpu_ticks();
+    let wb0 = proc_.write_bytes();
+    let (mut burst_rates, mut dups, mut lost, mut complete) = (Vec::new(), 0, 0, true);
+    let mut next = 0;
+    for _ in 0..args.repeat {
+        *seen.lock().expect("lock") = Seen::default();
+        let t0 = Instant::now();
+        for i in next..next + args.count {
+            ws.send_text(alert(i));
+        }
+        next += args.count;
+        complete &= wait_for(seen, args.count, Duration::from_secs(120)).await;
+        let s = seen.lock().expect("lock");
+        dups += s.counts.values().map(|c| u64::from(c - 1)).sum::<u64>();
+        lost += args.count - s.counts.len();
+        let elapsed = s.last_at.map(|l| l - t0).unwrap_or(t0.elapsed());
+        burst_rates.push(args.count as f64 / elapsed.as_secs_f64());
+    }
+    let bursts = args.count * args.repeat;
+    let burst_cpu = (proc_.cpu_ticks() - cpu0) as f64 / ticks_per_sec();
+    let written = proc_.write_bytes() - wb0;
+
+    // Fixed rate: latency, CPU and context switches per alert, `repeat` rounds.
+    let (mut p50_ms, mut p99_ms, mut max_ms, mut rate_cpu_ms, mut rate_cs_per_alert) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rate_complete = true;
+    let n = args.rate * args.rate_seconds;
+    for _ in 0..args.repeat {
+        *seen.lock().expect("lock") = Seen::default();
+        let cpu0 = proc_.cpu_ticks();
+        let cs0 = proc_.ctx_switches();
+        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+        let start = tokio::time::Instant::now();
+        for i in 0..n {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            ws.send_text(alert(next + i));
+        }
+        next += n;
+        rate_complete &= wait_for(seen, n, Duration::from_secs(30)).await;
+        let s = seen.lock().expect("lock");
+        lost += n - s.counts.len();
+        dups += s.counts.values().map(|c| u64::from(c - 1)).sum::<u64>();
+        let mut lat = s.latencies_us.clone();
+        drop(s);
+        lat.sort_unstable();
+        rate_cpu_ms.push(1000.0 * (proc_.cpu_ticks() - cpu0) as f64 / ticks_per_sec() / n as f64);
+        rate_cs_per_alert.push((proc_.ctx_switches() - cs0) as f64 / n as f64);
+        p50_ms.push(percentile(&lat, 0.50) as f64 / 1000.0);
+        p99_ms.push(percentile(&lat, 0.99) as f64 / 1000.0);
+        max_ms.push(lat.last().copied().unwrap_or(0) as f64 / 1000.0);
+    }
+    let peak_rss_kib = proc_.status_kib("VmHWM:");
+    let _ = Command::new("kill")
+        .args(["-TERM", &proc_.pid.to_string()])
+        .status();
+    let _ = child.wait();
+    Row {
+        name,
+        burst_rates,
+        lost,
+        dups,
+        complete,
+        peak_rss_kib,
+        burst_cpu_ms: 1000.0 * burst_cpu / bursts as f64,
+        disk_per_payload: written as f64 / (bursts * payload_len) as f64,
+        p50_ms,
+        p99_ms,
+        max_ms,
+        rate_cpu_ms,
+        rate_complete,
+        idle_rss_kib,
+        idle_pss_kib,
+        idle_anon_kib,
+        idle_threads,
+        idle_wakeups,
+        rate_cs_per_alert,
+    }
+}
+
+impl Row {
+    fn print(&self, args: &Args, ceiling: f64) {
+        let policy = &self.name;
+        let throughput = median(&self.burst_rates);
+        println!(
+            "{policy:<6} burst: {throughput:.0} alerts/s ({:.0}% of ceiling; median of {}: {}), lost {}, dups {}{}; peak RSS {:.1} MiB; CPU {:.3} ms/alert; disk {:.2} B written per payload B",
+            100.0 * throughput / ceiling,
+            self.burst_rates.len(),
+            spread(&self.burst_rates),
+            self.lost,
+            self.dups,
+            if self.complete { "" } else { " (INCOMPLETE)" },
+            self.peak_rss_kib as f64 / 1024.0,
+            self.burst_cpu_ms,
+            self.disk_per_payload,
+        );
+        println!(
+            "{policy:<6} {}/s: p50 {:.2} ms ({}), p99 {:.2} ms ({}), max {:.2} ms{}; CPU {:.3} ms/alert ({}); {:.1} context switches/alert; idle RSS {:.1} MiB (PSS {:.1} MiB, anonymous {:.1} MiB, {} threads), {} wake-ups in {}s idle",
+            args.rate,
+            median(&self.p50_ms),
+            spread2(&self.p50_ms),
+            median(&self.p99_ms),
+            spread2(&self.p99_ms),
+            median(&self.max_ms),
+            if self.rate_complete { "" } else { " (INCOMPLETE)" },
+            median(&self.rate_cpu_ms),
+            self.rate_cpu_ms.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", "),
+            median(&self.rate_cs_per_alert),
+            self.idle_rss_kib as f64 / 1024.0,
+            self.idle_pss_kib as f64 / 1024.0,
+            self.idle_anon_kib as f64 / 1024.0,
+            self.idle_threads,
+            self.idle_wakeups,
+            args.idle_seconds,
+        );
+    }
+
+    /// Issue 18's targets for a durable policy, against the forwarder measured in this run.
+    fn print_ratios(&self, fwd: &Row, ceiling: f64) {
+        let burst = median(&self.burst_rates) / ceiling;
+        let p50 = median(&self.p50_ms) / median(&fwd.p50_ms);
+        let p99 = median(&self.p99_ms) / median(&fwd.p99_ms);
+        let cpu = median(&self.rate_cpu_ms) / median(&fwd.rate_cpu_ms);
+        let rss = self.peak_rss_kib as f64 / 1024.0;
+        let ok = |pass: bool| if pass { "ok" } else { "MISSED" };
+        println!(
+            "{:<6} vs forwarder: burst {burst:.2}x ceiling (>= 1.0 {}), p50 {p50:.2}x (<= 1.2 {}), p99 {p99:.2}x (<= 2 {}), CPU/alert {cpu:.2}x (<= 2 {}), lost {} ({}), peak RSS {rss:.1} MiB (<= 8 {}), idle RSS {:.1} MiB (<= 4 {})",
+            self.name,
+            ok(burst >= 1.0),
+            ok(p50 <= 1.2),
+            ok(p99 <= 2.0),
+            ok(cpu <= 2.0),
+            self.lost,
+            ok(self.lost == 0),
+            ok(rss <= 8.0),
+            self.idle_rss_kib as f64 / 1024.0,
+            ok(self.idle_rss_kib <= 4096),
+        );
+    }
+}
+
 async fn wait_for(seen: &Arc<Mutex<Seen>>, want: usize, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -381,97 +627,30 @@ async fn main() {
         spread(&ceilings)
     );
 
+    // The reference first: the 40-line forwarder that keeps nothing (examples/forwarder.rs),
+    // measured exactly like the relay.
+    let forwarder = measure(
+        &args,
+        &seen,
+        port,
+        payload_len,
+        &Target::Forwarder(forwarder_binary()),
+    )
+    .await;
+    forwarder.print(&args, ceiling);
     let mut rows = Vec::new();
     for policy in &args.policies {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ws = WsServer::start().await;
-        *seen.lock().expect("lock") = Seen::default();
-        let (mut child, proc_) = start_relay(&bin, &ws.url(), port, dir.path(), policy);
-        // Wait for the relay to connect upstream.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ws.connections.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        // Idle: RSS and wake-ups over a quiet window.
-        let idle_rss = proc_.status_kib("VmRSS:");
-        // RSS = anonymous memory + pages of the binary and libc mapped from the page cache.
-        let idle_anon = proc_.status_kib("RssAnon:");
-        let idle_pss = proc_.pss_kib();
-        let cs0 = proc_.ctx_switches();
-        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-        let idle_wakeups = proc_.ctx_switches() - cs0;
-
-        // Burst: as fast as possible, `repeat` times on the same relay.
-        let cpu0 = proc_.cpu_ticks();
-        let wb0 = proc_.write_bytes();
-        let (mut rates, mut dups, mut lost, mut complete) = (Vec::new(), 0, 0, true);
-        for r in 0..args.repeat {
-            *seen.lock().expect("lock") = Seen::default();
-            let first = r * args.count;
-            let t0 = Instant::now();
-            for i in first..first + args.count {
-                ws.send_text(alert(i));
-            }
-            complete &= wait_for(&seen, args.count, Duration::from_secs(120)).await;
-            let s = seen.lock().expect("lock");
-            dups += s.counts.values().map(|c| u64::from(c - 1)).sum::<u64>();
-            lost += args.count - s.counts.len();
-            let elapsed = s.last_at.map(|l| l - t0).unwrap_or(t0.elapsed());
-            rates.push(args.count as f64 / elapsed.as_secs_f64());
-        }
-        let bursts = args.count * args.repeat;
-        let burst_cpu = (proc_.cpu_ticks() - cpu0) as f64 / ticks_per_sec();
-        let written = proc_.write_bytes() - wb0;
-        let peak_rss = proc_.status_kib("VmHWM:");
-        let throughput = median(&rates);
-
-        // Fixed rate: latency and CPU per alert.
-        *seen.lock().expect("lock") = Seen::default();
-        let n = args.rate * args.rate_seconds;
-        let rate_first = args.count * args.repeat;
-        let cpu0 = proc_.cpu_ticks();
-        let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-        let start = tokio::time::Instant::now();
-        for i in 0..n {
-            tokio::time::sleep_until(start + interval * i as u32).await;
-            ws.send_text(alert(rate_first + i));
-        }
-        let rate_complete = wait_for(&seen, n, Duration::from_secs(30)).await;
-        let rate_cpu = (proc_.cpu_ticks() - cpu0) as f64 / ticks_per_sec();
-        let mut lat = seen.lock().expect("lock").latencies_us.clone();
-        lat.sort_unstable();
-        let _ = Command::new("kill")
-            .args(["-TERM", &proc_.pid.to_string()])
-            .status();
-        let _ = child.wait();
-
-        println!(
-            "{policy:<6} burst: {throughput:.0} alerts/s ({:.0}% of ceiling; median of {}: {}), lost {lost}, dups {dups}{}; peak RSS {:.1} MiB; CPU {:.3} ms/alert; disk {:.2} B written per payload B",
-            100.0 * throughput / ceiling,
-            rates.len(),
-            spread(&rates),
-            if complete { "" } else { " (INCOMPLETE)" },
-            peak_rss as f64 / 1024.0,
-            1000.0 * burst_cpu / bursts as f64,
-            written as f64 / (bursts * payload_len) as f64,
-        );
-        println!(
-            "{policy:<6} {}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}; CPU {:.3} ms/alert; idle RSS {:.1} MiB (PSS {:.1} MiB, anonymous {:.1} MiB), {} wake-ups in {}s idle",
-            args.rate,
-            percentile(&lat, 0.50) as f64 / 1000.0,
-            percentile(&lat, 0.99) as f64 / 1000.0,
-            lat.last().copied().unwrap_or(0) as f64 / 1000.0,
-            if rate_complete { "" } else { " (INCOMPLETE)" },
-            1000.0 * rate_cpu / n as f64,
-            idle_rss as f64 / 1024.0,
-            idle_pss as f64 / 1024.0,
-            idle_anon as f64 / 1024.0,
-            idle_wakeups,
-            args.idle_seconds,
-        );
-        rows.push(policy.clone());
+        let row = measure(
+            &args,
+            &seen,
+            port,
+            payload_len,
+            &Target::Relay(&bin, policy),
+        )
+        .await;
+        row.print(&args, ceiling);
+        row.print_ratios(&forwarder, ceiling);
+        rows.push(row);
     }
     if args.backlog > 0 {
         backlog_phase(&bin, &args, &seen).await;

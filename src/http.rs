@@ -4,8 +4,8 @@
 //! renderings of health (JSON) and metrics (Prometheus text). Never does: decide what an alert
 //! is ([`crate::webhook`]), dedup or durability ([`crate::ingest`]), or touch the broker.
 //!
-//! Status codes of `POST /webhook`: 200 once the alert (or the copy seen first) is durable in
-//! the queue; 400 invalid JSON or missing fields (the body says which); 401 missing or wrong
+//! Status codes of `POST /webhook`: 200 once the alert (or the copy seen first) is safe: synced
+//! in the queue or acknowledged by the broker, whichever came first; 400 invalid JSON or missing fields (the body says which); 401 missing or wrong
 //! token; 404 when no token is configured (the webhook is off); 408 body not sent within
 //! `http.request_timeout`; 413 body above `http.max_body_bytes`; 503 when the queue refuses
 //! (full with `drop_newest`, disk error, writer stalled): retry later.

@@ -20,17 +20,17 @@ use crate::stats::Stats;
 /// counted. Long enough to ride out an SD card's write stall, short enough that the socket
 /// keeps being read (and GPIO keeps firing) when the disk is gone.
 pub const QUEUE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long [`Ingest::accept_durable`] waits for the fsync that makes an alert durable. An SD
-/// card stalls for seconds at worst; past this the webhook answers 503 and the sender retries
-/// (the retry is deduplicated against this copy once it turns durable).
+/// How long [`Ingest::accept_durable`] waits for an alert to be safe (its fsync, or the broker's
+/// PUBACK). An SD card stalls for seconds at worst; past this the webhook answers 503 and the
+/// sender retries (the retry is deduplicated against this copy once it turns safe).
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer to [`Ingest::accept_durable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
-    /// This copy was appended and is durable under `seq`.
+    /// This copy was appended and is safe under `seq`: synced, or acknowledged by the broker.
     Durable(u64),
-    /// A copy seen earlier (either path) is durable under `seq`; this one was dropped.
+    /// A copy seen earlier (either path) is safe under `seq`; this one was dropped.
     Duplicate(u64),
 }
 
@@ -121,7 +121,11 @@ impl Ingest {
     }
 
     /// Like [`Ingest::accept`], but returns only once the alert (or the copy of it seen first)
-    /// is durable in the queue, with its seq: what a webhook may acknowledge.
+    /// is safe, with its seq: what a webhook may acknowledge. Safe is whichever comes first:
+    /// the fsync that covers it, or the broker's PUBACK (the publisher's [`Queue::ack`]
+    /// answers it while the fsync runs).
+    ///
+    /// [`Queue::ack`]: crate::queue::Queue::ack
     pub async fn accept_durable(&self, alert: Alert, via: Via) -> Result<Accepted, IngestError> {
         let deadline = tokio::time::Instant::now() + DURABLE_TIMEOUT;
         // A duplicate whose first copy failed is submitted again, once.
@@ -316,6 +320,133 @@ impl Ingest {
                     format_args!("gpio: engine busy, a pattern was skipped"),
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::Envelope;
+    use crate::config::{FsyncPolicy, OnFull, QueueConfig};
+    use crate::queue::fault_fs::GatedFs;
+    use crate::queue::{spawn_writer, Queue};
+
+    const T: Duration = Duration::from_secs(20);
+
+    fn alert(event_id: &str) -> Alert {
+        let serde_json::Value::Object(data) = serde_json::json!({
+            "event_id": event_id,
+            "label": "intrusion",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "confidence": 0.9,
+        }) else {
+            unreachable!("an object literal")
+        };
+        Alert::from_envelope(Envelope {
+            channel: "alert".into(),
+            rtstream_id: None,
+            rtstream_name: None,
+            data,
+        })
+        .expect("alert")
+    }
+
+    /// An ingest over a queue whose segment fsyncs wait at `fs.gate` (a slow SD card), with
+    /// the segment made and a first alert made durable already.
+    async fn gated_ingest(dir: &std::path::Path) -> (GatedFs, Ingest, QueueHandle) {
+        let fs = GatedFs::default();
+        let cfg = QueueConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            on_full: OnFull::DropOldest,
+            fsync: FsyncPolicy::Batch,
+            segment_bytes: 1 << 16,
+            max_records: None,
+            max_age: None,
+        };
+        let queue = Queue::open_with(&cfg, Arc::new(fs.clone()))
+            .expect("open")
+            .0;
+        let stats = Arc::new(Stats::default());
+        let (handle, _join) = spawn_writer(queue, stats.clone()).expect("writer");
+        let ingest = Ingest::new(RuleEngine::new(Vec::new()), None, handle.clone(), stats);
+        let first = ingest.accept_durable(alert("warm-up"), Via::Webhook).await;
+        assert!(matches!(first, Ok(Accepted::Durable(_))), "{first:?}");
+        for r in handle.read_batch(10, 1 << 20).expect("read") {
+            handle.lock().ack(r.seq).expect("ack");
+        }
+        (fs, ingest, handle)
+    }
+
+    /// Plays the publisher: reads what is readable (once the writer's fsync waits at the
+    /// gate) and, with `ack`, acknowledges it as a PUBACK would. Returns the seqs read.
+    async fn publish_while_held(fs: &GatedFs, queue: &QueueHandle, ack: bool) -> Vec<u64> {
+        let gate = fs.gate.clone();
+        let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
+            .await
+            .expect("join");
+        assert!(held, "the fsync never reached the gate");
+        let seqs: Vec<u64> = queue
+            .read_batch(100, 1 << 20)
+            .expect("read")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        if ack {
+            for &s in &seqs {
+                queue.lock().ack(s).expect("ack");
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test]
+    async fn a_webhook_alert_the_broker_acknowledged_is_accepted_before_its_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, ingest, queue) = gated_ingest(dir.path()).await;
+        fs.gate.close();
+        let i = ingest.clone();
+        let sender = tokio::spawn(async move { i.accept_durable(alert("a"), Via::Webhook).await });
+        let seqs = publish_while_held(&fs, &queue, true).await;
+        assert_eq!(seqs.len(), 1);
+        let answer = tokio::time::timeout(T, sender).await.expect("answered");
+        assert_eq!(
+            answer.expect("join").expect("safe"),
+            Accepted::Durable(seqs[0])
+        );
+        assert!(fs.gate.holding(), "the fsync is still running");
+        // The dedup window knows it is safe: a retry is a duplicate of it at once.
+        let retry = ingest.accept_durable(alert("a"), Via::Webhook).await;
+        assert_eq!(retry.expect("duplicate"), Accepted::Duplicate(seqs[0]));
+        assert!(fs.gate.holding(), "the fsync is still running");
+        fs.gate.open(None);
+    }
+
+    #[tokio::test]
+    async fn an_alert_neither_synced_nor_acknowledged_waits_and_a_failed_one_is_forgotten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, ingest, queue) = gated_ingest(dir.path()).await;
+        fs.gate.close();
+        let i = ingest.clone();
+        let sender = tokio::spawn(async move { i.accept_durable(alert("b"), Via::Webhook).await });
+        // Published, not acknowledged: the sender is not answered while the fsync runs.
+        let seqs = publish_while_held(&fs, &queue, false).await;
+        assert_eq!(seqs.len(), 1);
+        assert!(!sender.is_finished(), "answered before the fsync or an ack");
+        // The fsync fails: the sender hears so, and the window forgets the copy as failed...
+        fs.gate.open(Some(5));
+        let answer = tokio::time::timeout(T, sender).await.expect("answered");
+        assert!(
+            matches!(answer.expect("join"), Err(IngestError::Refused(_))),
+            "a failed fsync is a refusal"
+        );
+        // ...so the sender's retry is appended anew (a new segment: the failed one is left).
+        fs.gate.open(None);
+        let retry = ingest.accept_durable(alert("b"), Via::Webhook).await;
+        match retry {
+            Ok(Accepted::Durable(seq)) => assert!(seq > seqs[0]),
+            other => panic!("the retry was not appended: {other:?}"),
         }
     }
 }

@@ -15,8 +15,6 @@ macro_rules! counters {
         #[derive(Default)]
         pub struct Stats {
             $(#[doc = $doc] pub $name: AtomicU64,)*
-            fsync_latency_us_max: AtomicU64,
-            fsync_latency_us_total: AtomicU64,
             source_connected: AtomicU64,
             broker_connected: AtomicU64,
             log_limiter: Mutex<LogLimiter>,
@@ -53,7 +51,6 @@ counters! {
     source_connect_failures: "Failed WebSocket connection attempts.",
     queue_appended: "Records made durable in the queue.",
     queue_append_failed: "Records the queue could not take (full with drop_newest, disk errors).",
-    queue_fsyncs: "Group commits (fsync calls) by the writer.",
     mqtt_connects: "Successful broker connections.",
     mqtt_connect_failures: "Failed or lost broker connections.",
     mqtt_published: "Queue records sent to the broker (replays included).",
@@ -159,13 +156,6 @@ impl Stats {
         c.load(Ordering::Relaxed)
     }
 
-    pub fn record_fsync(&self, took: Duration) {
-        let us = took.as_micros() as u64;
-        self.queue_fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_latency_us_total.fetch_add(us, Ordering::Relaxed);
-        self.fsync_latency_us_max.fetch_max(us, Ordering::Relaxed);
-    }
-
     /// Creates the per-output counters (first call wins: outputs do not change at runtime).
     pub fn register_outputs<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
         let _ = self.gpio_outputs.set(
@@ -262,15 +252,16 @@ impl Stats {
     /// Everything as one JSON object; `queue` is filled by the caller, which holds the lock.
     pub fn snapshot(&self, queue: Option<Value>) -> Value {
         let mut m = self.counters_json();
-        let fsyncs = self.queue_fsyncs.load(Ordering::Relaxed).max(1);
-        m.insert(
-            "fsync_latency_us_avg".into(),
-            json!(self.fsync_latency_us_total.load(Ordering::Relaxed) / fsyncs),
-        );
-        m.insert(
-            "fsync_latency_us_max".into(),
-            json!(self.fsync_latency_us_max.load(Ordering::Relaxed)),
-        );
+        // One fsync counter, the queue's own: its figures keep their top-level names too.
+        for (top, key) in [
+            ("queue_fsyncs", "fsyncs"),
+            ("fsync_latency_us_avg", "fsync_latency_us_avg"),
+            ("fsync_latency_us_max", "fsync_latency_us_max"),
+        ] {
+            if let Some(v) = queue.as_ref().and_then(|q| q.get(key)) {
+                m.insert(top.into(), v.clone());
+            }
+        }
         m.insert(
             "source_connected".into(),
             json!(self.source_connected.load(Ordering::Relaxed) == 1),

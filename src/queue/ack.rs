@@ -4,10 +4,15 @@
 use super::*;
 
 impl Queue {
-    /// Marks `seq` acknowledged. Deletes segments that become fully acknowledged.
+    /// Marks `seq` acknowledged. Deletes segments that become fully acknowledged. A sender
+    /// still waiting for the record's fsync is answered now: the broker has it, so it is safe
+    /// (issue 18).
     pub fn ack(&mut self, seq: u64) -> Result<(), QueueError> {
         if seq < self.acked_upto || seq >= self.next_seq {
             return Ok(());
+        }
+        if let Some(receipt) = self.receipts.remove(&seq) {
+            receipt.answer(Ok(seq));
         }
         if seq == self.acked_upto {
             self.acked_upto += 1;
@@ -17,6 +22,16 @@ impl Queue {
         self.skip_ack_gaps();
         self.delete_acked_segments();
         Ok(())
+    }
+
+    /// The writer: `receipt` is owed once `seq` (written, its fsync about to run) is safe.
+    pub(super) fn await_safe(&mut self, seq: u64, receipt: Receipt) {
+        self.receipts.insert(seq, receipt);
+    }
+
+    /// The writer, after the fsync: the receipts the broker did not answer first.
+    pub(super) fn take_receipts(&mut self) -> BTreeMap<u64, Receipt> {
+        std::mem::take(&mut self.receipts)
     }
 
     /// Jumps the ack position over sequence numbers that no longer exist (dropped or

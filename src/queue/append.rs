@@ -378,8 +378,9 @@ impl Queue {
     /// Makes what `job` wrote readable before its fsync (issue 18): the publisher may send it
     /// while the writer syncs. Safe because a record is kept until the broker acknowledged it
     /// *or* it is synced, and seqs are reserved durably ahead (a record taken back by a power
-    /// cut never has its seq handed out again). What senders are told still waits for the
-    /// fsync ([`mark_durable`](Queue::mark_durable)).
+    /// cut never has its seq handed out again). Senders are told when the fsync is done
+    /// ([`mark_durable`](Queue::mark_durable)) or the broker acknowledged the record
+    /// ([`Queue::ack`]), whichever comes first.
     pub fn mark_written(&mut self, job: &SyncJob) {
         if job.upto_seq > self.durable_seq {
             self.durable_seq = job.upto_seq;

@@ -346,3 +346,187 @@ impl Filesystem for FaultFs {
             .map_or(u64::MAX, |c| c.saturating_sub(st.used())))
     }
 }
+
+/// Holds segment fsyncs at a gate the test opens, like an SD card that takes its time: a
+/// [`GatedFs`] (the real filesystem underneath) waits in [`Gate::pass`] before every
+/// `fdatasync` of a `*.seg` file while the gate is closed, and fails it when told to.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    /// fsyncs waiting at the gate now.
+    waiting: usize,
+    /// fsyncs that passed the gate since start.
+    passed: u64,
+    /// The errno the next fsyncs that pass fail with.
+    fail: Option<i32>,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Opens the gate; fsyncs that pass from now on fail with `fail` (when given).
+    pub fn open(&self, fail: Option<i32>) {
+        let mut s = self.lock();
+        s.closed = false;
+        s.fail = fail;
+        self.changed.notify_all();
+    }
+
+    /// True while an fsync waits at the gate.
+    pub fn holding(&self) -> bool {
+        self.lock().waiting > 0
+    }
+
+    pub fn passed(&self) -> u64 {
+        self.lock().passed
+    }
+
+    /// Waits (blocking, at most `timeout`) until an fsync waits at the gate.
+    pub fn wait_holding(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.waiting == 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Waits (blocking, at most `timeout`) until `n` fsyncs in all have passed the gate.
+    pub fn wait_passed(&self, n: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.passed < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn pass(&self) -> io::Result<()> {
+        let mut s = self.lock();
+        s.waiting += 1;
+        self.changed.notify_all();
+        while s.closed {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.waiting -= 1;
+        s.passed += 1;
+        self.changed.notify_all();
+        match s.fail {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The real filesystem with segment fsyncs held at a [`Gate`].
+#[derive(Debug, Default, Clone)]
+pub struct GatedFs {
+    pub gate: Arc<Gate>,
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn FsFile>,
+    gate: Arc<Gate>,
+}
+
+impl FsFile for GatedFile {
+    fn append(&self, buf: &[u8]) -> io::Result<()> {
+        self.inner.append(buf)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.inner.write_at(buf, off)
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, off)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.gate.pass()?;
+        self.inner.sync_data()
+    }
+}
+
+impl GatedFs {
+    fn gated(&self, path: &Path, f: Arc<dyn FsFile>) -> Arc<dyn FsFile> {
+        match path.extension().is_some_and(|e| e == "seg") {
+            true => Arc::new(GatedFile {
+                inner: f,
+                gate: self.gate.clone(),
+            }),
+            false => f,
+        }
+    }
+}
+
+impl Filesystem for GatedFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        super::fs::OsFs.create_dir_all(dir)
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        Ok(self.gated(path, super::fs::OsFs.open_append(path)?))
+    }
+    fn open_rw(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        Ok(self.gated(path, super::fs::OsFs.open_rw(path)?))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        Ok(self.gated(path, super::fs::OsFs.create(path)?))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        super::fs::OsFs.open_read(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        super::fs::OsFs.read(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        super::fs::OsFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        super::fs::OsFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        super::fs::OsFs.sync_dir(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        super::fs::OsFs.list_dir(dir)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        super::fs::OsFs.exists(path)
+    }
+    fn available_bytes(&self, dir: &Path) -> io::Result<u64> {
+        super::fs::OsFs.available_bytes(dir)
+    }
+}

@@ -12,10 +12,13 @@
 //! - **Group commit.** [`Queue::append`] only buffers; [`Queue::commit`] writes the buffer with
 //!   one `write` and hands back a [`SyncJob`] that the caller fsyncs *outside* any lock.
 //!   [`Queue::mark_written`] makes the records readable right after the write, so they may be
-//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync, and only then are
-//!   senders told "accepted". With `fsync = "batch"` nothing a sender was told is accepted is
-//!   lost on a power cut; a record published but neither synced nor acknowledged is (it would be
-//!   lost waiting too); with `never`, whatever the kernel had not written back.
+//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync. A sender is told
+//!   "accepted" once its record is *safe*: synced, or acknowledged by the broker
+//!   ([`Queue::ack`] answers the receipt the writer left with the queue), whichever comes first.
+//!   With `fsync = "batch"` nothing a sender was told is accepted is lost on a power cut (an
+//!   acknowledged record may be, but the broker has it); a record published but neither synced
+//!   nor acknowledged is (it would be lost waiting too); with `never`, whatever the kernel had
+//!   not written back.
 //! - **Cheap acknowledgement.** The ack position lives in memory and is persisted to `ack`
 //!   (write + fsync + rename) at most about once a second and on close — never once per
 //!   PUBACK. Fully acknowledged segments are deleted with that persist, after it. The
@@ -97,6 +100,7 @@ use self::ack::*;
 use self::fs::{Filesystem, FsFile, OsFs};
 use self::recover::probe_writable;
 use self::segment::*;
+use self::writer::Receipt;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -312,6 +316,10 @@ pub struct Queue {
     read_retry: Option<(Instant, std::time::Duration)>,
     /// Older segments written by a roll but not yet fsynced: the next [`SyncJob`] syncs them.
     unsynced: Vec<Arc<dyn FsFile>>,
+    /// Senders of records written and not yet synced (one group commit's), by seq: answered
+    /// by [`Queue::ack`] when the broker acknowledges a record before its fsync ends; the
+    /// writer takes the rest back after the fsync ([`Queue::take_receipts`]).
+    receipts: BTreeMap<u64, Receipt>,
     /// The exclusive `flock` on `lock`, held while the queue is open (real filesystem only).
     _lock: Option<std::fs::File>,
 }
@@ -384,6 +392,7 @@ impl Queue {
             append_failure: None,
             roll_failure: None,
             unsynced: Vec::new(),
+            receipts: BTreeMap::new(),
             _lock: None,
         };
         let report = q.recover()?;

@@ -117,6 +117,18 @@ fn setup() -> impl Strategy<Value = Setup> {
         )
 }
 
+/// Seqs whose sender was answered "safe", in the order they were answered.
+#[derive(Default)]
+struct Told(std::sync::Mutex<Vec<u64>>);
+
+impl super::writer::OnOutcome for Told {
+    fn on_outcome(&self, tag: u64, outcome: Option<u64>) {
+        if outcome.is_some() {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tag);
+        }
+    }
+}
+
 /// The trivially correct queue.
 #[derive(Default)]
 struct Model {
@@ -552,6 +564,7 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
             }
             Op::WrittenThenPowerCut(lens, ack, keep, torn) => {
                 let failed_before = disk.failed();
+                let issued_before_op = m.issued_max;
                 for len in lens {
                     let p = m.payload(len);
                     let r = q.append(&p, 0);
@@ -571,8 +584,17 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                         }
                     }
                 }
+                // Senders wait for each written record, as the writer thread registers them.
+                let told = Arc::new(Told::default());
+                let mut waiting = Vec::new();
                 match q.commit() {
-                    Ok(Some(job)) => q.mark_written(&job),
+                    Ok(Some(job)) => {
+                        for &seq in m.maybe.keys().filter(|&&s| s > issued_before_op) {
+                            q.await_safe(seq, Receipt::for_test(told.clone(), seq));
+                            waiting.push(seq);
+                        }
+                        q.mark_written(&job)
+                    }
                     Ok(None) => {}
                     Err(_) => {
                         m.rolled_back_maybe(q.next_seq);
@@ -597,6 +619,28 @@ fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
                         }
                     }
                 }
+                // The power goes before the fsync: the writer never answers the rest. Exactly
+                // the records the broker acknowledged were answered "safe" (and those may be
+                // lost now: the broker has them).
+                let unanswered = q.take_receipts();
+                let answered = told.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let acked: Vec<u64> = match ack {
+                    true => got
+                        .iter()
+                        .map(|r| r.seq)
+                        .filter(|s| waiting.contains(s))
+                        .collect(),
+                    false => Vec::new(),
+                };
+                prop_assert_eq!(&answered, &acked, "answered before the fsync");
+                for seq in &waiting {
+                    prop_assert!(
+                        answered.contains(seq) != unanswered.contains_key(seq),
+                        "seq {} answered twice or never",
+                        seq
+                    );
+                }
+                drop(unanswered);
                 drop(q);
                 if let Some(f) = &fault_fs {
                     if s.fsync != FsyncPolicy::Never {

@@ -1,10 +1,15 @@
 //! The queue's writer thread and the shared handle the rest of the relay uses.
 //!
 //! One OS thread owns appending: it takes every request waiting in its channel, appends them,
-//! writes them with one `write`, makes them readable (the publisher sends while the writer syncs),
-//! fsyncs once outside the lock (group commit), and only then answers the requesters. fsync latency therefore never stalls the async
-//! runtime (GPIO timing, socket reads, MQTT keepalive).
+//! writes them with one `write`, makes them readable (the publisher sends while the writer
+//! syncs) and fsyncs once outside the lock (group commit). fsync latency therefore never stalls
+//! the async runtime (GPIO timing, socket reads, MQTT keepalive).
+//!
+//! Each requester is answered once its record is *safe*: when the fsync covering it is done, or
+//! earlier, when the broker acknowledged it while the fsync ran ([`Queue::ack`] answers the
+//! record's [`Receipt`]), whichever comes first.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -67,6 +72,43 @@ impl Then {
     fn fire(mut self, outcome: Option<u64>) {
         self.fired = true;
         self.sink.on_outcome(self.tag, outcome);
+    }
+}
+
+/// What a requester is owed for one record written but not yet synced: held by the queue
+/// while the fsync runs, answered by whichever comes first, the fsync (the writer) or the
+/// broker's acknowledgement ([`Queue::ack`]).
+pub struct Receipt {
+    then: Option<Then>,
+    done: Option<oneshot::Sender<WriteOutcome>>,
+}
+
+impl Receipt {
+    /// Moves what `req` is owed out of it.
+    fn take(req: &mut WriteRequest) -> Receipt {
+        Receipt {
+            then: req.then.take(),
+            done: req.done.take(),
+        }
+    }
+
+    /// A receipt that tells `sink` (tests: the model's senders).
+    #[cfg(test)]
+    pub(super) fn for_test(sink: Arc<dyn OnOutcome>, tag: u64) -> Receipt {
+        Receipt {
+            then: Some(Then::new(sink, tag)),
+            done: None,
+        }
+    }
+
+    /// Tells the `then` sink first, then the receiver (as the writer always did).
+    pub(super) fn answer(self, outcome: WriteOutcome) {
+        if let Some(then) = self.then {
+            then.fire(outcome.as_ref().ok().copied());
+        }
+        if let Some(done) = self.done {
+            let _ = done.send(outcome);
+        }
     }
 }
 
@@ -277,23 +319,38 @@ fn writer_loop(
         }
         let job = q.commit();
         drop(q);
+        // Receipts of the records this commit wrote, for whoever makes them safe first: the
+        // broker's ack (while we fsync) or the fsync. What is left afterwards is ours.
+        let mut unanswered = BTreeMap::new();
+        let mut registered = false;
         let committed = match job {
             Ok(Some(job)) => {
-                // Readable now, in the page cache: the publisher sends while we fsync.
-                lock().mark_written(&job);
+                registered = true;
+                {
+                    let mut q = lock();
+                    for (req, r) in batch.iter_mut().zip(&results) {
+                        if let Ok(seq) = r {
+                            q.await_safe(*seq, Receipt::take(req));
+                        }
+                    }
+                    // Readable now, in the page cache: the publisher sends while we fsync.
+                    q.mark_written(&job);
+                }
                 readable.notify_one();
-                let t0 = std::time::Instant::now();
-                match job.sync(policy) {
+                let synced = job.sync(policy);
+                let mut q = lock();
+                let r = match synced {
                     Ok(()) => {
-                        stats.record_fsync(t0.elapsed());
-                        lock().mark_durable(&job);
+                        q.mark_durable(&job);
                         Ok(())
                     }
                     Err(e) => {
-                        lock().sync_failed(&e);
+                        q.sync_failed(&e);
                         Err(Arc::new(e))
                     }
-                }
+                };
+                unanswered = q.take_receipts();
+                r
             }
             Ok(None) => Ok(()),
             Err(e) => Err(Arc::new(e)),
@@ -301,8 +358,24 @@ fn writer_loop(
         if let Err(e) = &committed {
             stats.log_queue_error(e);
         }
-        readable.notify_one();
-        for (req, r) in batch.drain(..).zip(results.drain(..)) {
+        if !registered {
+            // `always`: each record was made readable by its own fsync, above.
+            readable.notify_one();
+        }
+        for (mut req, r) in batch.drain(..).zip(results.drain(..)) {
+            let receipt = match &r {
+                Ok(seq) if registered => {
+                    match unanswered.remove(seq) {
+                        Some(receipt) => receipt,
+                        // Answered already: the broker acknowledged it before the fsync ended.
+                        None => {
+                            stats.inc(&stats.queue_appended);
+                            continue;
+                        }
+                    }
+                }
+                _ => Receipt::take(&mut req),
+            };
             let r = match (&committed, r) {
                 (Err(e), Ok(_)) => Err(e.clone()),
                 (_, r) => r,
@@ -314,12 +387,7 @@ fn writer_loop(
                     stats.log_queue_error(e);
                 }
             }
-            if let Some(then) = req.then {
-                then.fire(r.as_ref().ok().copied());
-            }
-            if let Some(done) = req.done {
-                let _ = done.send(r);
-            }
+            receipt.answer(r);
         }
     }
     if let Err(e) = lock().close() {
@@ -385,6 +453,160 @@ mod tests {
             .expect("receipt");
         let seq = rx.await.expect("answered").expect("durable");
         assert_eq!(*log.0.lock().expect("lock"), vec![(99, Some(seq))]);
+        drop(handle);
+        join.join().expect("writer thread");
+    }
+
+    /// A writer on a queue whose segment fsyncs wait at `fs.gate`, with one record written and
+    /// acknowledged already (its segment exists: later appends do not roll, so only group
+    /// commits' fsyncs meet the gate).
+    async fn gated_writer(
+        dir: &std::path::Path,
+    ) -> (
+        super::super::fault_fs::GatedFs,
+        QueueHandle,
+        JoinHandle<()>,
+        Arc<Stats>,
+    ) {
+        let fs = super::super::fault_fs::GatedFs::default();
+        let cfg = crate::config::QueueConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            on_full: crate::config::OnFull::DropOldest,
+            fsync: FsyncPolicy::Batch,
+            segment_bytes: 1 << 16,
+            max_records: None,
+            max_age: None,
+        };
+        let queue = Queue::open_with(&cfg, Arc::new(fs.clone()))
+            .expect("open")
+            .0;
+        let stats = Arc::new(Stats::default());
+        let (handle, join) = spawn_writer(queue, stats.clone()).expect("writer");
+        let seq = handle
+            .append_durable(b"{}".to_vec(), 1)
+            .await
+            .expect("warm-up");
+        handle.read_batch(10, 1 << 20).expect("read");
+        handle.lock().ack(seq).expect("ack");
+        (fs, handle, join, stats)
+    }
+
+    const T: std::time::Duration = std::time::Duration::from_secs(20);
+
+    /// Appends with a `then` (tag `tag`) and a receipt; returns once the writer's fsync of it
+    /// waits at the gate, with the record read back by a "publisher" meanwhile.
+    async fn append_held(
+        fs: &super::super::fault_fs::GatedFs,
+        handle: &QueueHandle,
+        log: &Arc<Log>,
+        tag: u64,
+    ) -> (oneshot::Receiver<WriteOutcome>, u64) {
+        let rx = handle
+            .append_then(
+                b"{\"a\":1}".to_vec(),
+                2,
+                Some(Then::new(log.clone(), tag)),
+                true,
+            )
+            .await
+            .expect("sent")
+            .expect("receipt");
+        let gate = fs.gate.clone();
+        let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
+            .await
+            .expect("join");
+        assert!(held, "the writer's fsync never reached the gate");
+        // Readable while the fsync runs (issue 18's first part).
+        let records = handle.read_batch(10, 1 << 20).expect("read");
+        assert_eq!(
+            records.len(),
+            1,
+            "the written record is readable before its fsync"
+        );
+        (rx, records[0].seq)
+    }
+
+    #[tokio::test]
+    async fn a_record_the_broker_acknowledges_is_answered_before_its_fsync_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, handle, join, stats) = gated_writer(dir.path()).await;
+        fs.gate.close();
+        let log = Arc::new(Log::default());
+        let (rx, seq) = append_held(&fs, &handle, &log, 7).await;
+        // The publisher got the PUBACK: that alone makes the record safe.
+        handle.lock().ack(seq).expect("ack");
+        let answer = tokio::time::timeout(T, rx).await.expect("answered");
+        assert_eq!(answer.expect("sent").expect("safe"), seq);
+        assert!(fs.gate.holding(), "answered only after the fsync");
+        assert_eq!(*log.0.lock().expect("lock"), vec![(7, Some(seq))]);
+        fs.gate.open(None);
+        drop(handle);
+        join.join().expect("writer thread");
+        // Told once, counted once (the warm-up record and this one).
+        assert_eq!(*log.0.lock().expect("lock"), vec![(7, Some(seq))]);
+        assert_eq!(Stats::get(&stats.queue_appended), 2);
+        assert_eq!(Stats::get(&stats.queue_append_failed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_record_nobody_acknowledged_is_answered_by_its_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
+        fs.gate.close();
+        let log = Arc::new(Log::default());
+        let (mut rx, seq) = append_held(&fs, &handle, &log, 8).await;
+        // Published, not acknowledged, the fsync still waiting: nobody may be told yet.
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert!(log.0.lock().expect("lock").is_empty());
+        let passed = fs.gate.passed();
+        fs.gate.open(None);
+        let answer = tokio::time::timeout(T, rx).await.expect("answered");
+        assert_eq!(answer.expect("sent").expect("durable"), seq);
+        assert!(fs.gate.passed() > passed, "answered after the fsync");
+        assert_eq!(*log.0.lock().expect("lock"), vec![(8, Some(seq))]);
+        drop(handle);
+        join.join().expect("writer thread");
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_fails_only_what_the_broker_had_not_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, handle, join, stats) = gated_writer(dir.path()).await;
+        let log = Arc::new(Log::default());
+        // Acknowledged, then its fsync fails: the broker has it, it stays answered "safe".
+        fs.gate.close();
+        let (rx, acked) = append_held(&fs, &handle, &log, 1).await;
+        handle.lock().ack(acked).expect("ack");
+        let answer = tokio::time::timeout(T, rx).await.expect("answered");
+        assert_eq!(answer.expect("sent").expect("safe"), acked);
+        let passed = fs.gate.passed();
+        fs.gate.open(Some(5));
+        assert!(fs.gate.wait_passed(passed + 1, T), "the fsync never failed");
+        // The next append starts a new segment (its creation fsyncs too, past an open gate).
+        fs.gate.open(None);
+        let seq = handle
+            .append_durable(b"{}".to_vec(), 1)
+            .await
+            .expect("again");
+        handle.read_batch(10, 1 << 20).expect("read");
+        handle.lock().ack(seq).expect("ack");
+        // Not acknowledged, and its fsync fails: told "failed" (the dedup window forgets it).
+        fs.gate.close();
+        let (rx, _) = append_held(&fs, &handle, &log, 2).await;
+        fs.gate.open(Some(5));
+        let answer = tokio::time::timeout(T, rx).await.expect("answered");
+        assert!(answer.expect("sent").is_err(), "a failed fsync is reported");
+        assert_eq!(
+            *log.0.lock().expect("lock"),
+            vec![(1, Some(acked)), (2, None)]
+        );
+        assert_eq!(Stats::get(&stats.queue_appended), 3);
+        assert_eq!(Stats::get(&stats.queue_append_failed), 1);
+        fs.gate.open(None);
         drop(handle);
         join.join().expect("writer thread");
     }
