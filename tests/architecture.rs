@@ -47,3 +47,43 @@ fn every_module_in_src_is_in_the_code_map() {
         "not in ARCHITECTURE.md's code map: {missing:?}"
     );
 }
+
+/// The other way round: every `name.rs` the document mentions is a file of the project (under
+/// `src/`, `tests/`, `examples/`, `fuzz/` or `cross/`), so a renamed or deleted module cannot
+/// leave a stale name behind.
+#[test]
+fn every_file_the_document_names_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "examples", "fuzz", "cross"] {
+        if root.join(dir).is_dir() {
+            rust_files(&root.join(dir), &mut files);
+        }
+    }
+    let paths: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.strip_prefix(root).ok()?.to_str().map(str::to_owned))
+        .collect();
+    let mut named = Vec::new();
+    for word in doc.split(|c: char| !(c.is_ascii_alphanumeric() || "_/.".contains(c))) {
+        if let Some(stem) = word.strip_suffix(".rs") {
+            if !stem.is_empty() {
+                named.push(word.trim_start_matches('/').to_owned());
+            }
+        }
+    }
+    assert!(named.len() > 30, "found only {named:?}");
+    let stale: Vec<&String> = named
+        .iter()
+        .filter(|n| {
+            !paths
+                .iter()
+                .any(|p| p == *n || p.ends_with(&format!("/{n}")))
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "ARCHITECTURE.md names files that do not exist: {stale:?}"
+    );
+}
