@@ -73,4 +73,10 @@ impl Links {
     pub(super) fn all_event_types(&self) -> Vec<String> {
         ha::with_learned(&self.event_types, &self.state.labels)
     }
+
+    /// Whether `label` is one of [`Links::all_event_types`], without building that list (it is
+    /// asked once per alert; 10,000 rules have 10,000 labels).
+    pub(super) fn is_event_type(&self, label: &str) -> bool {
+        self.state.labels.contains(label) || self.event_types.iter().any(|t| t == label)
+    }
 }

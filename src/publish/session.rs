@@ -287,8 +287,13 @@ impl<'a> Session<'a> {
                 self.publish_discovery();
             }
             if p.ha_event {
-                let types = self.links.all_event_types();
-                if let Some(ev) = ha::event_payload(&p.payload, label, &types) {
+                let known = self.links.is_event_type(label);
+                let types = if known {
+                    std::slice::from_ref(label)
+                } else {
+                    &[]
+                };
+                if let Some(ev) = ha::event_payload(&p.payload, label, types) {
                     self.ha_events.insert(rec.seq, ev);
                 }
             }
