@@ -1,0 +1,246 @@
+use super::*;
+
+#[derive(Default)]
+struct Log(Mutex<Vec<(u64, Option<u64>)>>);
+
+impl OnOutcome for Log {
+    fn on_outcome(&self, tag: u64, outcome: Option<u64>) {
+        self.0.lock().expect("lock").push((tag, outcome));
+    }
+}
+
+fn open(dir: &std::path::Path, segment_bytes: u64) -> Queue {
+    let cfg = crate::config::QueueConfig {
+        dir: dir.to_owned(),
+        max_bytes: 1 << 20,
+        on_full: crate::config::OnFull::DropOldest,
+        fsync: FsyncPolicy::Batch,
+        segment_bytes,
+        max_records: None,
+        max_age: None,
+    };
+    Queue::open(&cfg).expect("open").0
+}
+
+#[test]
+fn then_is_told_the_seq_once_or_none_when_dropped_unsent() {
+    let log = Arc::new(Log::default());
+    Then::new(log.clone(), 7).fire(Some(42));
+    drop(Then::new(log.clone(), 8));
+    assert_eq!(*log.0.lock().expect("lock"), vec![(7, Some(42)), (8, None)]);
+}
+
+#[tokio::test]
+async fn the_writer_settles_then_before_answering_the_receipt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(dir.path(), 1 << 16);
+    let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
+    let log = Arc::new(Log::default());
+    let rx = handle
+        .append_then(b"{}".to_vec(), 1, Some(Then::new(log.clone(), 99)), true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let seq = rx.await.expect("answered").expect("durable");
+    assert_eq!(*log.0.lock().expect("lock"), vec![(99, Some(seq))]);
+    drop(handle);
+    join.join().expect("writer thread");
+}
+
+/// A writer on a queue whose segment fsyncs wait at `fs.gate`, with one record written and
+/// acknowledged already (its segment exists: later appends do not roll, so only group
+/// commits' fsyncs meet the gate).
+async fn gated_writer(
+    dir: &std::path::Path,
+) -> (
+    super::super::fault_fs::GatedFs,
+    QueueHandle,
+    JoinHandle<()>,
+    Arc<Stats>,
+) {
+    let fs = super::super::fault_fs::GatedFs::default();
+    let cfg = crate::config::QueueConfig {
+        dir: dir.to_owned(),
+        max_bytes: 1 << 20,
+        on_full: crate::config::OnFull::DropOldest,
+        fsync: FsyncPolicy::Batch,
+        segment_bytes: 1 << 16,
+        max_records: None,
+        max_age: None,
+    };
+    let queue = Queue::open_with(&cfg, Arc::new(fs.clone()))
+        .expect("open")
+        .0;
+    let stats = Arc::new(Stats::default());
+    let (handle, join) = spawn_writer(queue, stats.clone()).expect("writer");
+    let seq = handle
+        .append_durable(b"{}".to_vec(), 1)
+        .await
+        .expect("warm-up");
+    handle.read_batch(10, 1 << 20).expect("read");
+    handle.lock().ack(seq).expect("ack");
+    (fs, handle, join, stats)
+}
+
+const T: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Appends with a `then` (tag `tag`) and a receipt; returns once the writer's fsync of it
+/// waits at the gate, with the record read back by a "publisher" meanwhile.
+async fn append_held(
+    fs: &super::super::fault_fs::GatedFs,
+    handle: &QueueHandle,
+    log: &Arc<Log>,
+    tag: u64,
+) -> (oneshot::Receiver<WriteOutcome>, u64) {
+    let rx = handle
+        .append_then(
+            b"{\"a\":1}".to_vec(),
+            2,
+            Some(Then::new(log.clone(), tag)),
+            true,
+        )
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join");
+    assert!(held, "the writer's fsync never reached the gate");
+    // Readable while the fsync runs (issue 18's first part).
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(
+        records.len(),
+        1,
+        "the written record is readable before its fsync"
+    );
+    (rx, records[0].seq)
+}
+
+#[tokio::test]
+async fn a_record_the_broker_acknowledges_is_answered_before_its_fsync_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, stats) = gated_writer(dir.path()).await;
+    fs.gate.close();
+    let log = Arc::new(Log::default());
+    let (rx, seq) = append_held(&fs, &handle, &log, 7).await;
+    // The publisher got the PUBACK: that alone makes the record safe.
+    handle.lock().ack(seq).expect("ack");
+    let answer = tokio::time::timeout(T, rx).await.expect("answered");
+    assert_eq!(answer.expect("sent").expect("safe"), seq);
+    assert!(fs.gate.holding(), "answered only after the fsync");
+    assert_eq!(*log.0.lock().expect("lock"), vec![(7, Some(seq))]);
+    fs.gate.open(None);
+    drop(handle);
+    join.join().expect("writer thread");
+    // Told once, counted once (the warm-up record and this one).
+    assert_eq!(*log.0.lock().expect("lock"), vec![(7, Some(seq))]);
+    assert_eq!(Stats::get(&stats.queue_appended), 2);
+    assert_eq!(Stats::get(&stats.queue_append_failed), 0);
+}
+
+#[tokio::test]
+async fn a_record_nobody_acknowledged_is_answered_by_its_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
+    fs.gate.close();
+    let log = Arc::new(Log::default());
+    let (mut rx, seq) = append_held(&fs, &handle, &log, 8).await;
+    // Published, not acknowledged, the fsync still waiting: nobody may be told yet.
+    assert!(matches!(
+        rx.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    assert!(log.0.lock().expect("lock").is_empty());
+    let passed = fs.gate.passed();
+    fs.gate.open(None);
+    let answer = tokio::time::timeout(T, rx).await.expect("answered");
+    assert_eq!(answer.expect("sent").expect("durable"), seq);
+    assert!(fs.gate.passed() > passed, "answered after the fsync");
+    assert_eq!(*log.0.lock().expect("lock"), vec![(8, Some(seq))]);
+    drop(handle);
+    join.join().expect("writer thread");
+}
+
+#[tokio::test]
+async fn a_failed_fsync_fails_only_what_the_broker_had_not_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, stats) = gated_writer(dir.path()).await;
+    let log = Arc::new(Log::default());
+    // Acknowledged, then its fsync fails: the broker has it, it stays answered "safe".
+    fs.gate.close();
+    let (rx, acked) = append_held(&fs, &handle, &log, 1).await;
+    handle.lock().ack(acked).expect("ack");
+    let answer = tokio::time::timeout(T, rx).await.expect("answered");
+    assert_eq!(answer.expect("sent").expect("safe"), acked);
+    let passed = fs.gate.passed();
+    fs.gate.open(Some(5));
+    assert!(fs.gate.wait_passed(passed + 1, T), "the fsync never failed");
+    // The next append starts a new segment (its creation fsyncs too, past an open gate).
+    fs.gate.open(None);
+    let seq = handle
+        .append_durable(b"{}".to_vec(), 1)
+        .await
+        .expect("again");
+    handle.read_batch(10, 1 << 20).expect("read");
+    handle.lock().ack(seq).expect("ack");
+    // Not acknowledged, and its fsync fails: told "failed" (the dedup window forgets it).
+    fs.gate.close();
+    let (rx, _) = append_held(&fs, &handle, &log, 2).await;
+    fs.gate.open(Some(5));
+    let answer = tokio::time::timeout(T, rx).await.expect("answered");
+    assert!(answer.expect("sent").is_err(), "a failed fsync is reported");
+    assert_eq!(
+        *log.0.lock().expect("lock"),
+        vec![(1, Some(acked)), (2, None)]
+    );
+    assert_eq!(Stats::get(&stats.queue_appended), 3);
+    assert_eq!(Stats::get(&stats.queue_append_failed), 1);
+    fs.gate.open(None);
+    drop(handle);
+    join.join().expect("writer thread");
+}
+
+fn segment_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .count()
+}
+
+#[tokio::test]
+async fn flush_acks_persists_the_position_and_deletes_acknowledged_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = open(dir.path(), 4 << 10);
+    let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
+    for i in 0..200 {
+        handle
+            .append_durable(format!("{{\"n\":{i:0>100}}}").into_bytes(), i)
+            .await
+            .expect("append");
+    }
+    let before = segment_count(dir.path());
+    assert!(before > 4, "{before} segments");
+    let records = handle.read_batch(200, 1 << 20).expect("read");
+    assert_eq!(records.len(), 200);
+    {
+        let mut q = handle.lock();
+        for r in &records[..150] {
+            q.ack(r.seq).expect("ack");
+        }
+        assert!(q.ack_dirty());
+    }
+    // Acknowledged segments stay until the flush: acks never touch the disk.
+    assert_eq!(segment_count(dir.path()), before);
+    handle.flush_acks().expect("flush");
+    assert!(!handle.lock().ack_dirty());
+    let after = segment_count(dir.path());
+    assert!(after < before, "{after} of {before} segments left");
+    // On disk: every seq below 151 is acknowledged (what a crash now would recover from).
+    let ack = std::fs::read(dir.path().join("ack")).expect("ack file");
+    let position = u64::from_le_bytes(ack[..8].try_into().expect("8 bytes"));
+    assert_eq!(position, records[150].seq);
+    drop(handle);
+    join.join().expect("writer thread");
+}
