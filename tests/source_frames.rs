@@ -371,10 +371,17 @@ async fn oversize_frames_of_any_size_are_skipped_on_the_same_connection_with_rss
          skipping 2 MiB + 1 GiB (1 GiB in {gib_secs:.1} s)",
         rss_before as f64 / 1024.0
     );
-    // The limit is 16 KiB: 4 MiB of slack for the allocator, far below the 1 GiB frame.
+    // The limit is 16 KiB: 4 MiB of slack for the allocator, far below the 1 GiB frame. Under
+    // the test runner (qemu-user, the aarch64 pass) VmRSS is the emulator's too, and its code
+    // cache grows as the skipping path first runs (5.6 MiB seen): 16 MiB there, still far below.
+    let slack_kib = if std::env::var_os("ALERT_RELAY_TEST_RUNNER").is_some() {
+        16 * 1024
+    } else {
+        4096
+    };
     assert!(
-        rss_peak < rss_before + 4096,
-        "RSS grew from {rss_before} KiB to {rss_peak} KiB"
+        rss_peak < rss_before + slack_kib,
+        "RSS grew from {rss_before} KiB to {rss_peak} KiB (slack {slack_kib} KiB)"
     );
 
     // 5. A close inside an oversize fragmented message: answered with the same code, and
