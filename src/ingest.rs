@@ -328,9 +328,8 @@ impl Ingest {
 mod tests {
     use super::*;
     use crate::alert::Envelope;
-    use crate::config::{FsyncPolicy, OnFull, QueueConfig};
     use crate::queue::fault_fs::GatedFs;
-    use crate::queue::{spawn_writer, Queue};
+    use crate::queue::spawn_writer;
 
     const T: Duration = Duration::from_secs(20);
 
@@ -355,19 +354,7 @@ mod tests {
     /// An ingest over a queue whose segment fsyncs wait at `fs.gate` (a slow SD card), with
     /// the segment made and a first alert made durable already.
     async fn gated_ingest(dir: &std::path::Path) -> (GatedFs, Ingest, QueueHandle) {
-        let fs = GatedFs::default();
-        let cfg = QueueConfig {
-            dir: dir.to_owned(),
-            max_bytes: 1 << 20,
-            on_full: OnFull::DropOldest,
-            fsync: FsyncPolicy::Batch,
-            segment_bytes: 1 << 16,
-            max_records: None,
-            max_age: None,
-        };
-        let queue = Queue::open_with(&cfg, Arc::new(fs.clone()))
-            .expect("open")
-            .0;
+        let (fs, queue) = GatedFs::open_queue(dir);
         let stats = Arc::new(Stats::default());
         let (handle, _join) = spawn_writer(queue, stats.clone()).expect("writer");
         let ingest = Ingest::new(RuleEngine::new(Vec::new()), None, handle.clone(), stats);

@@ -395,38 +395,21 @@ impl Gate {
 
     /// Waits (blocking, at most `timeout`) until an fsync waits at the gate.
     pub fn wait_holding(&self, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut s = self.lock();
-        while s.waiting == 0 {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_for(timeout, |s| s.waiting > 0)
     }
 
     /// Waits (blocking, at most `timeout`) until `n` fsyncs in all have passed the gate.
     pub fn wait_passed(&self, n: u64, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut s = self.lock();
-        while s.passed < n {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
+        self.wait_for(timeout, |s| s.passed >= n)
+    }
+
+    /// Waits (blocking, at most `timeout`) until `done` holds of the gate's state.
+    fn wait_for(&self, timeout: std::time::Duration, done: impl Fn(&GateState) -> bool) -> bool {
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(self.lock(), timeout, |s| !done(s))
+            .unwrap_or_else(|p| p.into_inner());
+        done(&s)
     }
 
     fn pass(&self) -> io::Result<()> {
@@ -481,6 +464,25 @@ impl FsFile for GatedFile {
 }
 
 impl GatedFs {
+    /// A queue in `dir` (1 MiB, 64 KiB segments, `fsync = "batch"`) over a new gated
+    /// filesystem: the fixture of the tests that hold a group commit's fsync.
+    pub fn open_queue(dir: &Path) -> (GatedFs, super::Queue) {
+        let fs = GatedFs::default();
+        let cfg = crate::config::QueueConfig {
+            dir: dir.to_owned(),
+            max_bytes: 1 << 20,
+            on_full: crate::config::OnFull::DropOldest,
+            fsync: crate::config::FsyncPolicy::Batch,
+            segment_bytes: 1 << 16,
+            max_records: None,
+            max_age: None,
+        };
+        let queue = super::Queue::open_with(&cfg, Arc::new(fs.clone()))
+            .expect("open")
+            .0;
+        (fs, queue)
+    }
+
     fn gated(&self, path: &Path, f: Arc<dyn FsFile>) -> Arc<dyn FsFile> {
         match path.extension().is_some_and(|e| e == "seg") {
             true => Arc::new(GatedFile {

@@ -58,19 +58,7 @@ async fn gated_writer(
     JoinHandle<()>,
     Arc<Stats>,
 ) {
-    let fs = super::super::fault_fs::GatedFs::default();
-    let cfg = crate::config::QueueConfig {
-        dir: dir.to_owned(),
-        max_bytes: 1 << 20,
-        on_full: crate::config::OnFull::DropOldest,
-        fsync: FsyncPolicy::Batch,
-        segment_bytes: 1 << 16,
-        max_records: None,
-        max_age: None,
-    };
-    let queue = Queue::open_with(&cfg, Arc::new(fs.clone()))
-        .expect("open")
-        .0;
+    let (fs, queue) = super::super::fault_fs::GatedFs::open_queue(dir);
     let stats = Arc::new(Stats::default());
     let (handle, join) = spawn_writer(queue, stats.clone()).expect("writer");
     let seq = handle
