@@ -65,7 +65,8 @@ impl LocalZone {
 pub struct Fire {
     pub output: usize,
     pub rule: usize,
-    pub pattern: Pattern,
+    /// The rule's own (shared, not copied per fire).
+    pub pattern: Arc<Pattern>,
     pub priority: i32,
 }
 
@@ -104,7 +105,7 @@ impl RuleEngine {
     /// `rules` may be the config's own (`Arc`, shared) or a `Vec`.
     pub fn new(rules: impl Into<Arc<Vec<RuleConfig>>>) -> RuleEngine {
         let rules = rules.into();
-        let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) {
+        let zone = if rules.iter().any(|r| !r.quiet_hours().is_empty()) {
             LocalZone::system()
         } else {
             LocalZone(None)
@@ -140,7 +141,7 @@ impl RuleEngine {
     /// rule fire again at once). A changed rule starts afresh.
     pub fn reloaded(&self, rules: impl Into<Arc<Vec<RuleConfig>>>) -> RuleEngine {
         let rules = rules.into();
-        let zone = if rules.iter().any(|r| !r.quiet_hours.is_empty()) && self.zone.0.is_none() {
+        let zone = if rules.iter().any(|r| !r.quiet_hours().is_empty()) && self.zone.0.is_none() {
             LocalZone::system()
         } else {
             self.zone.clone()
@@ -155,7 +156,7 @@ impl RuleEngine {
             .collect();
         for (i, rule) in next.rules.iter().enumerate() {
             let Some(name) = &rule.name else { continue };
-            let Some(&j) = old.get(name.as_str()) else {
+            let Some(&j) = old.get(&**name) else {
                 continue;
             };
             next.armed[i] = self.armed[j];
@@ -218,7 +219,7 @@ impl RuleEngine {
                 d.disarmed += 1;
                 continue;
             }
-            if let Some(want) = &rule.rtstream_id {
+            if let Some(want) = rule.rtstream_id() {
                 if !alert
                     .rtstream_id
                     .as_deref()
@@ -237,13 +238,13 @@ impl RuleEngine {
                     continue;
                 }
             }
-            let quiet = !rule.quiet_hours.is_empty() && {
+            let quiet = !rule.quiet_hours().is_empty() && {
                 let m = self.zone.minute_of_day(now_wall);
-                rule.quiet_hours.iter().any(|w| w.contains(m))
+                rule.quiet_hours().iter().any(|w| w.contains(m))
             };
             let mut fired = false;
             for (j, &output) in rule.outputs.iter().enumerate() {
-                if quiet && rule.audible.get(j).copied().unwrap_or(true) {
+                if quiet && rule.audible().get(j).copied().unwrap_or(true) {
                     if !synced {
                         d.quiet_unsynced.push(output);
                     } else {
@@ -309,13 +310,12 @@ mod tests {
             outputs: vec![0].into(),
             pattern: Pattern::Solid {
                 duration: Duration::from_millis(300),
-            },
+            }
+            .into(),
             priority: 1,
             cooldown: Duration::from_millis(cooldown_ms),
             max_age: Duration::from_secs(max_age_s),
-            rtstream_id: None,
-            quiet_hours: Box::default(),
-            audible: vec![false].into(),
+            limits: None,
         }
     }
 
@@ -443,7 +443,7 @@ mod tests {
     fn rtstream_filter_only_fires_for_its_stream() {
         let now = SystemTime::now();
         let mut r = rule(&["x"], 0.0, 0, 30);
-        r.rtstream_id = Some("rts-gate*".into());
+        r.limits_mut().rtstream_id = Some("rts-gate*".into());
         let mut e = RuleEngine::new(vec![r]);
         let mut a = alert("x", Confidence::Valid(1.0), None);
         assert!(e.decide(&a, now, now, Instant::now()).fires.is_empty());
@@ -460,8 +460,8 @@ mod tests {
         let t = crate::clock::parse_rfc3339("2025-01-01T21:30:00Z").expect("ts");
         let mut r = rule(&["x"], 0.0, 0, 30);
         r.outputs = vec![0, 1].into();
-        r.audible = vec![false, true].into();
-        r.quiet_hours = vec![QuietWindow {
+        r.limits_mut().audible = vec![false, true].into();
+        r.limits_mut().quiet_hours = vec![QuietWindow {
             start_min: 22 * 60,
             end_min: 7 * 60,
         }]
@@ -529,13 +529,13 @@ mod tests {
     #[test]
     fn quiet_hours_silence_nothing_while_the_clock_is_unsynchronised() {
         let mut r = rule(&["x"], 0.0, 0, 10);
-        r.quiet_hours = vec![crate::config::QuietWindow {
+        r.limits_mut().quiet_hours = vec![crate::config::QuietWindow {
             start_min: 0,
             end_min: 24 * 60 - 1,
         }]
         .into();
         r.outputs = vec![0].into();
-        r.audible = vec![true].into();
+        r.limits_mut().audible = vec![true].into();
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(12 * 3600);
         let a = alert("x", Confidence::Valid(0.9), None);
         let mut e = RuleEngine::with_zone(vec![r.clone()], LocalZone::fixed(0));

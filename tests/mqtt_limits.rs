@@ -339,7 +339,7 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
     let input = alert_relay::publish::ha::DiscoveryInput {
         gpio: &cfg.gpio,
         controls: false,
-        event_types: &links.event_types,
+        event_types: links.announced(),
         configuration_url: None,
         snooze_for: alert_relay::publish::ha::SNOOZE_BUTTON_FOR,
     };

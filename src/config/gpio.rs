@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
@@ -51,7 +52,7 @@ pub struct OutputConfig {
 #[derive(Debug, Clone)]
 pub struct RuleConfig {
     /// Optional name: a named rule can be armed and disarmed over MQTT (`rules/{name}/set`).
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     pub labels: Box<[Box<str>]>,
     pub min_confidence: f64,
     /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
@@ -60,10 +61,19 @@ pub struct RuleConfig {
     pub fire_without_confidence: bool,
     /// Indexes into `GpioConfig::outputs`.
     pub outputs: Box<[usize]>,
-    pub pattern: Pattern,
+    /// Shared by the rules that play the same pattern (and by their fires).
+    pub pattern: Arc<Pattern>,
     pub priority: i32,
     pub cooldown: Duration,
     pub max_age: Duration,
+    /// The stream filter and quiet hours, which few rules have: one pointer for the others
+    /// (10,000 rules).
+    pub limits: Option<Box<RuleLimits>>,
+}
+
+/// What a rule may add to label and confidence: see [`RuleConfig::limits`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleLimits {
     /// Fires only for alerts from this stream (exact or glob); `None` = any stream.
     pub rtstream_id: Option<Box<str>>,
     /// Local-time windows in which this rule's buzzer outputs stay silent (lights still fire).
@@ -72,6 +82,41 @@ pub struct RuleConfig {
     /// Empty without quiet hours (boxed slices: 10,000 rules hold no spare capacity).
     pub audible: Box<[bool]>,
 }
+
+impl RuleConfig {
+    pub fn rtstream_id(&self) -> Option<&str> {
+        self.limits.as_ref()?.rtstream_id.as_deref()
+    }
+
+    pub fn quiet_hours(&self) -> &[QuietWindow] {
+        self.limits.as_ref().map_or(&[], |l| &l.quiet_hours)
+    }
+
+    pub fn audible(&self) -> &[bool] {
+        self.limits.as_ref().map_or(&[], |l| &l.audible)
+    }
+
+    /// [`RuleConfig::limits`], made if the rule had none.
+    pub fn limits_mut(&mut self) -> &mut RuleLimits {
+        self.limits.get_or_insert_with(Box::default)
+    }
+}
+
+/// `pattern` as one `Arc` with the equal patterns of earlier rules (of the last
+/// [`SHARED_PATTERNS`] different ones): 10,000 rules mostly play a handful of patterns.
+fn shared(seen: &mut Vec<Arc<Pattern>>, pattern: Pattern) -> Arc<Pattern> {
+    if let Some(p) = seen.iter().find(|p| ***p == pattern) {
+        return p.clone();
+    }
+    if seen.len() == SHARED_PATTERNS {
+        seen.remove(0);
+    }
+    let p = Arc::new(pattern);
+    seen.push(p.clone());
+    p
+}
+
+const SHARED_PATTERNS: usize = 16;
 
 /// A daily local-time window `start..end` in minutes after midnight; wraps midnight when
 /// `end < start` (`22:00-07:00`).
@@ -130,7 +175,7 @@ pub struct GpioConfig {
     /// Shared, not copied, by the rule engine and the publisher: 10,000 rules are megabytes.
     /// Printed by [`print_gpio`], with their outputs by name.
     #[serde(skip)]
-    pub rules: std::sync::Arc<Vec<RuleConfig>>,
+    pub rules: Arc<Vec<RuleConfig>>,
     pub ack_button: Option<AckButton>,
     /// Named patterns (`[gpio.patterns]`) that commands and Home Assistant (siren tones, light
     /// effects) pick by name, sorted by name.
@@ -161,7 +206,7 @@ pub(super) fn print_gpio<S: Serializer>(g: &GpioConfig, s: S) -> Result<S::Ok, S
 /// One `[[gpio.rules]]` table as written: a view of a [`RuleConfig`].
 #[derive(Serialize)]
 struct PrintedRule<'a> {
-    name: &'a Option<String>,
+    name: &'a Option<Box<str>>,
     labels: &'a [Box<str>],
     min_confidence: f64,
     missing_confidence: Option<MissingConfidence>,
@@ -172,7 +217,7 @@ struct PrintedRule<'a> {
     cooldown: Duration,
     #[serde(serialize_with = "print::duration")]
     max_age: Duration,
-    rtstream_id: &'a Option<Box<str>>,
+    rtstream_id: Option<&'a str>,
     quiet_hours: Vec<String>,
 }
 
@@ -192,8 +237,8 @@ impl<'a> PrintedRule<'a> {
             priority: r.priority,
             cooldown: r.cooldown,
             max_age: r.max_age,
-            rtstream_id: &r.rtstream_id,
-            quiet_hours: r.quiet_hours.iter().map(|w| w.to_string()).collect(),
+            rtstream_id: r.rtstream_id(),
+            quiet_hours: r.quiet_hours().iter().map(|w| w.to_string()).collect(),
         }
     }
 }
@@ -341,6 +386,7 @@ pub(super) fn validate_gpio(
         });
     }
     let mut rules = Vec::with_capacity(raw_rules.len());
+    let mut patterns_seen = Vec::new();
     // Hashes, not copies, of the names seen: 10,000 names are cloned for nothing otherwise.
     let mut rule_names = HashSet::new();
     for (i, r) in raw_rules.enumerate() {
@@ -356,7 +402,7 @@ pub(super) fn validate_gpio(
             let seen = !rule_names.insert(name_hash(n))
                 && rules
                     .iter()
-                    .any(|o: &RuleConfig| o.name.as_ref() == Some(n));
+                    .any(|o: &RuleConfig| o.name.as_deref() == Some(n.as_str()));
             if seen {
                 return Err(invalid(key("name"), format!("{n:?} is used twice")));
             }
@@ -439,18 +485,22 @@ pub(super) fn validate_gpio(
             .map(|&o| outputs[o].kind != OutputKind::Light)
             .collect();
         rules.push(RuleConfig {
-            name: r.name,
+            name: r.name.map(String::into_boxed_str),
             labels: r.labels.into_iter().map(String::into_boxed_str).collect(),
             min_confidence,
             fire_without_confidence,
             outputs: idx.into_boxed_slice(),
-            pattern,
+            pattern: shared(&mut patterns_seen, pattern),
             priority: r.priority.unwrap_or(0),
             cooldown: r.cooldown.map_or(Duration::ZERO, Duration::from),
             max_age,
-            rtstream_id: r.rtstream_id.map(String::into_boxed_str),
-            quiet_hours: quiet_hours.into_boxed_slice(),
-            audible,
+            limits: (r.rtstream_id.is_some() || !quiet_hours.is_empty()).then(|| {
+                Box::new(RuleLimits {
+                    rtstream_id: r.rtstream_id.map(String::into_boxed_str),
+                    quiet_hours: quiet_hours.into_boxed_slice(),
+                    audible,
+                })
+            }),
         });
     }
     let ack_button = g

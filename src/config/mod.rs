@@ -36,7 +36,7 @@ use pieces::{deserialize_pieces, load_in_pieces, OneRule};
 
 pub use gpio::{
     AckButton, GpioBackendKind, GpioConfig, OutputConfig, OutputKind, QuietWindow, RuleConfig,
-    DEFAULT_ACK_DEBOUNCE,
+    RuleLimits, DEFAULT_ACK_DEBOUNCE,
 };
 pub use http::{
     HttpConfig, DEFAULT_HTTP_MAX_BODY_BYTES, DEFAULT_HTTP_MAX_CONNECTIONS,

@@ -156,7 +156,7 @@ pub async fn run_engine(
                         }
                     }
                     Some(GpioCommand::Manual { output, pattern: Some(pattern), priority }) => e.fire(
-                        Fire { output, rule: MANUAL_RULE, pattern, priority },
+                        Fire { output, rule: MANUAL_RULE, pattern: pattern.into(), priority },
                         true,
                     ),
                     Some(GpioCommand::Manual { output, pattern: None, priority }) => {
@@ -164,7 +164,7 @@ pub async fn run_engine(
                     }
                     Some(GpioCommand::Snooze { for_, lights }) => e.snooze(for_, lights),
                     Some(GpioCommand::Test { output, pattern }) => e.fire(
-                        Fire { output, rule: TEST_RULE, pattern, priority: i32::MAX },
+                        Fire { output, rule: TEST_RULE, pattern: pattern.into(), priority: i32::MAX },
                         true,
                     ),
                     Some(GpioCommand::Silence) => e.silence(),
@@ -221,7 +221,7 @@ impl Engine {
             log::debug!("gpio: {name} pattern pre-empted (priority {})", f.priority);
         }
         self.count(i, |c| &c.patterns_started);
-        let tone = match f.pattern {
+        let tone = match *f.pattern {
             Pattern::Tone {
                 frequency, duty, ..
             } => Some((frequency, duty)),
@@ -232,7 +232,7 @@ impl Engine {
             rule: f.rule,
             priority: f.priority,
             started: now,
-            cursor: PatternCursor::new(f.pattern, max_on),
+            cursor: PatternCursor::new(Pattern::clone(&f.pattern), max_on),
             tone,
         });
         self.advance(i);

@@ -125,9 +125,9 @@ impl Session<'_> {
                     return Ok(());
                 };
                 let changed = if armed {
-                    self.links.state.disarmed.remove(&name)
+                    self.links.state.disarmed.remove(&*name)
                 } else {
-                    self.links.state.disarmed.insert(name.clone())
+                    self.links.state.disarmed.insert(name.to_string())
                 };
                 if changed {
                     self.links.save_state();

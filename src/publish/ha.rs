@@ -25,7 +25,8 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::config::{GpioConfig, MqttConfig, OutputKind, Pattern, RuleConfig};
+use super::event_types::Announced;
+use crate::config::{GpioConfig, MqttConfig, OutputKind, Pattern};
 
 /// The event type for labels that were not announced.
 pub const OTHER_EVENT_TYPE: &str = "other";
@@ -77,36 +78,6 @@ pub fn node_id(cfg: &MqttConfig) -> String {
         .collect()
 }
 
-/// The configured event types: exact labels of the rules (globs cannot be listed), the
-/// configured extras, and [`OTHER_EVENT_TYPE`]; sorted, without duplicates. Learned labels
-/// are added with [`with_learned`].
-pub fn event_types(cfg: &MqttConfig, rules: &[RuleConfig]) -> Vec<String> {
-    let mut v: Vec<String> = rules
-        .iter()
-        .flat_map(|r| r.labels.iter())
-        .filter(|l| !l.contains(['*', '?', '[']))
-        .map(|l| l.to_string())
-        .chain(cfg.ha_event_types.iter().cloned())
-        .chain([OTHER_EVENT_TYPE.to_string()])
-        .collect();
-    v.sort();
-    v.dedup();
-    // Kept for the relay's life: without the collect's spare capacity (10,000 rules).
-    v.shrink_to_fit();
-    v
-}
-
-/// `types` plus the learned labels, sorted, without duplicates.
-pub fn with_learned<'a>(
-    types: &'a [String],
-    learned: impl IntoIterator<Item = &'a String>,
-) -> Vec<String> {
-    let mut v: Vec<String> = types.iter().chain(learned).cloned().collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
 #[derive(Serialize)]
 struct Device<'a> {
     identifiers: [&'a str; 1],
@@ -129,7 +100,7 @@ pub struct DiscoveryInput<'a> {
     pub gpio: &'a GpioConfig,
     /// Whether the GPIO engine runs (else no controls are announced).
     pub controls: bool,
-    pub event_types: &'a [String],
+    pub event_types: Announced<'a>,
     /// `http://host:port/healthz` when the HTTP server is on.
     pub configuration_url: Option<&'a str>,
     /// The snooze button's duration, as `cmd/snooze` takes it (`"30m"`).
@@ -167,11 +138,11 @@ struct RuleSwitch {
 }
 
 /// The event entity's own fields: a struct, as its `event_types` list every exact label of
-/// every rule (written straight from the slice, not copied into a `Value` first).
+/// every rule (written straight from the rules, not copied into a `Value` first).
 #[derive(Serialize)]
 struct EventFields<'a> {
     state_topic: String,
-    event_types: &'a [String],
+    event_types: Announced<'a>,
     json_attributes_topic: String,
     icon: &'static str,
 }
@@ -217,12 +188,31 @@ fn render<F: Serialize>(
         },
         fields,
     };
+    // Sized first, then written once: the event entity's message lists every event type
+    // (10,000 rules: ~250 KB), and growing a buffer to that leaves the smaller ones behind.
+    let mut size = ByteCount(0);
+    serde_json::to_writer(&mut size, &entity).ok()?;
     buf.clear();
+    buf.reserve_exact(size.0);
     serde_json::to_writer(&mut *buf, &entity).ok()?;
     Some(format!(
         "{}/{platform}/{node}/{object}/config",
         cfg.ha_prefix
     ))
+}
+
+/// A writer that only counts what it is given.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len();
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Named patterns that output `kind` can play (tones only on a passive buzzer).
@@ -299,12 +289,6 @@ impl Default for Discovery {
 }
 
 impl Discovery {
-    /// Whether the next message is the first: the event entity, the only one that lists
-    /// `event_types` (the others ignore them).
-    pub fn at_start(&self) -> bool {
-        self.step == Step::Event
-    }
-
     /// Renders the next message's payload into `buf` and returns its retained config topic;
     /// `None` when all have been rendered.
     pub fn next(
@@ -561,15 +545,12 @@ pub fn mark_replayed(payload: &mut Vec<u8>) {
 
 /// The event entity's payload for one alert: `event_type` (the label when announced, else
 /// [`OTHER_EVENT_TYPE`]) plus the alert's fields. `None` if `payload` is not a JSON object.
-pub fn event_payload(payload: &[u8], label: &str, event_types: &[String]) -> Option<Vec<u8>> {
+/// `announced`: whether `label` is one of the announced event types.
+pub fn event_payload(payload: &[u8], label: &str, announced: bool) -> Option<Vec<u8>> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(payload) else {
         return None;
     };
-    let event_type = if event_types.iter().any(|t| t == label) {
-        label
-    } else {
-        OTHER_EVENT_TYPE
-    };
+    let event_type = if announced { label } else { OTHER_EVENT_TYPE };
     let mut m = Map::new();
     m.insert("event_type".into(), json!(event_type));
     for (k, v) in fields {

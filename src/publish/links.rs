@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{ha, ha_state, Links};
+use super::event_types::{Announced, EventTypes};
+use super::{ha_state, Links};
 use crate::config::Config;
 
 impl Links {
@@ -15,7 +16,7 @@ impl Links {
             gpio: None,
             activity: None,
             outputs: config.gpio.outputs.clone(),
-            event_types: ha::event_types(&config.mqtt, &config.gpio.rules),
+            event_types: EventTypes::new(&config.mqtt, &config.gpio.rules),
             gpio_config: config.gpio.clone(),
             ingest: None,
             state: ha_state::HaState::load(&state_path),
@@ -50,7 +51,7 @@ impl Links {
             .filter(|(_, r)| {
                 r.name
                     .as_ref()
-                    .is_some_and(|n| self.state.disarmed.contains(n))
+                    .is_some_and(|n| self.state.disarmed.contains(&**n))
             })
             .map(|(i, _)| i)
             .collect()
@@ -70,13 +71,7 @@ impl Links {
     }
 
     /// The event types announced now: configured plus learned.
-    pub(super) fn all_event_types(&self) -> Vec<String> {
-        ha::with_learned(&self.event_types, &self.state.labels)
-    }
-
-    /// Whether `label` is one of [`Links::all_event_types`], without building that list (it is
-    /// asked once per alert; 10,000 rules have 10,000 labels).
-    pub(super) fn is_event_type(&self, label: &str) -> bool {
-        self.state.labels.contains(label) || self.event_types.iter().any(|t| t == label)
+    pub fn announced(&self) -> Announced<'_> {
+        self.event_types.with_learned(&self.state.labels)
     }
 }

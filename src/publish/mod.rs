@@ -42,6 +42,7 @@ pub mod client;
 pub mod commands;
 pub mod correlate;
 mod error;
+pub mod event_types;
 mod execute;
 pub mod ha;
 pub mod ha_state;
@@ -111,7 +112,7 @@ pub struct Links {
     /// The GPIO outputs, in the engine's order.
     pub outputs: Vec<OutputConfig>,
     /// Event types announced to Home Assistant from the config (learned labels come on top).
-    pub event_types: Vec<String>,
+    pub event_types: event_types::EventTypes,
     /// Named patterns, rules, manual priority, snooze scope: what commands need.
     pub gpio_config: GpioConfig,
     /// Where arming commands (`rules/{name}/set`) go; `None` when GPIO is off.

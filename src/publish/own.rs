@@ -28,7 +28,7 @@ impl Session<'_> {
             let Some(rule) = rules.get(i) else { return };
             i += 1;
             if let Some(name) = &rule.name {
-                let armed = !self.links.state.disarmed.contains(name);
+                let armed = !self.links.state.disarmed.contains(&**name);
                 self.publish_rule_state(name, armed);
             }
         }
@@ -273,25 +273,20 @@ impl Session<'_> {
         let Some(mut cursor) = self.discovery.take() else {
             return;
         };
-        // Only the first message lists the event types (10,000 rules: 10,000 labels).
-        let types = if cursor.at_start() {
-            self.links.all_event_types()
-        } else {
-            Vec::new()
-        };
         let mut buf = Vec::new();
         while self.corr.own_unwritten() < DISCOVERY_IN_CHANNEL {
             let input = ha::DiscoveryInput {
                 gpio: &self.links.gpio_config,
                 controls: self.links.gpio.is_some(),
-                event_types: &types,
+                event_types: self.links.announced(),
                 configuration_url: self.links.configuration_url.as_deref(),
                 snooze_for: ha::SNOOZE_BUTTON_FOR,
             };
             let Some(topic) = cursor.next(&self.cfg, &input, &mut buf) else {
                 return;
             };
-            self.publish_own(topic, buf.clone(), Qos::AtLeastOnce, true);
+            // Taken, not cloned: the event entity's message alone lists every event type.
+            self.publish_own(topic, std::mem::take(&mut buf), Qos::AtLeastOnce, true);
             self.events_held_until = Some(Instant::now() + DISCOVERY_SETTLE);
         }
         self.discovery = Some(cursor);

@@ -17,6 +17,7 @@
 
 use tokio::sync::watch;
 
+use super::event_types::EventTypes;
 use super::{ha, Links, Session};
 use crate::config::{GpioConfig, MqttConfig};
 
@@ -55,7 +56,7 @@ impl Links {
         }
         self.outputs = r.gpio.outputs.clone();
         self.gpio_config = r.gpio.clone();
-        self.event_types = ha::event_types(&r.mqtt, &r.gpio.rules);
+        self.event_types = EventTypes::new(&r.mqtt, &r.gpio.rules);
     }
 }
 

@@ -287,13 +287,8 @@ impl<'a> Session<'a> {
                 self.publish_discovery();
             }
             if p.ha_event {
-                let known = self.links.is_event_type(label);
-                let types = if known {
-                    std::slice::from_ref(label)
-                } else {
-                    &[]
-                };
-                if let Some(ev) = ha::event_payload(&p.payload, label, types) {
+                let known = self.links.announced().contains(label);
+                if let Some(ev) = ha::event_payload(&p.payload, label, known) {
                     self.ha_events.insert(rec.seq, ev);
                 }
             }

@@ -46,14 +46,13 @@ fn gpio_extras_parse_with_defaults() {
         ))
         .expect("config");
     let r = &cfg.gpio.rules[0];
-    assert_eq!(r.rtstream_id.as_deref(), Some("rts-*"));
+    assert_eq!(r.rtstream_id(), Some("rts-*"));
     assert_eq!(
-        r.quiet_hours,
+        r.quiet_hours(),
         [QuietWindow {
             start_min: 22 * 60 + 30,
             end_min: 6 * 60 + 45
         }]
-        .into()
     );
     let b = cfg.gpio.ack_button.as_ref().expect("button");
     assert!(b.active_low);

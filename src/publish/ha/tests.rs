@@ -23,21 +23,11 @@ output = "red"
 }
 
 #[test]
-fn event_types_are_exact_labels_extras_and_other() {
-    let c = cfg();
-    assert_eq!(
-        event_types(&c.mqtt, &c.gpio.rules),
-        ["doorbell", "intrusion", "other", "smoke"]
-    );
-}
-
-#[test]
 fn alert_events_carry_event_type_and_fields() {
-    let types = vec!["intrusion".to_string(), "other".to_string()];
     let p = event_payload(
         br#"{"label":"intrusion","confidence":0.9}"#,
         "intrusion",
-        &types,
+        true,
     )
     .expect("object");
     let v: Value = serde_json::from_slice(&p).expect("json");
@@ -45,10 +35,10 @@ fn alert_events_carry_event_type_and_fields() {
         v,
         json!({"event_type": "intrusion", "label": "intrusion", "confidence": 0.9})
     );
-    let p = event_payload(br#"{"label":"cat"}"#, "cat", &types).expect("object");
+    let p = event_payload(br#"{"label":"cat"}"#, "cat", false).expect("object");
     let v: Value = serde_json::from_slice(&p).expect("json");
     assert_eq!(v["event_type"], "other");
-    assert_eq!(event_payload(b"[1]", "x", &types), None);
+    assert_eq!(event_payload(b"[1]", "x", false), None);
 }
 
 fn gpio_cfg() -> Config {
@@ -92,11 +82,12 @@ fn find<'a>(d: &'a [(String, Value)], topic: &str) -> Option<&'a Value> {
 #[test]
 fn controls_are_sirens_lights_buttons_and_rule_switches() {
     let c = gpio_cfg();
-    let types = vec!["other".to_string()];
+    let types = crate::publish::event_types::EventTypes::new(&c.mqtt, &c.gpio.rules);
+    let learned = std::collections::BTreeSet::new();
     let input = DiscoveryInput {
         gpio: &c.gpio,
         controls: true,
-        event_types: &types,
+        event_types: types.with_learned(&learned),
         configuration_url: Some("http://relay:8787/healthz"),
         snooze_for: SNOOZE_BUTTON_FOR,
     };
@@ -160,16 +151,6 @@ fn replayed_records_say_so_in_their_relay_object() {
     mark_replayed(&mut p);
     let v: Value = serde_json::from_slice(&p).expect("json");
     assert_eq!(v["relay"], json!({"seq": 3, "via": "ws", "replayed": true}));
-}
-
-#[test]
-fn learned_labels_join_the_configured_types() {
-    let learned: std::collections::BTreeSet<String> =
-        ["zebra".to_string(), "other".to_string()].into();
-    assert_eq!(
-        with_learned(&["other".to_string(), "person".to_string()], &learned),
-        ["other", "person", "zebra"]
-    );
 }
 
 #[test]
