@@ -6,7 +6,8 @@
 //! `[[gpio.rules]]` (sim GPIO, Home Assistant discovery on; examples/rss: the rule shapes),
 //! with no broker, and connected to an embedded broker (discovery and the rule states are
 //! published), and
-//! prints the peak and current resident set of each (examples/rss: how it is measured).
+//! prints the peak and current resident set of each, the median of `rss::RUNS` runs
+//! (examples/rss: how it is measured).
 //! With a broker, the wait ends at the relay's first stats message (sent after discovery).
 //! `tests/rules_memory.rs` fails when the peak grows more than 5 MB.
 
@@ -14,7 +15,6 @@ mod rss;
 mod support;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -30,41 +30,18 @@ async fn main() {
     println!("binary: {}", bin.display());
     let port = support::free_port();
     let _broker = support::Broker::start(port);
-    for (broker, shape) in [
-        (false, rss::Shape::Example),
-        (false, rss::Shape::Heavy),
-        (true, rss::Shape::Example),
-    ] {
+    for (broker, shape) in rss::CASES {
         let mut base = None;
         for rules in [1usize, 10_000] {
-            let prefix = format!("rss-{}-{rules}-{}", broker as u8, std::process::id());
-            let r = if broker {
-                // A prefix of its own: no retained stats of an earlier run can satisfy the wait.
-                let stats = format!("{prefix}/stats");
-                let sub = support::Subscriber::start(port, &stats).await;
-                let rt = tokio::runtime::Handle::current();
-                let bin = bin.clone();
-                tokio::task::spawn_blocking(move || {
-                    rss::measure(&bin, rules, shape, port, &prefix, || {
-                        rt.block_on(support::wait_until(
-                            "the relay's first stats message",
-                            Duration::from_secs(120),
-                            || !sub.on(&stats).is_empty(),
-                        ))
-                    })
-                })
-                .await
-                .expect("measure")
-            } else {
-                rss::measure(&bin, rules, shape, support::free_port(), &prefix, || {})
-            };
+            let r = rss::median(&bin, rules, shape, broker.then_some(port)).await;
             let base_peak = *base.get_or_insert(r.peak_kib);
             println!(
-                "{:<9} {shape:?} {rules:>6} rules: peak {:>7} KiB  now {:>7} KiB  peak over 1 rule: {:+} KiB",
+                "{:<9} {shape:?} {rules:>6} rules: peak {:>7} KiB  now {:>7} KiB  peak over 1 rule: {:+} KiB (median of {})",
                 if broker { "broker" } else { "no broker" },
                 r.peak_kib,
                 r.now_kib,
-                r.peak_kib as i64 - base_peak as i64
+                r.peak_kib as i64 - base_peak as i64,
+                rss::RUNS
             );
         }
     }

@@ -1,5 +1,6 @@
 //! Peak memory of the real `alert-relay run` for a config with N `[[gpio.rules]]`: shared by
-//! `examples/rules_rss.rs` (the figures) and `tests/rules_memory.rs` (the +5 MB bound).
+//! `examples/rules_rss.rs` (the figures) and `tests/rules_memory.rs` (the +5 MB bound). Both
+//! declare `mod support` beside `mod rss` (the broker and subscriber come from there).
 //!
 //! Measurement: the relay runs as a child process under a `NOTIFY_SOCKET` this module binds,
 //! like systemd's; once it sends `READY=1` (queue recovered, every stage running) and, with a
@@ -14,6 +15,60 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The cases measured: with no broker (the relay keeps retrying) for both rule shapes, and
+/// connected to a broker (discovery and the rule states are published).
+pub const CASES: [(bool, Shape); 3] = [
+    (false, Shape::Example),
+    (false, Shape::Heavy),
+    (true, Shape::Example),
+];
+
+/// Runs of each measurement; the median is kept (a single run's peak moved by ~0.5 MB on a
+/// loaded machine).
+pub const RUNS: usize = 3;
+
+/// The median (by peak) of [`RUNS`] runs of `rules` rules of `shape`, connected to the broker
+/// on `broker_port` when given (the wait then ends at the relay's first stats message, sent
+/// after discovery), else pointed at a port nobody listens on.
+pub async fn median(bin: &Path, rules: usize, shape: Shape, broker_port: Option<u16>) -> Rss {
+    let mut runs = Vec::with_capacity(RUNS);
+    for run in 0..RUNS {
+        let broker = broker_port.is_some() as u8;
+        let prefix = format!("rss-{broker}-{rules}-{run}-{}", std::process::id());
+        let r = match broker_port {
+            Some(port) => {
+                // A prefix of its own: no retained stats of an earlier run satisfy the wait.
+                let stats = format!("{prefix}/stats");
+                let sub = crate::support::Subscriber::start(port, &stats).await;
+                let rt = tokio::runtime::Handle::current();
+                let bin = bin.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    measure(&bin, rules, shape, port, &prefix, || {
+                        rt.block_on(crate::support::wait_until(
+                            "the relay's first stats message",
+                            Duration::from_secs(120),
+                            || !sub.on(&stats).is_empty(),
+                        ))
+                    })
+                })
+                .await
+                .expect("measure")
+            }
+            None => measure(
+                bin,
+                rules,
+                shape,
+                crate::support::free_port(),
+                &prefix,
+                || {},
+            ),
+        };
+        runs.push(r);
+    }
+    runs.sort_by_key(|r| r.peak_kib);
+    runs[RUNS / 2]
+}
 
 /// What `/proc/<pid>/status` said, in KiB.
 #[derive(Debug, Clone, Copy)]
