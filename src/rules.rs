@@ -304,7 +304,7 @@ mod tests {
     fn rule(labels: &[&str], min_conf: f64, cooldown_ms: u64, max_age_s: u64) -> RuleConfig {
         RuleConfig {
             name: None,
-            labels: labels.iter().map(|&s| s.into()).collect(),
+            labels: labels.iter().copied().collect(),
             min_confidence: min_conf,
             fire_without_confidence: false,
             outputs: vec![0].into(),

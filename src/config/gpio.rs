@@ -53,7 +53,7 @@ pub struct OutputConfig {
 pub struct RuleConfig {
     /// Optional name: a named rule can be armed and disarmed over MQTT (`rules/{name}/set`).
     pub name: Option<Box<str>>,
-    pub labels: Box<[Box<str>]>,
+    pub labels: Labels,
     pub min_confidence: f64,
     /// `missing_confidence = "fire"`: an alert with no `confidence` at all (VideoDB's real-time
     /// alert shape, `{"event_label", "timestamp", "text"}`) passes `min_confidence`. Default
@@ -69,6 +69,38 @@ pub struct RuleConfig {
     /// The stream filter and quiet hours, which few rules have: one pointer for the others
     /// (10,000 rules).
     pub limits: Option<Box<RuleLimits>>,
+}
+
+/// A rule's labels and globs in one allocation, each ended by U+0000 (which validation keeps
+/// out of them): 10,000 rules hold one block each instead of one per label plus the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(Box<str>);
+
+impl Labels {
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.0.split_terminator('\0')
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.iter().nth(i)
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Labels {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(labels: I) -> Labels {
+        let mut all = String::new();
+        for l in labels {
+            all.push_str(l);
+            all.push('\0');
+        }
+        Labels(all.into_boxed_str())
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
 }
 
 /// What a rule may add to label and confidence: see [`RuleConfig::limits`].
@@ -207,7 +239,7 @@ pub(super) fn print_gpio<S: Serializer>(g: &GpioConfig, s: S) -> Result<S::Ok, S
 #[derive(Serialize)]
 struct PrintedRule<'a> {
     name: &'a Option<Box<str>>,
-    labels: &'a [Box<str>],
+    labels: &'a Labels,
     min_confidence: f64,
     missing_confidence: Option<MissingConfidence>,
     outputs: Vec<&'a str>,
@@ -413,6 +445,12 @@ pub(super) fn validate_gpio(
                 "needs at least one non-empty label or glob",
             ));
         }
+        if r.labels.iter().any(|l| l.contains('\0')) {
+            return Err(invalid(
+                key("labels"),
+                "a label or glob must not contain U+0000",
+            ));
+        }
         let min_confidence = bounded(
             &key("min_confidence"),
             r.min_confidence,
@@ -486,7 +524,7 @@ pub(super) fn validate_gpio(
             .collect();
         rules.push(RuleConfig {
             name: r.name.map(String::into_boxed_str),
-            labels: r.labels.into_iter().map(String::into_boxed_str).collect(),
+            labels: r.labels.iter().map(String::as_str).collect(),
             min_confidence,
             fire_without_confidence,
             outputs: idx.into_boxed_slice(),

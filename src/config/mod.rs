@@ -35,8 +35,8 @@ mod videodb;
 use pieces::{deserialize_pieces, load_in_pieces, OneRule};
 
 pub use gpio::{
-    AckButton, GpioBackendKind, GpioConfig, OutputConfig, OutputKind, QuietWindow, RuleConfig,
-    RuleLimits, DEFAULT_ACK_DEBOUNCE,
+    AckButton, GpioBackendKind, GpioConfig, Labels, OutputConfig, OutputKind, QuietWindow,
+    RuleConfig, RuleLimits, DEFAULT_ACK_DEBOUNCE,
 };
 pub use http::{
     HttpConfig, DEFAULT_HTTP_MAX_BODY_BYTES, DEFAULT_HTTP_MAX_CONNECTIONS,

@@ -34,7 +34,7 @@ fn label_at(rules: &[RuleConfig], (r, l): (u32, u32)) -> &str {
     rules
         .get(r as usize)
         .and_then(|rule| rule.labels.get(l as usize))
-        .map_or("", |s| s)
+        .unwrap_or("")
 }
 
 impl EventTypes {

@@ -19,6 +19,10 @@ fn gpio_keys_name_their_key() {
             "gpio.rules[0].rtstream_id",
         ),
         (
+            "[[gpio.rules]]\nlabels = [\"a\\u0000b\"]\noutput = \"r\"\n".to_string(),
+            "gpio.rules[0].labels",
+        ),
+        (
             "[gpio.ack_button]\nline = \"GPIO5\"\n".to_string(),
             "gpio.ack_button.pin",
         ),
@@ -72,4 +76,22 @@ fn gpio_extras_parse_with_defaults() {
             duration: Duration::from_secs(1)
         }
     );
+}
+
+#[test]
+fn a_rules_labels_come_back_in_order_from_their_one_block() {
+    let labels: Labels = ["intrusion", "fire*", "", "smoke"].into_iter().collect();
+    assert_eq!(
+        labels.iter().collect::<Vec<_>>(),
+        ["intrusion", "fire*", "", "smoke"]
+    );
+    assert_eq!(
+        (labels.get(1), labels.get(3), labels.get(4)),
+        (Some("fire*"), Some("smoke"), None)
+    );
+    assert_eq!(
+        serde_json::to_string(&labels).expect("json"),
+        r#"["intrusion","fire*","","smoke"]"#
+    );
+    assert_eq!(Labels::default().iter().count(), 0);
 }
