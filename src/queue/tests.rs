@@ -46,6 +46,25 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Opens the queue and appends `payload(0..n)` (seqs 1..=n), each made durable; the caller
+/// closes it, drops it (a crash) or goes on using it.
+fn open_with_records(c: &QueueConfig, n: u64) -> Queue {
+    let (mut q, _) = Queue::open(c).expect("open");
+    for i in 0..n {
+        q.append_durable(&payload(i), i).expect("append");
+    }
+    q
+}
+
+/// Every file in `dir` with its contents.
+fn dir_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| (e.path(), fs::read(e.path()).expect("read")))
+        .collect()
+}
+
 #[test]
 fn unacked_records_survive_restart_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -76,10 +95,7 @@ fn unacked_records_survive_restart_in_order() {
 fn acked_segments_are_deleted_and_rewind_resends_unacked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path(), 1 << 20, 4 << 10, OnFull::DropOldest);
-    let (mut q, _) = Queue::open(&c).expect("open");
-    for i in 0..300 {
-        q.append_durable(&payload(i), i).expect("append");
-    }
+    let mut q = open_with_records(&c, 300);
     let many = segment_files(dir.path()).len();
     assert!(many > 3, "expected several segments, got {many}");
     let all = read_all(&mut q);
@@ -226,11 +242,7 @@ fn inspection_reads_everything_and_changes_nothing() {
     let mut data = fs::read(&newest).expect("read");
     data.extend_from_slice(&[0u8; 100]);
     fs::write(&newest, &data).expect("write");
-    let before: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.path())
-        .expect("dir")
-        .flatten()
-        .map(|e| (e.path(), fs::read(e.path()).expect("read")))
-        .collect();
+    let before = dir_contents(dir.path());
     let mut seen = Vec::new();
     let sum = inspect_dir(dir.path(), |r| seen.push((r.record.seq, r.acked))).expect("inspect");
     assert_eq!(sum.ack_position, 31);
@@ -238,11 +250,7 @@ fn inspection_reads_everything_and_changes_nothing() {
     assert_eq!(sum.torn_tail_bytes, 100);
     assert_eq!(seen.last(), Some(&(100, false)));
     assert!(seen.iter().all(|&(s, acked)| acked == (s < 31)));
-    let after: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir.path())
-        .expect("dir")
-        .flatten()
-        .map(|e| (e.path(), fs::read(e.path()).expect("read")))
-        .collect();
+    let after = dir_contents(dir.path());
     assert_eq!(before, after, "inspection must not touch the files");
     drop(snap);
 }

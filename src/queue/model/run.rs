@@ -131,6 +131,79 @@ fn check_reopen(q: &mut Queue, m: &mut Model, clean: bool) -> Result<(), TestCas
     Ok(())
 }
 
+/// Opens the queue again after a restart or crash (the old one dropped) and checks it
+/// against the model with [`check_reopen`].
+fn reopened(
+    c: &QueueConfig,
+    disk: &Disk,
+    m: &mut Model,
+    clean: bool,
+) -> Result<Queue, TestCaseError> {
+    let mut q = open_on(c, disk);
+    check_reopen(&mut q, m, clean)?;
+    Ok(q)
+}
+
+/// The power goes (fault runs): the disk keeps what was synced, `keep` of the unsynced
+/// directory changes and a torn tail of `torn` bytes; the model lets go of what was delivered
+/// although told "failed". Under `never` a power cut may lose anything: only a crash is
+/// modelled.
+fn power_cut(disk: &Disk, fsync: FsyncPolicy, m: &mut Model, keep: usize, torn: usize) {
+    if let Disk::Faulty(f) = disk {
+        if fsync != FsyncPolicy::Never {
+            f.power_cut(keep, torn);
+            m.power_cut();
+            // Unsynced records are gone, came back torn, or (a torn tail long enough) came
+            // back whole: they stay "maybe".
+        }
+    }
+}
+
+/// Appends a fresh payload of `len` bytes (buffered, not committed yet) and returns it with
+/// what the append said. `drop_oldest` may have made room before the append failed for
+/// another reason (a failed roll): those records are gone (counted) either way, and the model
+/// follows. A seq handed out must never have been issued before.
+fn append_one(
+    q: &mut Queue,
+    m: &mut Model,
+    len: usize,
+) -> Result<(Vec<u8>, Result<u64, QueueError>), TestCaseError> {
+    let p = m.payload(len);
+    let r = q.append(&p, 0);
+    m.dropped_below(q.first_unacked());
+    if let Ok(seq) = r {
+        m.issued(seq)?;
+    }
+    Ok((p, r))
+}
+
+/// Appends records of these lengths without committing them, as the writer thread buffers
+/// them: the model holds each as "maybe" (never reported durable). A refused append (full)
+/// adds nothing; any other error is shown to `failed`, then the model follows the queue's cut
+/// back (a failed roll took the buffered records with it, before any was written: their seqs
+/// are handed out again).
+fn append_uncommitted(
+    q: &mut Queue,
+    m: &mut Model,
+    lens: impl IntoIterator<Item = usize>,
+    mut failed: impl FnMut(&QueueError) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    for len in lens {
+        let (p, r) = append_one(q, m, len)?;
+        match r {
+            Ok(seq) => {
+                m.maybe.insert(seq, p);
+            }
+            Err(QueueError::Full { .. }) => {}
+            Err(e) => {
+                failed(&e)?;
+                m.rolled_back_maybe(q.next_seq);
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = QueueConfig {
@@ -186,14 +259,9 @@ pub(super) fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseErro
                 let mut added = Vec::new();
                 let failed_before = disk.failed();
                 for len in lens {
-                    let p = m.payload(len);
-                    let r = q.append(&p, 0);
-                    // `drop_oldest` may have made room before the append failed for another
-                    // reason (a failed roll): those records are gone (counted) either way.
-                    m.dropped_below(q.first_unacked());
+                    let (p, r) = append_one(&mut q, &mut m, len)?;
                     match r {
                         Ok(seq) => {
-                            m.issued(seq)?;
                             // Enforced at append (a crash may replay acked records above it).
                             if let Some(max) = s.max_records {
                                 prop_assert!(q.depth_records() <= max, "over max_records");
@@ -315,14 +383,12 @@ pub(super) fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseErro
                     "close failed without a fault"
                 );
                 drop(q);
-                q = open_on(&c, &disk);
                 let clean = closed.is_ok() && disk.failed() == failed_before;
-                check_reopen(&mut q, &mut m, clean)?;
+                q = reopened(&c, &disk, &mut m, clean)?;
             }
             Op::Crash => {
                 drop(q);
-                q = open_on(&c, &disk);
-                check_reopen(&mut q, &mut m, false)?;
+                q = reopened(&c, &disk, &mut m, false)?;
             }
             Op::Fault(n, e) => {
                 if let Some(f) = &fault_fs {
@@ -343,40 +409,19 @@ pub(super) fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseErro
             }
             Op::PowerCut(keep, torn) => {
                 drop(q);
-                if let Some(f) = &fault_fs {
-                    // Under `never` a power cut may lose anything: only a crash is modelled.
-                    if s.fsync != FsyncPolicy::Never {
-                        f.power_cut(keep, torn);
-                        m.power_cut();
-                        // Unsynced records are gone, came back torn, or (a torn tail long
-                        // enough) came back whole: they stay "maybe".
-                    }
-                }
-                q = open_on(&c, &disk);
-                check_reopen(&mut q, &mut m, false)?;
+                power_cut(&disk, s.fsync, &mut m, keep, torn);
+                q = reopened(&c, &disk, &mut m, false)?;
             }
             Op::WrittenThenPowerCut(lens, ack, keep, torn) => {
                 let failed_before = disk.failed();
                 let issued_before_op = m.issued_max;
-                for len in lens {
-                    let p = m.payload(len);
-                    let r = q.append(&p, 0);
-                    m.dropped_below(q.first_unacked());
-                    match r {
-                        Ok(seq) => {
-                            m.issued(seq)?;
-                            m.maybe.insert(seq, p);
-                        }
-                        Err(QueueError::Full { .. }) => {}
-                        Err(e) => {
-                            prop_assert!(
-                                full || disk.failed() > failed_before,
-                                "append failed without a fault: {e}"
-                            );
-                            m.rolled_back_maybe(q.next_seq);
-                        }
-                    }
-                }
+                append_uncommitted(&mut q, &mut m, lens, |e| {
+                    prop_assert!(
+                        full || disk.failed() > failed_before,
+                        "append failed without a fault: {e}"
+                    );
+                    Ok(())
+                })?;
                 // Senders wait for each written record, as the writer thread registers them.
                 let told = Arc::new(Told::default());
                 let mut waiting = Vec::new();
@@ -435,41 +480,20 @@ pub(super) fn run(s: Setup, ops: Vec<Op>, disk: Disk) -> Result<(), TestCaseErro
                 }
                 drop(unanswered);
                 drop(q);
-                if let Some(f) = &fault_fs {
-                    if s.fsync != FsyncPolicy::Never {
-                        f.power_cut(keep, torn);
-                        m.power_cut();
-                    }
-                }
-                q = open_on(&c, &disk);
-                check_reopen(&mut q, &mut m, false)?;
+                power_cut(&disk, s.fsync, &mut m, keep, torn);
+                q = reopened(&c, &disk, &mut m, false)?;
             }
             Op::FaultyReopen(n, e) => {
                 drop(q);
                 if let Some(f) = &fault_fs {
                     f.set_plan(FaultPlan::Next(n, ERRNOS[e]));
                 }
-                q = open_on(&c, &disk);
-                check_reopen(&mut q, &mut m, false)?;
+                q = reopened(&c, &disk, &mut m, false)?;
             }
             Op::CrashWithPending(n) => {
-                for _ in 0..n {
-                    let p = m.payload(10);
-                    let r = q.append(&p, 0);
-                    m.dropped_below(q.first_unacked());
-                    match r {
-                        Ok(seq) => {
-                            m.issued(seq)?;
-                            m.maybe.insert(seq, p);
-                        }
-                        // A failed roll took the buffered records with it, before any was
-                        // written: their seqs are handed out again.
-                        Err(_) => m.rolled_back_maybe(q.next_seq),
-                    }
-                }
+                append_uncommitted(&mut q, &mut m, std::iter::repeat_n(10, n), |_| Ok(()))?;
                 drop(q);
-                q = open_on(&c, &disk);
-                check_reopen(&mut q, &mut m, false)?;
+                q = reopened(&c, &disk, &mut m, false)?;
             }
         }
         let g = q.gauges();

@@ -7,13 +7,7 @@ use super::*;
 fn torn_tail_is_truncated_at_every_offset_and_intact_records_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path(), 1 << 20, 64 << 10, OnFull::DropOldest);
-    {
-        let (mut q, _) = Queue::open(&c).expect("open");
-        for i in 0..5 {
-            q.append_durable(&payload(i), i).expect("append");
-        }
-        q.close().expect("close");
-    }
+    open_with_records(&c, 5).close().expect("close");
     let seg = segment_files(dir.path()).remove(0);
     let full = fs::read(&seg).expect("read");
     let last_len = HEADER_LEN + payload(4).len();
@@ -47,12 +41,7 @@ fn torn_tail_is_truncated_at_every_offset_and_intact_records_kept() {
 fn zero_filled_tail_power_cut_signature_is_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path(), 1 << 20, 64 << 10, OnFull::DropOldest);
-    {
-        let (mut q, _) = Queue::open(&c).expect("open");
-        for i in 0..10 {
-            q.append_durable(&payload(i), i).expect("append");
-        }
-    }
+    drop(open_with_records(&c, 10)); // not closed: a crash
     let seg = segment_files(dir.path()).remove(0);
     let mut data = fs::read(&seg).expect("read");
     data.extend(std::iter::repeat_n(0u8, 4096));
@@ -66,12 +55,7 @@ fn zero_filled_tail_power_cut_signature_is_truncated() {
 fn corrupt_record_in_older_segment_loses_only_that_record_and_quarantines_the_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path(), 1 << 20, 4 << 10, OnFull::DropOldest);
-    {
-        let (mut q, _) = Queue::open(&c).expect("open");
-        for i in 0..200 {
-            q.append_durable(&payload(i), i).expect("append");
-        }
-    }
+    drop(open_with_records(&c, 200)); // not closed: a crash
     let segs = segment_files(dir.path());
     assert!(segs.len() >= 3);
     // Flip a payload bit in the middle of the first segment.
@@ -124,17 +108,8 @@ fn all_nul_segment_is_quarantined_and_the_queue_starts() {
 /// snapshot of every file to restore between damage experiments.
 pub(super) fn build_snapshot(dir: &Path, n: u64) -> (QueueConfig, Vec<(PathBuf, Vec<u8>)>) {
     let c = cfg(dir, 1 << 20, 4 << 10, OnFull::DropOldest);
-    let (mut q, _) = Queue::open(&c).expect("open");
-    for i in 0..n {
-        q.append_durable(&payload(i), i).expect("append");
-    }
-    q.close().expect("close");
-    let snap = fs::read_dir(dir)
-        .expect("dir")
-        .flatten()
-        .map(|e| (e.path(), fs::read(e.path()).expect("read")))
-        .collect();
-    (c, snap)
+    open_with_records(&c, n).close().expect("close");
+    (c, dir_contents(dir))
 }
 
 fn restore(dir: &Path, snap: &[(PathBuf, Vec<u8>)]) {
@@ -297,14 +272,8 @@ fn zero_filled_region_power_cut_signature_loses_only_the_zeroed_records() {
 fn corrupt_record_in_newest_segment_middle_keeps_the_records_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path(), 1 << 20, 64 << 10, OnFull::DropOldest);
-    {
-        let (mut q, _) = Queue::open(&c).expect("open");
-        for i in 0..20 {
-            q.append_durable(&payload(i), i).expect("append");
-        }
-        // Closed cleanly: the unused seq reservation is given back, seqs continue at 21.
-        q.close().expect("close");
-    }
+    // Closed cleanly: the unused seq reservation is given back, seqs continue at 21.
+    open_with_records(&c, 20).close().expect("close");
     let seg = segment_files(dir.path()).remove(0);
     let layout = record_layout(dir.path());
     let (_, seq, off, _) = layout[9].clone();
