@@ -3,12 +3,19 @@
 
 use super::*;
 
-#[test]
-fn torn_tail_is_truncated_at_every_offset_and_intact_records_kept() {
+/// `payload(0..n)` in one 64 KiB segment, closed cleanly: the directory, the config and the
+/// segment's path.
+fn one_closed_segment(n: u64) -> (tempfile::TempDir, QueueConfig, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = cfg(dir.path(), 1 << 20, 64 << 10, OnFull::DropOldest);
-    open_with_records(&c, 5).close().expect("close");
+    open_with_records(&c, n).close().expect("close");
     let seg = segment_files(dir.path()).remove(0);
+    (dir, c, seg)
+}
+
+#[test]
+fn torn_tail_is_truncated_at_every_offset_and_intact_records_kept() {
+    let (dir, c, seg) = one_closed_segment(5);
     let full = fs::read(&seg).expect("read");
     let last_len = HEADER_LEN + payload(4).len();
     let last_start = full.len() - last_len;
@@ -43,9 +50,7 @@ fn zero_filled_tail_power_cut_signature_is_truncated() {
     let c = cfg(dir.path(), 1 << 20, 64 << 10, OnFull::DropOldest);
     drop(open_with_records(&c, 10)); // not closed: a crash
     let seg = segment_files(dir.path()).remove(0);
-    let mut data = fs::read(&seg).expect("read");
-    data.extend(std::iter::repeat_n(0u8, 4096));
-    fs::write(&seg, &data).expect("write");
+    rewrite(&seg, |data| data.extend(std::iter::repeat_n(0u8, 4096)));
     let (mut q, report) = Queue::open(&c).expect("open");
     assert_eq!(report.torn_tail_bytes, 4096);
     assert_eq!(read_all(&mut q).len(), 10);
@@ -59,10 +64,10 @@ fn corrupt_record_in_older_segment_loses_only_that_record_and_quarantines_the_se
     let segs = segment_files(dir.path());
     assert!(segs.len() >= 3);
     // Flip a payload bit in the middle of the first segment.
-    let mut data = fs::read(&segs[0]).expect("read");
-    let mid = data.len() / 2;
-    data[mid] ^= 0x40;
-    fs::write(&segs[0], &data).expect("write");
+    rewrite(&segs[0], |data| {
+        let mid = data.len() / 2;
+        data[mid] ^= 0x40;
+    });
     // Older segments are validated as they are read, not at open.
     let (mut q, report) = Queue::open(&c).expect("open");
     assert_eq!(report.unacked_records, 200);
@@ -104,12 +109,41 @@ fn all_nul_segment_is_quarantined_and_the_queue_starts() {
     assert_eq!(read_all(&mut q).len(), 1);
 }
 
-/// A queue of `n` records over several small segments, closed; returns the config and a
-/// snapshot of every file to restore between damage experiments.
-pub(super) fn build_snapshot(dir: &Path, n: u64) -> (QueueConfig, Vec<(PathBuf, Vec<u8>)>) {
-    let c = cfg(dir, 1 << 20, 4 << 10, OnFull::DropOldest);
-    open_with_records(&c, n).close().expect("close");
-    (c, dir_contents(dir))
+/// A closed queue of records over several small segments, a copy of every file to go back
+/// to between damage experiments, and where each record lies.
+struct Bench {
+    dir: tempfile::TempDir,
+    c: QueueConfig,
+    snap: Vec<(PathBuf, Vec<u8>)>,
+    /// (segment path, record seq, record offset, record length) for every record.
+    layout: Vec<(PathBuf, u64, usize, usize)>,
+}
+
+impl Bench {
+    /// `payload(0..n)` (seqs 1..=n) in 4 KiB segments.
+    fn new(n: u64) -> Bench {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = cfg(dir.path(), 1 << 20, 4 << 10, OnFull::DropOldest);
+        open_with_records(&c, n).close().expect("close");
+        let snap = dir_contents(dir.path());
+        let layout = record_layout(dir.path());
+        Bench {
+            dir,
+            c,
+            snap,
+            layout,
+        }
+    }
+
+    fn segments(&self) -> Vec<PathBuf> {
+        segment_files(self.dir.path())
+    }
+
+    /// Puts every file back as it was built, then damages segment `seg` with [`rewrite`].
+    fn damage<R>(&self, seg: &Path, damage: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        restore(self.dir.path(), &self.snap);
+        rewrite(seg, damage)
+    }
 }
 
 fn restore(dir: &Path, snap: &[(PathBuf, Vec<u8>)]) {
@@ -156,19 +190,14 @@ fn assert_delivers(c: &QueueConfig, expect: &[u64], what: &str) -> QueueCounters
 
 #[test]
 fn bit_flip_in_any_header_or_payload_field_loses_only_that_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let n = 150;
-    let (c, snap) = build_snapshot(dir.path(), n);
-    let layout = record_layout(dir.path());
-    assert_eq!(layout.len() as u64, n);
-    assert!(
-        segment_files(dir.path()).len() >= 3,
-        "spans several segments"
-    );
-    let newest = segment_files(dir.path()).pop().expect("segments");
+    let b = Bench::new(n);
+    assert_eq!(b.layout.len() as u64, n);
+    assert!(b.segments().len() >= 3, "spans several segments");
+    let newest = b.segments().pop().expect("segments");
     // Every record; in each: the length, CRC, sequence number, timestamp and payload (first,
     // middle, last byte).
-    for (seg, seq, off, len) in &layout {
+    for (seg, seq, off, len) in &b.layout {
         for field in [
             0,
             3,
@@ -185,14 +214,14 @@ fn bit_flip_in_any_header_or_payload_field_loses_only_that_record() {
                 continue;
             }
             for bit in [0u8, 7] {
-                restore(dir.path(), &snap);
-                let mut data = fs::read(seg).expect("read");
-                data[off + field] ^= 1 << bit;
-                fs::write(seg, &data).expect("write");
+                let seg_len = b.damage(seg, |data| {
+                    data[off + field] ^= 1 << bit;
+                    data.len()
+                });
                 let expect: Vec<u64> = (1..=n).filter(|s| s != seq).collect();
                 let what = format!("seq {seq}, byte {field}, bit {bit}");
-                let k = assert_delivers(&c, &expect, &what);
-                let last_of_newest = *seg == newest && off + len == data.len();
+                let k = assert_delivers(&b.c, &expect, &what);
+                let last_of_newest = *seg == newest && off + len == seg_len;
                 if last_of_newest {
                     // Indistinguishable from a torn write: truncated.
                     assert!(k.torn_tail_bytes > 0, "{what}: torn tail counted");
@@ -208,55 +237,51 @@ fn bit_flip_in_any_header_or_payload_field_loses_only_that_record() {
 #[test]
 fn torn_older_segment_at_every_offset_of_its_last_record_keeps_the_rest() {
     // With fsync = "never" a power cut can tear an older segment, not just the newest.
-    let dir = tempfile::tempdir().expect("tempdir");
     let n = 150;
-    let (c, snap) = build_snapshot(dir.path(), n);
-    let layout = record_layout(dir.path());
-    let first_seg = segment_files(dir.path()).remove(0);
-    let (_, last_seq, last_off, last_len) = layout
+    let b = Bench::new(n);
+    let first_seg = b.segments().remove(0);
+    let (_, last_seq, last_off, last_len) = b
+        .layout
         .iter()
         .rfind(|r| r.0 == first_seg)
         .cloned()
         .expect("records in the first segment");
     for cut in last_off..last_off + last_len {
-        restore(dir.path(), &snap);
-        let data = fs::read(&first_seg).expect("read");
-        fs::write(&first_seg, &data[..cut]).expect("write");
+        b.damage(&first_seg, |data| data.truncate(cut));
         let expect: Vec<u64> = (1..=n).filter(|s| *s != last_seq).collect();
-        let k = assert_delivers(&c, &expect, &format!("cut at {cut}"));
+        let k = assert_delivers(&b.c, &expect, &format!("cut at {cut}"));
         assert_eq!(k.corrupt_records, 1);
     }
 }
 
 #[test]
 fn zero_filled_region_power_cut_signature_loses_only_the_zeroed_records() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let n = 150;
-    let (c, snap) = build_snapshot(dir.path(), n);
-    let layout = record_layout(dir.path());
-    let segs = segment_files(dir.path());
+    let b = Bench::new(n);
+    let segs = b.segments();
     for (label, seg, tail) in [
         ("newest segment tail", segs[segs.len() - 1].clone(), true),
         ("older segment tail", segs[0].clone(), true),
         ("older segment middle", segs[1].clone(), false),
     ] {
-        restore(dir.path(), &snap);
-        let mut data = fs::read(&seg).expect("read");
         // Zero about 700 bytes (a page's worth on small segments), ending at the file's end
         // or in the middle.
-        let end = if tail { data.len() } else { data.len() / 2 };
-        let start = end.saturating_sub(700).max(SEGMENT_MAGIC.len());
-        data[start..end].fill(0);
-        fs::write(&seg, &data).expect("write");
+        let (start, end) = b.damage(&seg, |data| {
+            let end = if tail { data.len() } else { data.len() / 2 };
+            let start = end.saturating_sub(700).max(SEGMENT_MAGIC.len());
+            data[start..end].fill(0);
+            (start, end)
+        });
         // Records touched by the zeroed range are lost, every other one is delivered.
-        let lost: Vec<u64> = layout
+        let lost: Vec<u64> = b
+            .layout
             .iter()
             .filter(|r| r.0 == seg && r.2 < end && r.2 + r.3 > start)
             .map(|r| r.1)
             .collect();
         assert!(!lost.is_empty(), "{label}: records zeroed");
         let expect: Vec<u64> = (1..=n).filter(|s| !lost.contains(s)).collect();
-        let k = assert_delivers(&c, &expect, label);
+        let k = assert_delivers(&b.c, &expect, label);
         if label == "newest segment tail" {
             assert!(
                 k.torn_tail_bytes >= (end - start) as u64,
@@ -270,16 +295,11 @@ fn zero_filled_region_power_cut_signature_loses_only_the_zeroed_records() {
 
 #[test]
 fn corrupt_record_in_newest_segment_middle_keeps_the_records_after_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = cfg(dir.path(), 1 << 20, 64 << 10, OnFull::DropOldest);
     // Closed cleanly: the unused seq reservation is given back, seqs continue at 21.
-    open_with_records(&c, 20).close().expect("close");
-    let seg = segment_files(dir.path()).remove(0);
+    let (dir, c, seg) = one_closed_segment(20);
     let layout = record_layout(dir.path());
     let (_, seq, off, _) = layout[9].clone();
-    let mut data = fs::read(&seg).expect("read");
-    data[off + HEADER_LEN + 2] ^= 0x10;
-    fs::write(&seg, &data).expect("write");
+    rewrite(&seg, |data| data[off + HEADER_LEN + 2] ^= 0x10);
     let (mut q, report) = Queue::open(&c).expect("open");
     assert_eq!(report.corrupt_regions, 1);
     assert_eq!(report.torn_tail_bytes, 0, "not mistaken for a torn tail");
