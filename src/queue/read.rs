@@ -203,6 +203,14 @@ impl Queue {
         self.add_hole(start, end);
     }
 
+    /// `seq`, or the end of the last hole that starts at or below it when that lies beyond.
+    pub(super) fn past_hole(&self, seq: u64) -> u64 {
+        self.holes
+            .range(..=seq)
+            .next_back()
+            .map_or(seq, |(_, &e)| seq.max(e))
+    }
+
     pub(super) fn in_hole(&self, seq: u64) -> bool {
         self.holes
             .range(..=seq)
@@ -244,9 +252,7 @@ impl Queue {
         self.read_seq = self.read_seq.max(self.acked_upto);
         loop {
             let before = self.read_seq;
-            if let Some((_, &e)) = self.holes.range(..=self.read_seq).next_back() {
-                self.read_seq = self.read_seq.max(e);
-            }
+            self.read_seq = self.past_hole(self.read_seq);
             while self.acked_ahead.contains(&self.read_seq) {
                 self.read_seq += 1;
             }
