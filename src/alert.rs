@@ -367,24 +367,6 @@ impl QueuedMessage {
 }
 
 #[cfg(test)]
-impl Alert {
-    /// The alert an `alert`-channel envelope carrying these `data` fields (a JSON object)
-    /// gives, for tests.
-    pub(crate) fn from_data(data: serde_json::Value) -> Alert {
-        let serde_json::Value::Object(data) = data else {
-            panic!("alert data must be a JSON object: {data}")
-        };
-        Alert::from_envelope(Envelope {
-            channel: "alert".into(),
-            rtstream_id: None,
-            rtstream_name: None,
-            data,
-        })
-        .expect("alert")
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

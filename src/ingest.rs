@@ -333,7 +333,7 @@ mod tests {
     const T: Duration = Duration::from_secs(20);
 
     fn alert(event_id: &str) -> Alert {
-        Alert::from_data(serde_json::json!({
+        crate::dedup::test_alert(serde_json::json!({
             "event_id": event_id,
             "label": "intrusion",
             "timestamp": "2026-01-01T00:00:00Z",
