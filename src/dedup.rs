@@ -198,32 +198,34 @@ impl Window {
     }
 }
 
+/// The alert an `alert`-channel envelope carrying these `data` fields (a JSON object) gives:
+/// the tests' alerts, here and in `ingest`.
+#[cfg(test)]
+pub(crate) fn test_alert(data: serde_json::Value) -> Alert {
+    let serde_json::Value::Object(data) = data else {
+        panic!("alert data must be a JSON object: {data}")
+    };
+    Alert::from_envelope(crate::alert::Envelope {
+        channel: "alert".into(),
+        rtstream_id: None,
+        rtstream_name: None,
+        data,
+    })
+    .expect("alert")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::Envelope;
     use serde_json::json;
-
-    fn alert(data: serde_json::Value) -> Alert {
-        let serde_json::Value::Object(data) = data else {
-            panic!("object")
-        };
-        Alert::from_envelope(Envelope {
-            channel: "alert".into(),
-            rtstream_id: None,
-            rtstream_name: None,
-            data,
-        })
-        .expect("alert")
-    }
 
     #[test]
     fn same_event_and_timestamp_is_one_key_whatever_else_differs() {
         let h = KeyHasher::default();
-        let a = alert(
+        let a = test_alert(
             json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00Z", "confidence": 0.9}),
         );
-        let b = alert(
+        let b = test_alert(
             json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00+00:00", "extra": 1}),
         );
         assert_eq!(h.key(&a), h.key(&b));
@@ -233,12 +235,15 @@ mod tests {
     #[test]
     fn another_occurrence_of_the_same_event_is_a_new_key() {
         let h = KeyHasher::default();
-        let a =
-            alert(json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00Z"}));
-        let b =
-            alert(json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:05Z"}));
-        let c =
-            alert(json!({"event_id": "ev2", "label": "x", "timestamp": "2026-01-01T00:00:00Z"}));
+        let a = test_alert(
+            json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:00Z"}),
+        );
+        let b = test_alert(
+            json!({"event_id": "ev1", "label": "x", "timestamp": "2026-01-01T00:00:05Z"}),
+        );
+        let c = test_alert(
+            json!({"event_id": "ev2", "label": "x", "timestamp": "2026-01-01T00:00:00Z"}),
+        );
         assert_ne!(h.key(&a), h.key(&b));
         assert_ne!(h.key(&a), h.key(&c));
     }
@@ -247,17 +252,17 @@ mod tests {
     fn alerts_without_event_id_or_timestamp_are_never_deduplicated() {
         let h = KeyHasher::default();
         assert_eq!(
-            h.key(&alert(
+            h.key(&test_alert(
                 json!({"label": "x", "timestamp": "2026-01-01T00:00:00Z"})
             )),
             None
         );
         assert_eq!(
-            h.key(&alert(json!({"label": "x", "event_id": "ev1"}))),
+            h.key(&test_alert(json!({"label": "x", "event_id": "ev1"}))),
             None
         );
         assert_eq!(
-            h.key(&alert(
+            h.key(&test_alert(
                 json!({"label": "x", "event_id": "ev1", "timestamp": null})
             )),
             None
@@ -281,18 +286,18 @@ mod tests {
             ),
         ];
         for (data, want) in cases {
-            let a = alert(data.clone());
+            let a = test_alert(data.clone());
             assert_eq!(missing_key_fields(&a), want, "{data}");
             assert_eq!(h.key(&a).is_none(), !want.is_empty(), "{data}");
         }
-        let realtime = alert(json!({"event_label": "x", "timestamp": 1, "text": "t"}));
+        let realtime = test_alert(json!({"event_label": "x", "timestamp": 1, "text": "t"}));
         assert!(missing_key_fields(&realtime).is_empty() && h.key(&realtime).is_some());
     }
 
     #[test]
     fn realtime_shape_is_keyed_on_label_instant_and_text() {
         let h = KeyHasher::default();
-        let k = |v| h.key(&alert(v));
+        let k = |v| h.key(&test_alert(v));
         let one = json!({"event_label": "intrusion", "timestamp": 1_767_225_600_000u64, "text": "a person"});
         let key = k(one.clone()).expect("the real-time shape has a key");
         // The same instant written another way (ISO text, as a webhook might) is the same alert.
@@ -323,9 +328,9 @@ mod tests {
     #[test]
     fn unparseable_timestamps_compare_as_text() {
         let h = KeyHasher::default();
-        let a = alert(json!({"event_id": "e", "label": "x", "timestamp": "yesterday"}));
-        let b = alert(json!({"event_id": "e", "label": "x", "timestamp": "yesterday"}));
-        let c = alert(json!({"event_id": "e", "label": "x", "timestamp": "today"}));
+        let a = test_alert(json!({"event_id": "e", "label": "x", "timestamp": "yesterday"}));
+        let b = test_alert(json!({"event_id": "e", "label": "x", "timestamp": "yesterday"}));
+        let c = test_alert(json!({"event_id": "e", "label": "x", "timestamp": "today"}));
         assert_eq!(h.key(&a), h.key(&b));
         assert_ne!(h.key(&a), h.key(&c));
     }

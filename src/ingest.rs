@@ -327,28 +327,18 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::Envelope;
     use crate::queue::fault_fs::GatedFs;
     use crate::queue::spawn_writer;
 
     const T: Duration = Duration::from_secs(20);
 
     fn alert(event_id: &str) -> Alert {
-        let serde_json::Value::Object(data) = serde_json::json!({
+        crate::dedup::test_alert(serde_json::json!({
             "event_id": event_id,
             "label": "intrusion",
             "timestamp": "2026-01-01T00:00:00Z",
             "confidence": 0.9,
-        }) else {
-            unreachable!("an object literal")
-        };
-        Alert::from_envelope(Envelope {
-            channel: "alert".into(),
-            rtstream_id: None,
-            rtstream_name: None,
-            data,
-        })
-        .expect("alert")
+        }))
     }
 
     /// An ingest over a queue whose segment fsyncs wait at `fs.gate` (a slow SD card), with

@@ -27,14 +27,31 @@ pub fn refused_char(c: char) -> bool {
 /// Makes `input` one safe topic level: `/`, `+`, `#` and every [`refused_char`] become `_`; an
 /// empty result becomes `_`; more than [`MAX_LEVEL_BYTES`] is cut.
 pub fn sanitize_level(input: &str) -> String {
-    let mut out = String::with_capacity(input.len().min(MAX_LEVEL_BYTES));
+    replaced(
+        input,
+        |c| matches!(c, '/' | '+' | '#') || refused_char(c),
+        MAX_LEVEL_BYTES,
+    )
+}
+
+/// The last guard before a topic goes on the wire (records queued by an older version, a
+/// topic suffix from anywhere): refused characters and wildcards become `_`, empty becomes
+/// `_`, and it is cut to [`MAX_TOPIC_BYTES`]. Level separators are kept.
+pub fn safe_topic(topic: &str) -> Cow<'_, str> {
+    let refused = |c: char| matches!(c, '+' | '#') || refused_char(c);
+    if !topic.is_empty() && topic.len() <= MAX_TOPIC_BYTES && !topic.chars().any(refused) {
+        return Cow::Borrowed(topic);
+    }
+    Cow::Owned(replaced(topic, refused, MAX_TOPIC_BYTES))
+}
+
+/// `input` with every character `refused` says no to made `_`, cut at a character boundary
+/// to at most `max` bytes; `_` when nothing is left.
+fn replaced(input: &str, refused: impl Fn(char) -> bool, max: usize) -> String {
+    let mut out = String::with_capacity(input.len().min(max));
     for c in input.chars() {
-        let c = if matches!(c, '/' | '+' | '#') || refused_char(c) {
-            '_'
-        } else {
-            c
-        };
-        if out.len() + c.len_utf8() > MAX_LEVEL_BYTES {
+        let c = if refused(c) { '_' } else { c };
+        if out.len() + c.len_utf8() > max {
             break;
         }
         out.push(c);
@@ -43,36 +60,6 @@ pub fn sanitize_level(input: &str) -> String {
         out.push('_');
     }
     out
-}
-
-/// The last guard before a topic goes on the wire (records queued by an older version, a
-/// topic suffix from anywhere): refused characters and wildcards become `_`, empty becomes
-/// `_`, and it is cut to [`MAX_TOPIC_BYTES`]. Level separators are kept.
-pub fn safe_topic(topic: &str) -> Cow<'_, str> {
-    let ok = !topic.is_empty()
-        && topic.len() <= MAX_TOPIC_BYTES
-        && !topic
-            .chars()
-            .any(|c| matches!(c, '+' | '#') || refused_char(c));
-    if ok {
-        return Cow::Borrowed(topic);
-    }
-    let mut out = String::with_capacity(topic.len().min(MAX_TOPIC_BYTES));
-    for c in topic.chars() {
-        let c = if matches!(c, '+' | '#') || refused_char(c) {
-            '_'
-        } else {
-            c
-        };
-        if out.len() + c.len_utf8() > MAX_TOPIC_BYTES {
-            break;
-        }
-        out.push(c);
-    }
-    if out.is_empty() {
-        out.push('_');
-    }
-    Cow::Owned(out)
 }
 
 /// `s` as an MQTT 5 UTF-8 string (a user property): refused characters become U+FFFD.

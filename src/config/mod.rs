@@ -199,6 +199,32 @@ fn err_of(text: &str) -> String {
     }
 }
 
+/// Writes `text` to the file `name` in `dir` (a test's secret, CA or config file) and
+/// returns its path.
+#[cfg(test)]
+fn write_file(dir: &Path, name: impl AsRef<Path>, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// The config must be refused, with an error that names `key`.
+#[cfg(test)]
+fn assert_refused_naming(text: &str, key: &str) {
+    let e = err_of(text);
+    assert!(e.contains(key), "expected {key} in {e:?}");
+}
+
+/// `secret` shows neither in `check-config`'s print nor in `Debug`, and the print parses
+/// back; returns what it parses to.
+#[cfg(test)]
+fn assert_secret_hidden(cfg: &Config, secret: &str) -> Config {
+    for shown in [cfg.redacted_toml(), format!("{cfg:?}")] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    Config::parse(&cfg.redacted_toml()).expect("check-config's print parses back")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,8 +381,7 @@ mod tests {
             ),
         ];
         for (text, key) in cases {
-            let e = err_of(text);
-            assert!(e.contains(key), "expected {key} in {e:?}");
+            assert_refused_naming(text, key);
         }
     }
 
@@ -405,8 +430,7 @@ mod tests {
             Err(e) => format!("error: {e}"),
         };
         for (i, text) in texts.iter().enumerate() {
-            let path = dir.path().join(format!("{i}.toml"));
-            std::fs::write(&path, text).expect("write");
+            let path = write_file(dir.path(), format!("{i}.toml"), text);
             let whole = shown(parse_whole(text));
             assert_eq!(shown(Config::parse(text)), whole, "parse of\n{text}");
             let loaded = shown(Config::load(&path)).replace(&path.display().to_string(), "");

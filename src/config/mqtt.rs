@@ -282,8 +282,7 @@ mod tests {
     #[test]
     fn mqtt_password_comes_from_a_file_or_env_and_is_never_printed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pw = dir.path().join("pw");
-        std::fs::write(&pw, "hunter2-file\n").expect("write");
+        let pw = write_file(dir.path(), "pw", "hunter2-file\n");
         let cfg = Config::parse(&format!(
             "{MINIMAL}[mqtt]\nusername = \"relay\"\npassword_file = \"{}\"\n",
             pw.display()
@@ -334,8 +333,7 @@ mod tests {
             ("[mqtt]\nha_event_types = [\"\"]\n", "mqtt.ha_event_types"),
         ];
         for (text, key) in cases {
-            let e = err_of(&format!("{MINIMAL}{text}"));
-            assert!(e.contains(key), "expected {key} in {e:?}");
+            assert_refused_naming(&format!("{MINIMAL}{text}"), key);
         }
     }
 

@@ -219,8 +219,7 @@ mod tests {
     fn print_then_parse_gives_back_a_config_using_every_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).expect("write");
+            let p = write_file(dir.path(), name, text);
             format!("{:?}", p.display().to_string())
         };
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");

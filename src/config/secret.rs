@@ -154,8 +154,7 @@ mod tests {
     fn every_secret_is_trimmed_the_same_way_and_an_empty_one_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).expect("write");
+            let p = write_file(dir.path(), name, text);
             p.display().to_string()
         };
         let secret = "  s3cret-0123456789abcdef \r\n";

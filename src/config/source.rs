@@ -327,8 +327,7 @@ mod tests {
         let e = err_of(&format!("{MINIMAL}builtin_roots = false\n"));
         assert!(e.contains("source.builtin_roots"), "{e}");
         let dir = tempfile::tempdir().expect("tempdir");
-        let not_pem = dir.path().join("ca.pem");
-        std::fs::write(&not_pem, "hello").expect("write");
+        let not_pem = write_file(dir.path(), "ca.pem", "hello");
         let e = err_of(&format!("{MINIMAL}ca_file = \"{}\"\n", not_pem.display()));
         assert!(e.contains("source.ca_file"), "{e}");
         let e = err_of(&format!("{MINIMAL}ca_file = \"/nonexistent/ca.pem\"\n"));

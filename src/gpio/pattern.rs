@@ -233,12 +233,7 @@ mod tests {
 
     #[test]
     fn blink_by_count() {
-        let p = Pattern::Blink {
-            on: ms(100),
-            off: ms(50),
-            count: Some(3),
-            duration: None,
-        };
+        let p = blink(100, 50, 3);
         assert_eq!(
             edges(p, ms(30_000)),
             vec![
@@ -254,22 +249,12 @@ mod tests {
 
     #[test]
     fn blink_by_duration_ends_on_time() {
-        let p = Pattern::Blink {
-            on: ms(200),
-            off: ms(200),
-            count: None,
-            duration: Some(ms(700)),
-        };
+        let p = blink_for(200, 200, 700);
         assert_eq!(
             edges(p, ms(30_000)),
             vec![(0, true), (200, false), (400, true), (600, false)]
         );
-        let p = Pattern::Blink {
-            on: ms(200),
-            off: ms(100),
-            count: None,
-            duration: Some(ms(700)),
-        };
+        let p = blink_for(200, 100, 700);
         assert_eq!(
             edges(p, ms(30_000)),
             vec![
@@ -305,23 +290,29 @@ mod tests {
             ),
             vec![(0, true), (1000, false)]
         );
-        let p = Pattern::Blink {
-            on: ms(100),
-            off: ms(100),
-            count: Some(100),
-            duration: None,
-        };
+        let p = blink(100, 100, 100);
         let e = edges(p, ms(450));
         assert_eq!(e.last(), Some(&(450, false)));
         assert!(e.iter().all(|(t, _)| *t <= 450));
     }
 
+    /// A blink of `count` cycles (times in ms).
     fn blink(on: u64, off: u64, count: u32) -> Pattern {
         Pattern::Blink {
             on: ms(on),
             off: ms(off),
             count: Some(count),
             duration: None,
+        }
+    }
+
+    /// A blink that lasts `duration` ms.
+    fn blink_for(on: u64, off: u64, duration: u64) -> Pattern {
+        Pattern::Blink {
+            on: ms(on),
+            off: ms(off),
+            count: None,
+            duration: Some(ms(duration)),
         }
     }
 
@@ -344,36 +335,24 @@ mod tests {
     }
 
     #[test]
-    fn extending_a_blink_mid_on_finishes_the_cycle_then_runs_a_fresh_count() {
+    fn extending_a_blink_mid_on_or_mid_off_keeps_the_phase_and_runs_a_fresh_count() {
         // count 2: on 0-100, on 200-300. Extended at 50 (mid-on of cycle 0): cycle 0 finishes,
-        // then two more cycles.
-        assert_eq!(
-            edges_extended_at(blink(100, 100, 2), ms(30_000), 50),
-            vec![
-                (0, true),
-                (100, false),
-                (200, true),
-                (300, false),
-                (400, true),
-                (500, false)
-            ]
-        );
-    }
-
-    #[test]
-    fn extending_a_blink_mid_off_keeps_the_phase() {
-        // Extended at 150 (off after cycle 0): two full cycles follow, on the same grid.
-        assert_eq!(
-            edges_extended_at(blink(100, 100, 2), ms(30_000), 150),
-            vec![
-                (0, true),
-                (100, false),
-                (200, true),
-                (300, false),
-                (400, true),
-                (500, false)
-            ]
-        );
+        // then two more cycles. Extended at 150 (off after cycle 0): two full cycles follow,
+        // on the same grid.
+        for at in [50, 150] {
+            assert_eq!(
+                edges_extended_at(blink(100, 100, 2), ms(30_000), at),
+                vec![
+                    (0, true),
+                    (100, false),
+                    (200, true),
+                    (300, false),
+                    (400, true),
+                    (500, false)
+                ],
+                "extended at {at} ms"
+            );
+        }
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub fn connect(
 ) -> (Client, EventLoop) {
     let transport = tls.map(|t| Transport::tls_with_config(TlsConfiguration::Rustls(t)));
     let (will_topic, will_payload) = will(cfg);
+    // A password without a user name is refused by the config; a user without one sends "".
+    let credentials = cfg.username.clone().map(|user| {
+        let password = cfg.password.as_ref().map_or("", |p| p.expose());
+        (user, password)
+    });
     match cfg.protocol {
         MqttProtocol::V311 => {
             let mut o =
@@ -104,9 +109,8 @@ pub fn connect(
                     rumqttc::QoS::AtLeastOnce,
                     true,
                 ));
-            if let Some(u) = &cfg.username {
-                let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-                o.set_credentials(u.clone(), pw);
+            if let Some((user, password)) = credentials {
+                o.set_credentials(user, password);
             }
             if let Some(t) = transport {
                 o.set_transport(t);
@@ -131,9 +135,8 @@ pub fn connect(
                     true,
                     None,
                 ));
-            if let Some(u) = &cfg.username {
-                let pw = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
-                o.set_credentials(u.clone(), pw);
+            if let Some((user, password)) = credentials {
+                o.set_credentials(user, password);
             }
             if let Some(t) = transport {
                 o.set_transport(t);

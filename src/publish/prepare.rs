@@ -240,6 +240,13 @@ mod tests {
         }
     }
 
+    /// `p` is set aside as `want`, and the reason reads `says`.
+    fn assert_set_aside(p: Prepared, want: SetAside, says: &str) {
+        let why = set_aside(p);
+        assert_eq!(why, want);
+        assert_eq!(why.to_string(), says);
+    }
+
     #[test]
     fn an_alert_goes_to_its_topic_with_the_relay_object_and_its_packet_size() {
         let cfg = mqtt("");
@@ -294,20 +301,16 @@ mod tests {
         let mut limits = open(&below);
         limits.broker_max_packet = Some(1);
         limits.refused_size = Some(1);
-        let why = set_aside(prepare(&alert(1), &limits));
-        assert_eq!(
-            why,
+        assert_set_aside(
+            prepare(&alert(1), &limits),
             SetAside::PayloadTooLarge {
                 size: len,
-                limit: len - 1
-            }
-        );
-        assert_eq!(
-            why.to_string(),
-            format!(
+                limit: len - 1,
+            },
+            &format!(
                 "its {len} byte payload exceeds mqtt.max_message_bytes ({})",
                 len - 1
-            )
+            ),
         );
     }
 
@@ -319,20 +322,16 @@ mod tests {
         limits.broker_max_packet = Some(size);
         assert_eq!(publish(prepare(&alert(1), &limits)).size, size);
         limits.broker_max_packet = Some(size - 1);
-        let why = set_aside(prepare(&alert(1), &limits));
-        assert_eq!(
-            why,
+        assert_set_aside(
+            prepare(&alert(1), &limits),
             SetAside::PacketTooLarge {
                 size,
-                max: size - 1
-            }
-        );
-        assert_eq!(
-            why.to_string(),
-            format!(
+                max: size - 1,
+            },
+            &format!(
                 "its {size} byte packet exceeds the broker's maximum packet size ({})",
                 size - 1
-            )
+            ),
         );
     }
 
@@ -344,20 +343,16 @@ mod tests {
         limits.refused_size = Some(size + 1);
         assert_eq!(publish(prepare(&alert(1), &limits)).size, size);
         limits.refused_size = Some(size);
-        let why = set_aside(prepare(&alert(1), &limits));
-        assert_eq!(
-            why,
+        assert_set_aside(
+            prepare(&alert(1), &limits),
             SetAside::AboveRefused {
                 size,
-                refused: size
-            }
-        );
-        assert_eq!(
-            why.to_string(),
-            format!(
+                refused: size,
+            },
+            &format!(
                 "its {size} byte packet is at least as large as one the broker closed the \
                  connection on ({size} bytes)"
-            )
+            ),
         );
     }
 

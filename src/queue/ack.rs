@@ -48,9 +48,7 @@ impl Queue {
                     break;
                 }
             }
-            if let Some((_, &e)) = self.holes.range(..=self.acked_upto).next_back() {
-                self.acked_upto = self.acked_upto.max(e);
-            }
+            self.acked_upto = self.past_hole(self.acked_upto);
             while self.acked_ahead.remove(&self.acked_upto) {
                 self.acked_upto += 1;
             }

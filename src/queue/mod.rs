@@ -191,8 +191,9 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// Counters the queue keeps; exported through `stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counters the queue keeps; exported through `stats` as they are, inside [`QueueSnapshot`]
+/// (field names are the JSON keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounters {
     pub appended: u64,
     /// Unpublished records deleted to make room (`on_full = "drop_oldest"`).
@@ -211,7 +212,10 @@ pub struct QueueCounters {
     pub torn_tail_bytes: u64,
     pub quarantined_segments: u64,
     pub fsyncs: u64,
+    /// Shown as the average, `fsync_latency_us_avg`.
+    #[serde(skip)]
     pub fsync_us_total: u64,
+    #[serde(rename = "fsync_latency_us_max")]
     pub fsync_us_max: u64,
     pub bytes_written: u64,
     pub payload_bytes: u64,

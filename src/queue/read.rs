@@ -109,16 +109,7 @@ impl Queue {
                         }
                     };
                     let (to_off, to_seq) = found.unwrap_or((end, limit));
-                    // Counted once: when it was first found (at recovery or an earlier read).
-                    if !self.in_hole(pos.seq) {
-                        self.lose(idx, pos.seq, to_seq, &path);
-                    }
-                    self.read = Some(ReadPos {
-                        offset: to_off,
-                        seq: to_seq,
-                        ..pos
-                    });
-                    self.read_seq = self.read_seq.max(to_seq);
+                    self.skip_unreadable(idx, pos, (to_off, to_seq), &path);
                 }
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     // EACCES, EIO: not corruption. Stay here and try again after a backoff.
@@ -130,15 +121,7 @@ impl Queue {
                     // gone. Counted and logged as lost rather than stalling on it forever.
                     log::error!("queue: reading {} failed: {e}", path.display());
                     self.reader = None;
-                    if !self.in_hole(pos.seq) {
-                        self.lose(idx, pos.seq, limit, &path);
-                    }
-                    self.read = Some(ReadPos {
-                        offset: end,
-                        seq: limit,
-                        ..pos
-                    });
-                    self.read_seq = self.read_seq.max(limit);
+                    self.skip_unreadable(idx, pos, (end, limit), &path);
                 }
             }
         }
@@ -193,6 +176,18 @@ impl Queue {
             .map(|(at, _)| at.saturating_duration_since(Instant::now()))
     }
 
+    /// The records from `pos` up to `to` (offset, seq) in segment `idx` cannot be read: they
+    /// are lost, counted once (not again when recovery or an earlier read found them), and
+    /// reading goes on at `to`, the next intact record or the segment's end.
+    fn skip_unreadable(&mut self, idx: usize, pos: ReadPos, to: (u64, u64), path: &Path) {
+        let (offset, seq) = to;
+        if !self.in_hole(pos.seq) {
+            self.lose(idx, pos.seq, seq, path);
+        }
+        self.read = Some(ReadPos { offset, seq, ..pos });
+        self.read_seq = self.read_seq.max(seq);
+    }
+
     /// Marks `start..end` of segment `idx` unreadable: counted, logged, quarantined later.
     pub(super) fn lose(&mut self, idx: usize, start: u64, end: u64, path: &Path) {
         let lost = self.unacked_in(start.max(self.acked_upto), end);
@@ -206,6 +201,14 @@ impl Queue {
             seg.corrupt = true;
         }
         self.add_hole(start, end);
+    }
+
+    /// `seq`, or the end of the last hole that starts at or below it when that lies beyond.
+    pub(super) fn past_hole(&self, seq: u64) -> u64 {
+        self.holes
+            .range(..=seq)
+            .next_back()
+            .map_or(seq, |(_, &e)| seq.max(e))
     }
 
     pub(super) fn in_hole(&self, seq: u64) -> bool {
@@ -249,9 +252,7 @@ impl Queue {
         self.read_seq = self.read_seq.max(self.acked_upto);
         loop {
             let before = self.read_seq;
-            if let Some((_, &e)) = self.holes.range(..=self.read_seq).next_back() {
-                self.read_seq = self.read_seq.max(e);
-            }
+            self.read_seq = self.past_hole(self.read_seq);
             while self.acked_ahead.contains(&self.read_seq) {
                 self.read_seq += 1;
             }

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::Queue;
+use super::{Queue, QueueCounters};
 
 /// A point-in-time copy of the queue's gauges and counters, with the derived figures (age,
 /// averages, write amplification) already worked out.
@@ -15,26 +15,14 @@ pub struct QueueSnapshot {
     pub segments: usize,
     /// Seconds since the oldest unacknowledged record was accepted.
     pub oldest_unacked_age_s: Option<f64>,
-    pub appended: u64,
-    pub dropped_oldest: u64,
-    pub dropped_newest: u64,
-    pub dropped_max_age: u64,
-    pub dropped_io_error: u64,
-    pub corrupt_regions: u64,
-    pub corrupt_records: u64,
-    pub torn_tail_bytes: u64,
-    pub quarantined_segments: u64,
-    pub fsyncs: u64,
+    /// Every counter under its own name (the fsync time's maximum as `fsync_latency_us_max`).
+    #[serde(flatten)]
+    pub counters: QueueCounters,
     pub fsync_latency_us_avg: u64,
-    pub fsync_latency_us_max: u64,
-    pub bytes_written: u64,
-    pub payload_bytes: u64,
     /// Bytes written per payload byte, to three decimals (0 before the first append).
     pub write_amplification: f64,
     pub appends_failing: bool,
     pub append_error: Option<String>,
-    pub append_io_errors: u64,
-    pub read_errors: u64,
     /// Free bytes on the queue's filesystem, when it cannot hold `max_bytes`.
     pub fs_free_bytes: Option<u64>,
     /// How many bytes short of `max_bytes` the filesystem is (0 when it fits or is unknown).
@@ -60,27 +48,13 @@ impl Queue {
             oldest_unacked_age_s: g
                 .oldest_unacked_us
                 .map(|us| now_us.saturating_sub(us) as f64 / 1e6),
-            appended: c.appended,
-            dropped_oldest: c.dropped_oldest,
-            dropped_newest: c.dropped_newest,
-            dropped_max_age: c.dropped_max_age,
-            dropped_io_error: c.dropped_io_error,
-            corrupt_regions: c.corrupt_regions,
-            corrupt_records: c.corrupt_records,
-            torn_tail_bytes: c.torn_tail_bytes,
-            quarantined_segments: c.quarantined_segments,
-            fsyncs: c.fsyncs,
             fsync_latency_us_avg: c.fsync_us_total.checked_div(c.fsyncs).unwrap_or(0),
-            fsync_latency_us_max: c.fsync_us_max,
-            bytes_written: c.bytes_written,
-            payload_bytes: c.payload_bytes,
             write_amplification: (amplification * 1000.0).round() / 1000.0,
             appends_failing: self.append_failure().is_some(),
             append_error: self.append_failure().map(str::to_owned),
-            append_io_errors: c.append_io_errors,
-            read_errors: c.read_errors,
             fs_free_bytes: space.map(|(free, _)| free),
             fs_short_bytes: space.map_or(0, |(_, short)| short),
+            counters: c.clone(),
         }
     }
 }

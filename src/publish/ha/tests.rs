@@ -1,17 +1,21 @@
 use super::*;
 use crate::config::Config;
 
+/// A config with Home Assistant discovery on and the sim GPIO backend: `mqtt` goes into
+/// `[mqtt]`, `gpio` after `[gpio]`.
+fn discovery_cfg(mqtt: &str, gpio: &str) -> Config {
+    Config::parse(&format!(
+        "[source]\nurl = \"ws://127.0.0.1:1/\"\n[mqtt]\nha_discovery = true\n{mqtt}\n\
+         [gpio]\nbackend = \"sim\"\n{gpio}"
+    ))
+    .expect("config")
+}
+
 fn cfg() -> Config {
-    Config::parse(
+    discovery_cfg(
+        r#"client_id = "relay.kitchen 1"
+ha_event_types = ["doorbell", "intrusion"]"#,
         r#"
-[source]
-url = "ws://127.0.0.1:1/"
-[mqtt]
-client_id = "relay.kitchen 1"
-ha_discovery = true
-ha_event_types = ["doorbell", "intrusion"]
-[gpio]
-backend = "sim"
 [[gpio.outputs]]
 name = "red"
 [[gpio.rules]]
@@ -19,7 +23,6 @@ labels = ["intrusion", "fire*", "smoke"]
 output = "red"
 "#,
     )
-    .expect("config")
 }
 
 #[test]
@@ -42,16 +45,10 @@ fn alert_events_carry_event_type_and_fields() {
 }
 
 fn gpio_cfg() -> Config {
-    Config::parse(
+    discovery_cfg(
+        r#"client_id = "relay1"
+ha_device_name = "Porch relay""#,
         r#"
-[source]
-url = "ws://127.0.0.1:1/"
-[mqtt]
-client_id = "relay1"
-ha_discovery = true
-ha_device_name = "Porch relay"
-[gpio]
-backend = "sim"
 [gpio.patterns]
 alarm = { kind = "blink", on = "100ms", off = "100ms", count = 5 }
 beep = { kind = "tone", frequency = 880, duration = "1s" }
@@ -72,7 +69,6 @@ labels = ["car"]
 output = "lamp"
 "#,
     )
-    .expect("config")
 }
 
 fn find<'a>(d: &'a [(String, Value)], topic: &str) -> Option<&'a Value> {

@@ -318,6 +318,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// What the decoder reports for an oversize message of `bytes` declared bytes.
+    fn oversize(bytes: u64, fragmented: bool) -> Event {
+        Event::Oversize { bytes, fragmented }
+    }
+
     /// A server frame: unmasked, with the shortest length encoding unless `long` forces 64 bits.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
@@ -383,10 +388,7 @@ mod tests {
         assert_eq!(
             all(&input, 256),
             Ok(vec![
-                Event::Oversize {
-                    bytes: 300,
-                    fragmented: false
-                },
+                oversize(300, false),
                 Event::Text("{\"after\":1}".into())
             ])
         );
@@ -399,13 +401,7 @@ mod tests {
         let (_, ev) = d
             .decode(&header64(true, OP_BINARY, 1 << 30))
             .expect("header");
-        assert_eq!(
-            ev,
-            Some(Event::Oversize {
-                bytes: 1 << 30,
-                fragmented: false
-            })
-        );
+        assert_eq!(ev, Some(oversize(1 << 30, false)));
         let chunk = vec![0xEE; 1 << 16];
         for _ in 0..(1 << 30) / chunk.len() {
             assert_eq!(d.decode(&chunk), Ok((chunk.len(), None)));
@@ -445,10 +441,7 @@ mod tests {
             all(&input, 256),
             Ok(vec![
                 Event::Ping(b"1".to_vec()),
-                Event::Oversize {
-                    bytes: 300,
-                    fragmented: true
-                },
+                oversize(300, true),
                 Event::Ping(b"2".to_vec()),
                 Event::Text("next".into()),
             ])
@@ -489,10 +482,7 @@ mod tests {
         assert_eq!(
             all(&input, 256),
             Ok(vec![
-                Event::Oversize {
-                    bytes: 300,
-                    fragmented: true
-                },
+                oversize(300, true),
                 Event::Close(Some((1001, "going away".into())))
             ])
         );
