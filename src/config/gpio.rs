@@ -399,13 +399,7 @@ pub(super) fn validate_gpio(
             }
         }
         let kind = o.kind.unwrap_or(OutputKind::Light);
-        let max_on = bounded(
-            &key("max_on"),
-            o.max_on,
-            Duration::from_secs(30),
-            ABOVE_ZERO,
-            "must be above zero",
-        )?;
+        let max_on = above_zero_or_30s(&key("max_on"), o.max_on, "must be above zero")?;
         outputs.push(OutputConfig {
             name: o.name,
             pin: o.pin,
@@ -510,11 +504,9 @@ pub(super) fn validate_gpio(
                     .map_err(|e| invalid(format!("gpio.rules[{i}].quiet_hours[{j}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let max_age = bounded(
+        let max_age = above_zero_or_30s(
             &key("max_age"),
             r.max_age,
-            Duration::from_secs(30),
-            ABOVE_ZERO,
             "must be above zero (a zero max_age would drop every alert)",
         )?;
         let audible = idx
@@ -586,7 +578,20 @@ fn is_entity_name(n: &str) -> bool {
 }
 
 /// Any duration but zero.
-const ABOVE_ZERO: std::ops::RangeFrom<Duration> = Duration::from_nanos(1)..;
+/// An output's `max_on` or a rule's `max_age`: above zero, 30 s when absent.
+fn above_zero_or_30s(
+    key: &str,
+    value: Option<impl Into<Duration>>,
+    why: &str,
+) -> Result<Duration, ConfigError> {
+    bounded(
+        key,
+        value,
+        Duration::from_secs(30),
+        Duration::from_nanos(1)..,
+        why,
+    )
+}
 
 /// Default acknowledge-button debounce: longer than the bounce of common tactile switches
 /// (a few ms), far shorter than a deliberate press.
