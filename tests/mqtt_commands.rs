@@ -32,7 +32,7 @@ pattern = { kind = "solid", duration = "20s" }
 
 /// Publishes one message and waits until it has left.
 async fn publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
-    let mut opts = MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(format!("test-pub-{}", unique_id()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut el) = AsyncClient::new(opts, 10);
     client
@@ -91,7 +91,7 @@ fn last_state(sub: &Subscriber, output: &str) -> Option<String> {
 
 #[tokio::test]
 async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     let sub = Subscriber::start(port, "alert-relay/#").await;
     let ws = WsServer::start().await;
@@ -219,7 +219,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
 
 #[tokio::test]
 async fn a_retained_command_does_not_act_when_the_relay_connects() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     // Left behind by some tool: it would act again on every reconnect if obeyed.
     publish(port, "alert-relay/cmd/test/red", b"", true).await;
@@ -247,7 +247,7 @@ async fn a_retained_command_does_not_act_when_the_relay_connects() {
 
 #[tokio::test]
 async fn commands_without_gpio_are_answered_with_an_error() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     let sub = Subscriber::start(port, "alert-relay/#").await;
     let ws = WsServer::start().await;
@@ -303,7 +303,7 @@ fn last_json(sub: &Subscriber, topic: &str) -> Option<Value> {
 
 #[tokio::test]
 async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_restart() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     let sub = Subscriber::start(port, "alert-relay/#").await;
     let ws = WsServer::start().await;

@@ -163,9 +163,7 @@ async fn alert_above_max_packet_size_is_set_aside_and_the_rest_arrive() {
         return;
     }
     // MQTT 3.1.1: mosquitto closes the connection of a client whose packet is too large.
-    let broker = Mosquitto::new()
-        .conf("max_packet_size 2048")
-        .start(free_port());
+    let broker = Mosquitto::new().conf("max_packet_size 2048").start_any();
     let stats = one_oversize_alert_among_small_ones(&broker, "", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
     // Suspected at the first drop, set aside at the second (publish::limit).
@@ -179,9 +177,7 @@ async fn alert_above_message_size_limit_is_set_aside_with_mqtt5() {
         return;
     }
     // MQTT 5: mosquitto answers with PUBACK reason 0x95 (packet too large).
-    let broker = Mosquitto::new()
-        .conf("message_size_limit 2048")
-        .start(free_port());
+    let broker = Mosquitto::new().conf("message_size_limit 2048").start_any();
     let stats = one_oversize_alert_among_small_ones(&broker, "protocol = \"5\"", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
 }
@@ -191,9 +187,7 @@ async fn alert_above_the_configured_broker_limit_is_set_aside_unsent() {
     if !Mosquitto::available("alert_above_the_configured_broker_limit_is_set_aside_unsent") {
         return;
     }
-    let broker = Mosquitto::new()
-        .conf("message_size_limit 2048")
-        .start(free_port());
+    let broker = Mosquitto::new().conf("message_size_limit 2048").start_any();
     let stats =
         one_oversize_alert_among_small_ones(&broker, "max_message_bytes = 2048", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
@@ -208,9 +202,7 @@ async fn alert_above_the_brokers_mqtt5_maximum_packet_size_is_set_aside_unsent()
         return;
     }
     // MQTT 5: the CONNACK states the broker's maximum packet size; nothing larger is sent.
-    let broker = Mosquitto::new()
-        .conf("max_packet_size 2048")
-        .start(free_port());
+    let broker = Mosquitto::new().conf("max_packet_size 2048").start_any();
     let stats = one_oversize_alert_among_small_ones(&broker, "protocol = \"5\"", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
     assert_eq!(support::count(&stats.mqtt_connect_failures), 0);
@@ -226,9 +218,7 @@ async fn with_mqtt311_mosquitto_acks_and_drops_an_alert_above_message_size_limit
     // Documented limitation: MQTT 3.1.1 has no negative acknowledgement; mosquitto PUBACKs
     // and drops. The rest flows; the relay cannot count it (use protocol 5 or
     // max_message_bytes).
-    let broker = Mosquitto::new()
-        .conf("message_size_limit 2048")
-        .start(free_port());
+    let broker = Mosquitto::new().conf("message_size_limit 2048").start_any();
     let stats = one_oversize_alert_among_small_ones(&broker, "", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 0);
     assert_eq!(support::count(&stats.mqtt_acked), 11);
@@ -245,7 +235,7 @@ topic write alert-relay/alerts/intrusion\n";
 async fn one_denied_alert_among_allowed_ones(
     extra: &str,
 ) -> std::sync::Arc<alert_relay::stats::Stats> {
-    let broker = Mosquitto::new().acl(ACL).start(free_port());
+    let broker = Mosquitto::new().acl(ACL).start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -297,7 +287,7 @@ async fn with_mqtt311_mosquitto_acks_and_drops_an_acl_denied_alert() {
 
 #[tokio::test]
 async fn qos2_records_leave_the_queue_on_pubcomp() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -263,7 +263,7 @@ fn validate(topic: &str, cfg: &Value, node: &str) -> String {
 }
 
 async fn say_ha_is_online(port: u16) {
-    let mut opts = MqttOptions::new(format!("fake-ha-{}", free_port()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(format!("fake-ha-{}", unique_id()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut el) = AsyncClient::new(opts, 10);
     client
@@ -282,7 +282,7 @@ async fn say_ha_is_online(port: u16) {
 
 #[tokio::test]
 async fn home_assistant_discovery_matches_the_documented_format_and_works() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     let sub = Subscriber::start(port, "#").await;
     let ws = WsServer::start().await;
@@ -425,7 +425,7 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
 
 #[tokio::test]
 async fn no_discovery_unless_enabled() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -460,7 +460,7 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
         eprintln!("every_discovery_config_and_rule_state_arrives: {rules_n} rules under the test runner, not 2,000");
     }
     let wait = Duration::from_secs(90);
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     let sub = Subscriber::start(port, "#").await;
     let ws = WsServer::start().await;

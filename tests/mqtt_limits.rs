@@ -37,7 +37,7 @@ async fn stats_larger_than_max_packet_size_are_trimmed_and_no_alert_is_set_aside
     const LIMIT: usize = 700;
     let broker = Mosquitto::new()
         .conf(&format!("max_packet_size {LIMIT}"))
-        .start(free_port());
+        .start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,9 +92,7 @@ async fn with_mqtt311_oversize_alerts_are_set_aside_fast_and_every_small_one_arr
     }
     // The run: MQTT 3.1.1, one alert in ten between 1.7 and 3 KB, a 1.5 KB limit.
     const SMALL: usize = 450;
-    let broker = Mosquitto::new()
-        .conf("max_packet_size 1500")
-        .start(free_port());
+    let broker = Mosquitto::new().conf("max_packet_size 1500").start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -181,7 +179,7 @@ async fn two_relays_sharing_a_client_id_are_told_why_the_broker_keeps_closing() 
     if !mosquitto(test) {
         return;
     }
-    let broker = Mosquitto::new().start(free_port());
+    let broker = Mosquitto::new().start_any();
     let ws = WsServer::start().await;
     let mut children = Vec::new();
     let mut logs = Vec::new();
@@ -229,7 +227,7 @@ async fn a_single_relay_with_a_stable_connection_never_blames_its_client_id() {
     if !mosquitto(test) {
         return;
     }
-    let mut broker = Mosquitto::new().start(free_port());
+    let mut broker = Mosquitto::new().start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -286,7 +284,7 @@ async fn with_mqtt5_stats_fit_the_connack_maximum_packet_size_without_a_single_d
     const LIMIT: usize = 700;
     let broker = Mosquitto::new()
         .conf(&format!("max_packet_size {LIMIT}"))
-        .start(free_port());
+        .start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -323,7 +321,7 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
     const LIMIT: usize = 400;
     let broker = Mosquitto::new()
         .conf(&format!("message_size_limit {LIMIT}"))
-        .start(free_port());
+        .start_any();
     let sub = Subscriber::start(broker.port(), "#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

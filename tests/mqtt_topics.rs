@@ -67,7 +67,7 @@ fn hostile_strings() -> Vec<String> {
 }
 
 async fn every_hostile_topic_arrives(extra: &str, test: &str) {
-    let broker = Mosquitto::new().start(free_port());
+    let broker = Mosquitto::new().start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -59,7 +59,7 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Setup {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
