@@ -91,13 +91,12 @@ fn last_state(sub: &Subscriber, output: &str) -> Option<String> {
 
 #[tokio::test]
 async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
-    let broker = Broker::start_any();
-    let port = broker.port();
-    let sub = Subscriber::start(port, "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = format!("{}{GPIO}", relay_config(&ws.url(), port, dir.path(), ""));
-    let relay = Relay::start(&cfg);
+    let s = Setup::new()
+        .sub("alert-relay/#")
+        .config_extra(GPIO)
+        .start()
+        .await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     wait_until("both outputs idle", T, || {
         last_state(&sub, "red").as_deref() == Some("idle")
             && last_state(&sub, "horn").as_deref() == Some("idle")
@@ -247,12 +246,8 @@ async fn a_retained_command_does_not_act_when_the_relay_connects() {
 
 #[tokio::test]
 async fn commands_without_gpio_are_answered_with_an_error() {
-    let broker = Broker::start_any();
-    let port = broker.port();
-    let sub = Subscriber::start(port, "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), port, dir.path(), ""));
+    let s = Setup::new().sub("alert-relay/#").start().await;
+    let (sub, relay, port) = (s.sub(), &s.relay, s.mqtt_port);
     wait_until("online", T, || {
         sub.on("alert-relay/status")
             .iter()
@@ -303,14 +298,12 @@ fn last_json(sub: &Subscriber, topic: &str) -> Option<Value> {
 
 #[tokio::test]
 async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_restart() {
-    let broker = Broker::start_any();
-    let port = broker.port();
-    let sub = Subscriber::start(port, "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = dir.path().join("queue");
-    let cfg = format!("{}{HA_GPIO}", relay_config(&ws.url(), port, &queue, ""));
-    let relay = Relay::start(&cfg);
+    let s = Setup::new()
+        .sub("alert-relay/#")
+        .config_extra(HA_GPIO)
+        .start()
+        .await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     let state = "alert-relay/outputs/red/state";
     wait_until("red state OFF", T, || {
         last_json(&sub, state).is_some_and(|v| v["state"] == "OFF")
@@ -364,7 +357,7 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     .await;
     relay.stop().await;
     let saved: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("queue.state.json")).expect("state"))
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("q.state.json")).expect("state"))
             .expect("state json");
     assert_eq!(saved["disarmed"], json!(["porch"]));
     assert!(saved["snoozed_until"].is_u64(), "{saved}");
@@ -372,7 +365,7 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     // After a restart the rule is still disarmed (retained OFF again), still snoozed; an
     // alert lights nothing. Ending the snooze and arming again brings the rule back.
     let late = Subscriber::start(port, "alert-relay/#").await;
-    let relay = Relay::start(&cfg);
+    let relay = Relay::start(&s.config);
     wait_until("rule OFF after restart", T, || {
         late.on(rule).last().is_some_and(|m| m.payload == b"OFF")
     })

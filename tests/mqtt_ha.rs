@@ -425,14 +425,11 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
 
 #[tokio::test]
 async fn no_discovery_unless_enabled() {
-    let broker = Broker::start_any();
-    let sub = Subscriber::start(broker.port(), "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
+    let s = Setup::new().sub("#").start().await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     ws.send_text(alert_frame("ev-1", "intrusion", 0.9));
     wait_until("the alert", T, || !sub.on("alert-relay/alerts/").is_empty()).await;
-    say_ha_is_online(broker.port()).await;
+    say_ha_is_online(port).await;
     ws.send_text(alert_frame("ev-2", "intrusion", 0.9));
     wait_until("the second alert", T, || {
         sub.on("alert-relay/alerts/").len() >= 2
@@ -460,19 +457,16 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
         eprintln!("every_discovery_config_and_rule_state_arrives: {rules_n} rules under the test runner, not 2,000");
     }
     let wait = Duration::from_secs(90);
-    let broker = Broker::start_any();
-    let port = broker.port();
-    let sub = Subscriber::start(port, "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut text = relay_config(&ws.url(), port, dir.path(), "ha_discovery = true");
-    text.push_str("[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"red\"\n");
+    let mut extra = String::from(
+        "ha_discovery = true\n\n[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"red\"\n",
+    );
     for i in 0..rules_n {
-        text.push_str(&format!(
+        extra.push_str(&format!(
             "[[gpio.rules]]\nname = \"r{i}\"\nlabels = [\"label_{i}\"]\noutput = \"red\"\n"
         ));
     }
-    let relay = Relay::start(&text);
+    let s = Setup::new().sub("#").config_extra(&extra).start().await;
+    let (sub, relay, port) = (s.sub(), &s.relay, s.mqtt_port);
     // How many times each rule's switch config and state have arrived; checked in place (the
     // relay runs on this test's thread: a slow check would slow it).
     let counts = |sub: &Subscriber| {

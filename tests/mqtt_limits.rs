@@ -35,13 +35,12 @@ async fn stats_larger_than_max_packet_size_are_trimmed_and_no_alert_is_set_aside
     }
     // Small alerts (~300 B packets) fit; the full stats object (~1.5 KB here) does not.
     const LIMIT: usize = 700;
-    let broker = Mosquitto::new()
-        .conf(&format!("max_packet_size {LIMIT}"))
-        .start_any();
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf(&format!("max_packet_size {LIMIT}")))
+        .sub("alert-relay/#")
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..20 {
         ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
     }
@@ -92,17 +91,18 @@ async fn with_mqtt311_oversize_alerts_are_set_aside_fast_and_every_small_one_arr
     }
     // The run: MQTT 3.1.1, one alert in ten between 1.7 and 3 KB, a 1.5 KB limit.
     const SMALL: usize = 450;
-    let broker = Mosquitto::new().conf("max_packet_size 1500").start_any();
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     // The relay's default backoffs: the harness's short ones are not what makes it fast.
-    let text = relay_config(&ws.url(), broker.port(), dir.path(), "").replace(
-        "backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\nstats_interval",
-        "backoff_initial = \"250ms\"\nbackoff_max = \"30s\"\nstats_interval",
-    );
-    assert!(text.contains("\"30s\""), "{text}");
-    let relay = Relay::start(&text);
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf("max_packet_size 1500"))
+        .sub("alert-relay/alerts/#")
+        .replace(
+            "backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\nstats_interval",
+            "backoff_initial = \"250ms\"\nbackoff_max = \"30s\"\nstats_interval",
+        )
+        .start()
+        .await;
+    assert!(s.config.contains("\"30s\""), "{}", s.config);
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     // Wait for the relay's first connection so the clock measures delivery, not start-up.
     wait_until("the relay connects", T, || {
         count(&relay.stats.mqtt_connects) >= 1
@@ -282,18 +282,13 @@ async fn with_mqtt5_stats_fit_the_connack_maximum_packet_size_without_a_single_d
         return;
     }
     const LIMIT: usize = 700;
-    let broker = Mosquitto::new()
-        .conf(&format!("max_packet_size {LIMIT}"))
-        .start_any();
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        "protocol = \"5\"",
-    ));
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf(&format!("max_packet_size {LIMIT}")))
+        .sub("alert-relay/#")
+        .config_extra("protocol = \"5\"")
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..5 {
         ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
     }
