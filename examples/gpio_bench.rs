@@ -165,7 +165,7 @@ fn alert_to_edge() -> Vec<i64> {
         .enable_all()
         .build()
         .expect("runtime");
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let ws = server.block_on(WsServer::start());
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("trace.jsonl");

@@ -199,15 +199,10 @@ async fn invalid_frames_are_counted_and_skipped_and_the_stream_goes_on() {
 
 #[tokio::test]
 async fn matching_alerts_drive_sim_outputs_and_end_in_the_safe_state() {
-    let broker = Broker::start_any();
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let trace = dir.path().join("gpio.jsonl");
-    let gpio = format!(
-        r#"
+    let gpio = r#"
 [gpio]
 backend = "sim"
-sim_trace = "{}"
+sim_trace = "{dir}/gpio.jsonl"
 [[gpio.outputs]]
 name = "red"
 pin = 17
@@ -219,16 +214,11 @@ kind = "buzzer"
 labels = ["intrusion*"]
 min_confidence = 0.8
 output = "red"
-pattern = {{ kind = "blink", on = "30ms", off = "30ms", count = 2 }}
-"#,
-        trace.display()
-    );
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path().join("q").as_path(),
-        &gpio,
-    ));
+pattern = { kind = "blink", on = "30ms", off = "30ms", count = 2 }
+"#;
+    let s = Setup::new().config_extra(gpio).start().await;
+    let (ws, relay) = (&s.ws, &s.relay);
+    let trace = s.dir.path().join("gpio.jsonl");
     ws.send_text(alert_frame("low", "intrusion_north", 0.5)); // below threshold
     ws.send_text(alert_frame("hi", "intrusion_north", 0.9));
     let edges = || -> Vec<Value> {

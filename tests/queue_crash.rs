@@ -45,7 +45,7 @@ backoff_max = "300ms"
 stats_interval = "1s"
 "#,
         dir.join("queue").display(),
-        free_port()
+        unique_id()
     );
     let path = dir.join("relay.toml");
     std::fs::write(&path, text).expect("write config");

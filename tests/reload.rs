@@ -159,8 +159,8 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let port = support::free_port();
-    let broker = Broker::start(port);
+    let broker = Broker::start_any();
+    let port = broker.port();
     let ws = WsServer::start().await;
     let sub = Subscriber::start(port, &format!("reload{port}/alerts/#")).await;
     let dir = tempfile::tempdir().expect("tempdir");

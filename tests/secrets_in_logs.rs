@@ -203,7 +203,7 @@ client_id = "secrets-{id}"
         ca = ca.display(),
         q = dir.path().join("q").display(),
         port = broker.port(),
-        id = free_port(),
+        id = unique_id(),
     );
     let log = run_at_trace(dir.path(), &cfg, || async {
         wait_until("the alert is bound", T, || !v.enabled_alerts().is_empty()).await;

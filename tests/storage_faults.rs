@@ -137,7 +137,7 @@ stats_interval = "1s"
 {}"#,
         free_port(),
         queue.display(),
-        free_port(),
+        unique_id(),
         http_section(http_port, &token_path, "max_body_bytes = \"64KiB\""),
     );
     let path = dir.join("relay.toml");

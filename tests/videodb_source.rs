@@ -66,7 +66,7 @@ stats_interval = "1s"
 "#,
         api = v.api_url,
         q = dir.join("q").display(),
-        id = free_port(),
+        id = unique_id(),
     )
 }
 
