@@ -191,8 +191,7 @@ async fn alert_above_the_configured_broker_limit_is_set_aside_unsent() {
         return;
     }
     let broker = Mosquitto::new().conf("message_size_limit 2048");
-    let stats =
-        one_oversize_alert_among_small_ones(broker, "max_message_bytes = 2048", 4096).await;
+    let stats = one_oversize_alert_among_small_ones(broker, "max_message_bytes = 2048", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
     assert_eq!(support::count(&stats.mqtt_connect_failures), 0);
 }
@@ -333,9 +332,7 @@ async fn a_paced_drain_reaches_a_slow_consumer_that_an_unpaced_one_overruns() {
 /// Sends `n` alerts at once through a relay to a consumer taking 1 ms a message (under 1000/s)
 /// behind a mosquitto with `max_queued_messages 200`; returns how many distinct alerts it got.
 async fn burst_to_slow_consumer(n: usize, extra: &str) -> usize {
-    let _broker = Mosquitto::new()
-        .conf("max_queued_messages 200")
-        .start_any();
+    let _broker = Mosquitto::new().conf("max_queued_messages 200").start_any();
     let port = _broker.port();
     let sub = Subscriber::start_slow(port, "alert-relay/alerts/#", Duration::from_millis(1)).await;
     let ws = WsServer::start().await;

@@ -282,22 +282,16 @@ async fn say_ha_is_online(port: u16) {
 
 #[tokio::test]
 async fn home_assistant_discovery_matches_the_documented_format_and_works() {
-    let broker = Broker::start_any();
-    let port = broker.port();
-    let sub = Subscriber::start(port, "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base: String = relay_config(&ws.url(), port, dir.path(), "")
-        .lines()
-        .map(|l| {
-            if l.starts_with("client_id") {
-                "client_id = \"kitchen-relay\"\n".to_string()
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    let relay = Relay::start(&format!("{base}{CONFIG}"));
+    let s = Setup::new()
+        .sub("#")
+        .replace(
+            "client_id = \"relay-under-test-",
+            "client_id = \"kitchen-relay\"\n# ",
+        )
+        .config_extra(CONFIG)
+        .start()
+        .await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     let configs = || sub.on("homeassistant/");
     wait_until("15 discovery configs", T, || configs().len() >= 15).await;
 

@@ -314,20 +314,15 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
     // The broker drops (3.1.1: silently, after a PUBACK) anything above 400 payload bytes;
     // the relay is told so and must not send any of its own messages above it.
     const LIMIT: usize = 400;
-    let broker = Mosquitto::new()
-        .conf(&format!("message_size_limit {LIMIT}"))
-        .start_any();
-    let sub = Subscriber::start(broker.port(), "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        &format!("max_message_bytes = {LIMIT}\nha_discovery = true"),
-    );
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf(&format!("message_size_limit {LIMIT}")))
+        .sub("#")
+        .config_extra(&format!("max_message_bytes = {LIMIT}\nha_discovery = true"))
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     // What discovery would send unbounded: some of it is above the limit.
-    let cfg = alert_relay::config::Config::parse(&text).expect("config");
+    let cfg = alert_relay::config::Config::parse(&s.config).expect("config");
     let links = alert_relay::publish::Links::new(&cfg);
     let input = alert_relay::publish::ha::DiscoveryInput {
         gpio: &cfg.gpio,
@@ -345,7 +340,6 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
         !too_big.is_empty(),
         "no discovery message above {LIMIT} B: {discovery:?}"
     );
-    let relay = Relay::start(&text);
     ws.send_text(sized_alert_frame("small-0", 100));
     wait_until(
         "the alert, two stats and the discovery that fits",
