@@ -98,8 +98,8 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
         .await;
     let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     wait_until("both outputs idle", T, || {
-        last_state(&sub, "red").as_deref() == Some("idle")
-            && last_state(&sub, "horn").as_deref() == Some("idle")
+        last_state(sub, "red").as_deref() == Some("idle")
+            && last_state(sub, "horn").as_deref() == Some("idle")
     })
     .await;
     // Retained: a consumer joining later sees the state at once.
@@ -115,7 +115,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     .await;
 
     // test/{output} with the default pattern: active, then idle when it ends.
-    let a = command(port, &sub, "alert-relay/cmd/test/horn", "").await;
+    let a = command(port, sub, "alert-relay/cmd/test/horn", "").await;
     assert_eq!(a, json!({"command": "test/horn", "status": "ok"}));
     wait_until("horn active", T, || {
         sub.on("alert-relay/outputs/horn")
@@ -124,30 +124,30 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     })
     .await;
     wait_until("horn idle again", T, || {
-        last_state(&sub, "horn").as_deref() == Some("idle")
+        last_state(sub, "horn").as_deref() == Some("idle")
     })
     .await;
 
     // test/{output} with a pattern in the config's syntax, then silence stops it.
     let a = command(
         port,
-        &sub,
+        sub,
         "alert-relay/cmd/test/red",
         r#"{"pattern": {"kind": "solid", "duration": "20s"}}"#,
     )
     .await;
     assert_eq!(a["status"], "ok", "{a}");
     wait_until("red active", T, || {
-        last_state(&sub, "red").as_deref() == Some("active")
+        last_state(sub, "red").as_deref() == Some("active")
     })
     .await;
-    let a = command(port, &sub, "alert-relay/cmd/silence", "").await;
+    let a = command(port, sub, "alert-relay/cmd/silence", "").await;
     assert_eq!(a, json!({"command": "silence", "status": "ok"}));
     wait_until("red idle after silence", T, || {
-        last_state(&sub, "red").as_deref() == Some("idle")
+        last_state(sub, "red").as_deref() == Some("idle")
     })
     .await;
-    let a = command(port, &sub, "alert-relay/cmd/silence", "{}").await;
+    let a = command(port, sub, "alert-relay/cmd/silence", "{}").await;
     assert_eq!(a["status"], "ok", "{a}");
 
     // Bad payloads and topics: an error answer each, naming the problem.
@@ -188,7 +188,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
         ("alert-relay/cmd/reboot", "", "unknown command"),
     ];
     for (topic, payload, want) in bad {
-        let a = command(port, &sub, topic, payload).await;
+        let a = command(port, sub, topic, payload).await;
         assert_eq!(a["status"], "error", "{topic} {payload}: {a}");
         let e = a["error"].as_str().unwrap_or_default();
         assert!(e.contains(want), "{topic} {payload}: {e:?} lacks {want:?}");
@@ -199,7 +199,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
         );
     }
     let huge = "x".repeat(5000);
-    let a = command(port, &sub, "alert-relay/cmd/silence", &huge).await;
+    let a = command(port, sub, "alert-relay/cmd/silence", &huge).await;
     assert_eq!(a["status"], "error");
 
     // After all that, the relay still relays: an alert arrives and lights red.
@@ -209,7 +209,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     })
     .await;
     wait_until("red active from the rule", T, || {
-        last_state(&sub, "red").as_deref() == Some("active")
+        last_state(sub, "red").as_deref() == Some("active")
     })
     .await;
     assert_eq!(support::count(&relay.stats.mqtt_command_errors), 11);
@@ -254,7 +254,7 @@ async fn commands_without_gpio_are_answered_with_an_error() {
             .any(|m| m.payload == b"online")
     })
     .await;
-    let a = command(port, &sub, "alert-relay/cmd/silence", "").await;
+    let a = command(port, sub, "alert-relay/cmd/silence", "").await;
     assert_eq!(a["status"], "error");
     assert!(
         a["error"]
@@ -263,7 +263,7 @@ async fn commands_without_gpio_are_answered_with_an_error() {
             .contains("gpio is off"),
         "{a}"
     );
-    let a = command(port, &sub, "alert-relay/cmd/test/red", "").await;
+    let a = command(port, sub, "alert-relay/cmd/test/red", "").await;
     assert_eq!(a["status"], "error");
     relay.stop().await;
 }
@@ -306,13 +306,13 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     let state = "alert-relay/outputs/red/state";
     wait_until("red state OFF", T, || {
-        last_json(&sub, state).is_some_and(|v| v["state"] == "OFF")
+        last_json(sub, state).is_some_and(|v| v["state"] == "OFF")
     })
     .await;
     // HA's JSON light: on with an effect; the state shows it; the answer echoes a transaction.
     let a = command(
         port,
-        &sub,
+        sub,
         "alert-relay/outputs/red/set",
         r#"{"state": "ON", "effect": "alarm", "transaction": "t-1"}"#,
     )
@@ -322,18 +322,18 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
         json!({"command": "outputs/red/set", "status": "ok", "transaction": "t-1"})
     );
     wait_until("red ON with its effect", T, || {
-        last_json(&sub, state).is_some_and(|v| v == json!({"state": "ON", "effect": "alarm"}))
+        last_json(sub, state).is_some_and(|v| v == json!({"state": "ON", "effect": "alarm"}))
     })
     .await;
-    let a = command(port, &sub, "alert-relay/outputs/red/set", "OFF").await;
+    let a = command(port, sub, "alert-relay/outputs/red/set", "OFF").await;
     assert_eq!(a["status"], "ok", "{a}");
     wait_until("red OFF, no effect", T, || {
-        last_json(&sub, state).is_some_and(|v| v == json!({"state": "OFF", "effect": null}))
+        last_json(sub, state).is_some_and(|v| v == json!({"state": "OFF", "effect": null}))
     })
     .await;
     let a = command(
         port,
-        &sub,
+        sub,
         "alert-relay/outputs/red/set",
         r#"{"duration": -3}"#,
     )
@@ -341,7 +341,7 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     assert_eq!(a["status"], "error", "{a}");
 
     // Disarm the rule: its state is retained OFF and the alert does not light red.
-    let a = command(port, &sub, "alert-relay/rules/porch/set", "OFF").await;
+    let a = command(port, sub, "alert-relay/rules/porch/set", "OFF").await;
     assert_eq!(a["status"], "ok", "{a}");
     let rule = "alert-relay/rules/porch/state";
     wait_until("rule OFF", T, || {
@@ -349,10 +349,10 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     })
     .await;
     // Snooze: a retained until in the future.
-    let a = command(port, &sub, "alert-relay/cmd/snooze", r#"{"for": "10m"}"#).await;
+    let a = command(port, sub, "alert-relay/cmd/snooze", r#"{"for": "10m"}"#).await;
     assert_eq!(a["status"], "ok", "{a}");
     wait_until("snoozed until", T, || {
-        last_json(&sub, "alert-relay/snooze").is_some_and(|v| v["until"].is_string())
+        last_json(sub, "alert-relay/snooze").is_some_and(|v| v["until"].is_string())
     })
     .await;
     relay.stop().await;

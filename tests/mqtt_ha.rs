@@ -491,7 +491,7 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
         &format!("{rules_n} switch configs and {rules_n} rule states"),
         wait,
         || {
-            let (c, s) = counts(&sub);
+            let (c, s) = counts(sub);
             c.iter().all(|&n| n >= 1) && s.iter().all(|&n| n >= 1)
         },
     )
@@ -508,10 +508,10 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
     .await;
     say_ha_is_online(port).await;
     wait_until("every switch config again after HA's birth", wait, || {
-        counts(&sub).0.iter().all(|&n| n >= 2)
+        counts(sub).0.iter().all(|&n| n >= 2)
     })
     .await;
-    let (configs, states) = counts(&sub);
+    let (configs, states) = counts(sub);
     assert!(configs.iter().all(|&n| n == 2), "each config twice");
     assert!(states.iter().all(|&n| n == 1), "each state once");
     for m in sub.on("homeassistant/switch/") {

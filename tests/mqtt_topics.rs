@@ -117,10 +117,10 @@ async fn every_hostile_topic_arrives(extra: &str, test: &str) {
             .collect()
     };
     let deadline = tokio::time::Instant::now() + T;
-    while arrived(&sub).len() < sent.len() && tokio::time::Instant::now() < deadline {
+    while arrived(sub).len() < sent.len() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = arrived(&sub);
+    let got = arrived(sub);
     let missing: Vec<String> = sent
         .iter()
         .filter(|(id, _)| !got.contains_key(*id))

@@ -12,7 +12,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{alert_frame, free_port, wait_until, Broker, Subscriber};
+use support::{alert_frame, wait_until, Broker, Subscriber};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
