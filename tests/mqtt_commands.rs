@@ -356,9 +356,10 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     })
     .await;
     relay.stop().await;
-    let saved: Value =
-        serde_json::from_slice(&std::fs::read(s.dir.path().join("q.state.json")).expect("state"))
-            .expect("state json");
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(s.queue().with_extension("state.json")).expect("state"),
+    )
+    .expect("state json");
     assert_eq!(saved["disarmed"], json!(["porch"]));
     assert!(saved["snoozed_until"].is_u64(), "{saved}");
 

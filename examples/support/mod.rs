@@ -451,35 +451,34 @@ impl Mosquitto {
             make_test_pki(d);
         }
         let conf_path = d.join("mosquitto.conf");
-        {
-            let mut conf = format!("{common}listener {port} 127.0.0.1\n");
-            let tls_port = self.tls.map(|require| {
-                let tls_port = free_port();
-                conf.push_str(&format!(
-                    "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\nrequire_certificate {require}\n",
-                    conf_path.parent().expect("dir").display()
-                ));
-                tls_port
-            });
-            std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-            let mut child = spawn_mosquitto(&conf_path);
-            let pid = child.id();
-            let mut exited = || matches!(child.try_wait(), Ok(Some(_)));
-            let ours = owned_listener(pid, port, &mut exited)
-                && tls_port.is_none_or(|t| owned_listener(pid, t, &mut exited));
-            if !ours {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            Some(Broker::Configured {
-                port,
-                tls_port,
-                child: Some(child),
-                dir,
-                conf: conf_path,
-            })
+        let mut conf = common;
+        conf.push_str(&format!("listener {port} 127.0.0.1\n"));
+        let tls_port = self.tls.map(|require| {
+            let tls_port = free_port();
+            conf.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\nrequire_certificate {require}\n",
+                d.display()
+            ));
+            tls_port
+        });
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let mut child = spawn_mosquitto(&conf_path);
+        let pid = child.id();
+        let mut exited = || matches!(child.try_wait(), Ok(Some(_)));
+        let ours = owned_listener(pid, port, &mut exited)
+            && tls_port.is_none_or(|t| owned_listener(pid, t, &mut exited));
+        if !ours {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
         }
+        Some(Broker::Configured {
+            port,
+            tls_port,
+            child: Some(child),
+            dir,
+            conf: conf_path,
+        })
     }
 }
 
@@ -796,7 +795,8 @@ pub struct Started {
     /// The relay's config text, to start it again.
     pub config: String,
     pub relay: Relay,
-    sub_filter: Option<String>,
+    /// The subscriber [`Started::start_broker`] starts with the late broker.
+    sub_later: Option<(String, Option<Configure>)>,
 }
 
 impl Setup {
@@ -883,13 +883,10 @@ impl Setup {
             let port = b.port();
             (Some(b), port)
         };
-        let sub_filter = self.sub.as_ref().map(|(f, _)| f.clone());
-        let sub = match (&broker, self.sub.take()) {
-            (Some(_), Some((filter, configure))) => Some(match configure {
-                Some(c) => Subscriber::start_with(mqtt_port, &filter, c).await,
-                None => Subscriber::start(mqtt_port, &filter).await,
-            }),
-            _ => None,
+        let (sub, sub_later) = match (&broker, self.sub.take()) {
+            (Some(_), Some(wanted)) => (Some(subscribe(mqtt_port, wanted).await), None),
+            (None, wanted) => (None, wanted),
+            (Some(_), None) => (None, None),
         };
         let config = self.config(&ws, mqtt_port, dir.path());
         let relay = Relay::start(&config);
@@ -901,8 +898,15 @@ impl Setup {
             sub,
             config,
             relay,
-            sub_filter,
+            sub_later,
         }
+    }
+}
+
+async fn subscribe(port: u16, (filter, configure): (String, Option<Configure>)) -> Subscriber {
+    match configure {
+        Some(c) => Subscriber::start_with(port, &filter, c).await,
+        None => Subscriber::start(port, &filter).await,
     }
 }
 
@@ -926,8 +930,8 @@ impl Started {
     pub async fn start_broker(&mut self) -> &mut Broker {
         assert!(self.broker.is_none(), "the broker runs already");
         self.broker = Some(Broker::start(self.mqtt_port));
-        if let Some(f) = &self.sub_filter {
-            self.sub = Some(Subscriber::start(self.mqtt_port, f).await);
+        if let Some(wanted) = self.sub_later.take() {
+            self.sub = Some(subscribe(self.mqtt_port, wanted).await);
         }
         self.broker()
     }
