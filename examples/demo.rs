@@ -26,15 +26,10 @@ async fn main() {
     .format_timestamp_millis()
     .init();
 
-    let broker = Broker::start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let trace = dir.path().join("gpio-trace.jsonl");
-    let gpio = format!(
-        r#"
+    let gpio = r#"
 [gpio]
 backend = "sim"
-sim_trace = "{}"
+sim_trace = "{dir}/gpio-trace.jsonl"
 [[gpio.outputs]]
 name = "red"
 pin = 17
@@ -50,29 +45,27 @@ max_on = "2s"
 labels = ["intrusion*"]
 min_confidence = 0.8
 outputs = ["red", "buzzer"]
-pattern = {{ kind = "blink", on = "150ms", off = "150ms", count = 3 }}
+pattern = { kind = "blink", on = "150ms", off = "150ms", count = 3 }
 priority = 10
 [[gpio.rules]]
 labels = ["traffic_violation"]
 min_confidence = 0.8
 output = "amber"
-pattern = {{ kind = "solid", duration = "500ms" }}
+pattern = { kind = "solid", duration = "500ms" }
 [[gpio.rules]]
 labels = ["smoke*", "fire*"]
 min_confidence = 0.6
 outputs = ["red", "buzzer"]
-pattern = {{ kind = "sequence", steps = [["400ms", "100ms"], ["400ms", "100ms"]] }}
+pattern = { kind = "sequence", steps = [["400ms", "100ms"], ["400ms", "100ms"]] }
 priority = 20
-"#,
-        trace.display()
-    );
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        &dir.path().join("queue"),
-        &gpio,
-    ));
+"#;
+    let s = Setup::new()
+        .sub("alert-relay/#")
+        .config_extra(gpio)
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
+    let trace = s.dir.path().join("gpio-trace.jsonl");
     wait_until("the relay to come online", Duration::from_secs(20), || {
         sub.on("alert-relay/status")
             .iter()
@@ -151,7 +144,7 @@ priority = 20
         ons("amber"),
         ons("buzzer")
     );
-    drop(broker);
+    drop(s);
     if printed != expected {
         eprintln!("demo: FAILED: {} alerts missing", expected - printed);
         std::process::exit(1);

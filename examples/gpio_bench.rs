@@ -7,7 +7,7 @@
 //!    once idle and once while every core runs a CPU-burning thread. Each
 //!    edge's `mono_us` in the trace is compared with its schedule (first edge + pattern
 //!    offset): median, p99 and worst lateness.
-//! 2. Alert to edge: the real relay (`alert_relay::run_with_stats`, its own current-thread
+//! 2. Alert to edge: the real relay (`alert_relay::run`, its own current-thread
 //!    runtime on its own thread, queue on disk, embedded MQTT broker) reads alerts from a
 //!    local WebSocket server (examples/support). For each alert the wall-clock time of the
 //!    server's send is compared with the `at` of the first "on" edge in the sim trace (both
@@ -165,7 +165,7 @@ fn alert_to_edge() -> Vec<i64> {
         .enable_all()
         .build()
         .expect("runtime");
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let ws = server.block_on(WsServer::start());
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("trace.jsonl");
@@ -194,12 +194,15 @@ pattern = {{ kind = "solid", duration = "5ms" }}
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(alert_relay::run_with_stats(
+        rt.block_on(alert_relay::run(
             cfg,
             async move {
                 let _ = stop_rx.await;
             },
-            s,
+            alert_relay::RunOptions {
+                stats: s,
+                ..Default::default()
+            },
         ))
         .expect("relay");
     });

@@ -62,42 +62,37 @@ pub enum RunError {
     Http(#[from] http::HttpError),
 }
 
+/// What [`run`] takes besides the config and the shutdown future; `RunOptions::default()` is
+/// the plain daemon (own counters, no reloads, the HTTP listener bound from the config).
+#[derive(Default)]
+pub struct RunOptions {
+    /// The counters, shared with the caller (tests and benchmarks read them).
+    pub stats: Arc<Stats>,
+    /// Called once the queue is recovered and every stage is running (the binary tells
+    /// systemd `READY=1` there).
+    pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Reads the config file again on every request (the binary's SIGHUP) and applies it to
+    /// the running stages ([`reload`]).
+    pub reload: Option<reload::Reload>,
+    /// A listener already bound for `[http]`, used instead of binding `http.listen` (tests
+    /// bind `127.0.0.1:0` and keep the address, so no port is guessed and raced for).
+    pub http_listener: Option<tokio::net::TcpListener>,
+}
+
 /// Runs the relay until `shutdown` resolves; returns once every stage has stopped, outputs are
 /// in their safe state, `offline` is published (if the broker is reachable) and the queue is
 /// closed.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    run_with_stats(config, shutdown, Arc::new(Stats::default())).await
-}
-
-/// [`run`], with the counters shared with the caller (tests and benchmarks read them).
-pub async fn run_with_stats(
+pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    stats: Arc<Stats>,
+    options: RunOptions,
 ) -> Result<(), RunError> {
-    run_with(config, shutdown, stats, || {}).await
-}
-
-/// [`run_with_stats`], calling `on_ready` once the queue is recovered and every stage is
-/// running (the binary tells systemd `READY=1` there).
-pub async fn run_with(
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-    stats: Arc<Stats>,
-    on_ready: impl FnOnce(),
-) -> Result<(), RunError> {
-    run_reloading(config, None, shutdown, stats, on_ready).await
-}
-
-/// [`run_with`], reading the config file again on every request of `reload` (the binary's
-/// SIGHUP) and applying it to the running stages ([`reload`]).
-pub async fn run_reloading(
-    config: Config,
-    reload: Option<reload::Reload>,
-    shutdown: impl Future<Output = ()>,
-    stats: Arc<Stats>,
-    on_ready: impl FnOnce(),
-) -> Result<(), RunError> {
+    let RunOptions {
+        stats,
+        on_ready,
+        reload,
+        http_listener,
+    } = options;
     let (queue, report) = queue::Queue::open(&config.queue)?;
     log::info!(
         "queue: {} segments, {} unacknowledged records in {}{}",
@@ -124,9 +119,10 @@ pub async fn run_reloading(
     let replay_below = queue.first_unacked() + queue.gauges().depth_records;
     let backend = gpio::open_backend(&config.gpio)?;
     // Bind before anything runs, so a taken port fails the start with a clear error.
-    let http_listener = match &config.http {
-        Some(h) => Some(http::bind(h.listen).await?),
-        None => None,
+    let http_listener = match (&config.http, http_listener) {
+        (Some(_), Some(listener)) => Some(listener),
+        (Some(h), None) => Some(http::bind(h.listen).await?),
+        (None, _) => None,
     };
     let (queue, writer) = queue::spawn_writer(queue, stats.clone()).map_err(RunError::Thread)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -195,7 +191,9 @@ pub async fn run_reloading(
     ));
     drop(queue);
 
-    on_ready();
+    if let Some(ready) = on_ready {
+        ready();
+    }
     let mut running = reload::Running {
         config,
         stats,

@@ -82,13 +82,16 @@ fn run(cfg: Config, path: PathBuf) -> ExitCode {
         let _in_runtime = rt.enter();
         (signals::stop(signals::Hangup::Reloads), signals::reloads())
     };
-    let reload = alert_relay::reload::Reload {
-        path,
-        requests,
-        notify: systemd::reloading,
+    let options = alert_relay::RunOptions {
+        on_ready: Some(Box::new(systemd::ready)),
+        reload: Some(alert_relay::reload::Reload {
+            path,
+            requests,
+            notify: systemd::reloading,
+        }),
+        ..Default::default()
     };
-    let stats = std::sync::Arc::new(alert_relay::stats::Stats::default());
-    let relay = alert_relay::run_reloading(cfg, Some(reload), shutdown, stats, systemd::ready);
+    let relay = alert_relay::run(cfg, shutdown, options);
     let result = rt.block_on(systemd::watched(relay));
     systemd::stopping();
     match result {

@@ -315,7 +315,7 @@ impl GpioStage {
     }
 }
 
-/// The stages of a running relay, as [`crate::run_reloading`] wired them.
+/// The stages of a running relay, as [`crate::run`] wired them.
 pub struct Running {
     pub config: Config,
     pub stats: Arc<Stats>,

@@ -44,23 +44,6 @@ kind = "buzzer"
     (path, trace)
 }
 
-/// (output, on) for every complete line of the trace. The relay may be writing while this
-/// reads, so a last line without its newline is not there yet.
-fn trace_edges(trace: &Path) -> Vec<(String, bool)> {
-    let text = std::fs::read_to_string(trace).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    complete
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("trace line is JSON");
-            (
-                v["output"].as_str().expect("output").to_string(),
-                v["on"].as_bool().expect("on"),
-            )
-        })
-        .collect()
-}
-
 /// The last level the trace shows for `output`.
 fn last_level(edges: &[(String, bool)], output: &str) -> Option<bool> {
     edges
@@ -85,14 +68,17 @@ fn test_output_blinks_the_named_output_and_leaves_everything_off() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("6 edges"), "{stdout}");
-    let red: Vec<bool> = trace_edges(&trace)
+    let red: Vec<bool> = support::sim_trace_edges(&trace)
         .into_iter()
         .filter(|(o, _)| o == "red")
         .map(|(_, on)| on)
         .collect();
     // Forced off at start, three blinks, forced off at exit.
     assert_eq!(red, [false, true, false, true, false, true, false, false]);
-    assert_eq!(last_level(&trace_edges(&trace), "buzzer"), Some(false));
+    assert_eq!(
+        last_level(&support::sim_trace_edges(&trace), "buzzer"),
+        Some(false)
+    );
 }
 
 #[test]
@@ -195,24 +181,20 @@ async fn signal_mid_pattern_turns_the_output_off(signal: &str) {
         .spawn()
         .expect("spawn");
     support::wait_until("red to turn on", Duration::from_secs(20), || {
-        last_level(&trace_edges(&trace), "red") == Some(true)
+        last_level(&support::sim_trace_edges(&trace), "red") == Some(true)
     })
     .await;
     // Like a terminal that went away with the SSH session: the report cannot be printed,
     // and the stop must still be clean.
     drop(child.stdout.take());
-    let killed = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    support::signal(child.id(), signal);
     support::wait_until("test-output to exit", Duration::from_secs(20), || {
         matches!(child.try_wait(), Ok(Some(_)))
     })
     .await;
     let status = child.wait().expect("wait");
     assert!(status.success(), "SIG{signal}: {status:?}");
-    let edges = trace_edges(&trace);
+    let edges = support::sim_trace_edges(&trace);
     assert_eq!(last_level(&edges, "red"), Some(false), "{edges:?}");
     assert_eq!(last_level(&edges, "buzzer"), Some(false), "{edges:?}");
 }
@@ -241,7 +223,7 @@ fn panic_mid_pattern_leaves_every_output_off() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the child must have died: {stderr}");
     assert!(stderr.contains("simulated fault"), "{stderr}");
-    let edges = trace_edges(&trace);
+    let edges = support::sim_trace_edges(&trace);
     let red_on = edges.iter().position(|e| *e == ("red".into(), true));
     assert!(red_on.is_some(), "red was on before the panic: {edges:?}");
     assert_eq!(last_level(&edges, "red"), Some(false), "{edges:?}");
@@ -286,7 +268,7 @@ fn panicking_child(config: &Path) {
             .await
             .expect("send");
         support::wait_until("red to turn on", Duration::from_secs(20), || {
-            last_level(&trace_edges(&trace), "red") == Some(true)
+            last_level(&support::sim_trace_edges(&trace), "red") == Some(true)
         })
         .await;
         panic!("simulated fault while red is on");

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(30);
 
-struct Setup {
+struct WebRelay {
     ws: WsServer,
     relay: Relay,
     http: SocketAddr,
@@ -26,28 +26,31 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// A relay with `[http]` (token from a file plus `http_extra`), its MQTT port free (no broker
-/// unless the test starts one).
-async fn start_relay(http_extra: &str) -> Setup {
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (token_path, token) = token_file(dir.path());
-    let http_port = free_port();
-    let mqtt_port = free_port();
-    let cfg = relay_config(
-        &ws.url(),
+/// A relay with `[http]` (token from a file plus `http_extra`), no broker on its MQTT port
+/// unless the test starts one (`Broker::start(s.mqtt_port)`).
+async fn start_relay(http_extra: &str) -> WebRelay {
+    let Started {
+        ws,
+        relay,
         mqtt_port,
-        &dir.path().join("q"),
-        &http_section(http_port, &token_path, http_extra),
-    );
-    let relay = Relay::start(&cfg);
-    let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
-    wait_listening(http, T).await;
-    Setup {
+        dir,
+        ..
+    } = Setup::new()
+        .broker_later()
+        .file("webhook.token", &format!("{TOKEN}\n"))
+        .config_extra(&http_section(
+            0,
+            std::path::Path::new("{dir}/webhook.token"),
+            http_extra,
+        ))
+        .start()
+        .await;
+    let http = relay.http();
+    WebRelay {
         ws,
         relay,
         http,
-        token,
+        token: TOKEN.to_string(),
         mqtt_port,
         _dir: dir,
     }
@@ -144,18 +147,12 @@ async fn webhook_errors_give_the_documented_status_codes() {
 
 #[tokio::test]
 async fn webhook_is_off_without_a_token_but_health_and_metrics_answer() {
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let cfg = relay_config(
-        &ws.url(),
-        free_port(),
-        &dir.path().join("q"),
-        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    );
-    let relay = Relay::start(&cfg);
-    let http: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_listening(http, T).await;
+    let s = Setup::new()
+        .broker_later()
+        .config_extra("[http]\nlisten = \"127.0.0.1:0\"\n")
+        .start()
+        .await;
+    let (relay, http) = (&s.relay, s.relay.http());
     let r = post_webhook(
         http,
         "anything-at-all-0123456",
@@ -454,7 +451,8 @@ async fn webhook_answers_503_when_the_queue_is_full_and_the_retry_succeeds_later
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (token_path, token) = token_file(dir.path());
-    let (http_port, mqtt_port) = (free_port(), free_port());
+    // Started late, on the port the relay was given.
+    let mqtt_port = free_port();
     // A small queue that refuses new records when full, and no broker to drain it.
     let cfg = format!(
         r#"
@@ -466,17 +464,17 @@ max_bytes = "64KiB"
 on_full = "drop_newest"
 [mqtt]
 port = {mqtt_port}
-client_id = "relay-503-{http_port}"
+client_id = "relay-503-{}"
 backoff_initial = "50ms"
 backoff_max = "200ms"
 {}"#,
         ws.url(),
         dir.path().join("q").display(),
-        http_section(http_port, &token_path, "")
+        unique_id(),
+        http_section(0, &token_path, "")
     );
     let relay = Relay::start(&cfg);
-    let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
-    wait_listening(http, T).await;
+    let http = relay.http();
 
     let pad = "p".repeat(4096);
     let body = |i: usize| {

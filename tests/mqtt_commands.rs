@@ -32,7 +32,7 @@ pattern = { kind = "solid", duration = "20s" }
 
 /// Publishes one message and waits until it has left.
 async fn publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
-    let mut opts = MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(format!("test-pub-{}", unique_id()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut el) = AsyncClient::new(opts, 10);
     client
@@ -91,16 +91,15 @@ fn last_state(sub: &Subscriber, output: &str) -> Option<String> {
 
 #[tokio::test]
 async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
-    let broker = Broker::start(free_port());
-    let port = broker.port();
-    let sub = Subscriber::start(port, "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = format!("{}{GPIO}", relay_config(&ws.url(), port, dir.path(), ""));
-    let relay = Relay::start(&cfg);
+    let s = Setup::new()
+        .sub("alert-relay/#")
+        .config_extra(GPIO)
+        .start()
+        .await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     wait_until("both outputs idle", T, || {
-        last_state(&sub, "red").as_deref() == Some("idle")
-            && last_state(&sub, "horn").as_deref() == Some("idle")
+        last_state(sub, "red").as_deref() == Some("idle")
+            && last_state(sub, "horn").as_deref() == Some("idle")
     })
     .await;
     // Retained: a consumer joining later sees the state at once.
@@ -116,7 +115,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     .await;
 
     // test/{output} with the default pattern: active, then idle when it ends.
-    let a = command(port, &sub, "alert-relay/cmd/test/horn", "").await;
+    let a = command(port, sub, "alert-relay/cmd/test/horn", "").await;
     assert_eq!(a, json!({"command": "test/horn", "status": "ok"}));
     wait_until("horn active", T, || {
         sub.on("alert-relay/outputs/horn")
@@ -125,30 +124,30 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     })
     .await;
     wait_until("horn idle again", T, || {
-        last_state(&sub, "horn").as_deref() == Some("idle")
+        last_state(sub, "horn").as_deref() == Some("idle")
     })
     .await;
 
     // test/{output} with a pattern in the config's syntax, then silence stops it.
     let a = command(
         port,
-        &sub,
+        sub,
         "alert-relay/cmd/test/red",
         r#"{"pattern": {"kind": "solid", "duration": "20s"}}"#,
     )
     .await;
     assert_eq!(a["status"], "ok", "{a}");
     wait_until("red active", T, || {
-        last_state(&sub, "red").as_deref() == Some("active")
+        last_state(sub, "red").as_deref() == Some("active")
     })
     .await;
-    let a = command(port, &sub, "alert-relay/cmd/silence", "").await;
+    let a = command(port, sub, "alert-relay/cmd/silence", "").await;
     assert_eq!(a, json!({"command": "silence", "status": "ok"}));
     wait_until("red idle after silence", T, || {
-        last_state(&sub, "red").as_deref() == Some("idle")
+        last_state(sub, "red").as_deref() == Some("idle")
     })
     .await;
-    let a = command(port, &sub, "alert-relay/cmd/silence", "{}").await;
+    let a = command(port, sub, "alert-relay/cmd/silence", "{}").await;
     assert_eq!(a["status"], "ok", "{a}");
 
     // Bad payloads and topics: an error answer each, naming the problem.
@@ -189,7 +188,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
         ("alert-relay/cmd/reboot", "", "unknown command"),
     ];
     for (topic, payload, want) in bad {
-        let a = command(port, &sub, topic, payload).await;
+        let a = command(port, sub, topic, payload).await;
         assert_eq!(a["status"], "error", "{topic} {payload}: {a}");
         let e = a["error"].as_str().unwrap_or_default();
         assert!(e.contains(want), "{topic} {payload}: {e:?} lacks {want:?}");
@@ -200,7 +199,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
         );
     }
     let huge = "x".repeat(5000);
-    let a = command(port, &sub, "alert-relay/cmd/silence", &huge).await;
+    let a = command(port, sub, "alert-relay/cmd/silence", &huge).await;
     assert_eq!(a["status"], "error");
 
     // After all that, the relay still relays: an alert arrives and lights red.
@@ -210,7 +209,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
     })
     .await;
     wait_until("red active from the rule", T, || {
-        last_state(&sub, "red").as_deref() == Some("active")
+        last_state(sub, "red").as_deref() == Some("active")
     })
     .await;
     assert_eq!(support::count(&relay.stats.mqtt_command_errors), 11);
@@ -219,7 +218,7 @@ async fn commands_drive_outputs_and_bad_payloads_get_error_answers() {
 
 #[tokio::test]
 async fn a_retained_command_does_not_act_when_the_relay_connects() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     // Left behind by some tool: it would act again on every reconnect if obeyed.
     publish(port, "alert-relay/cmd/test/red", b"", true).await;
@@ -247,19 +246,15 @@ async fn a_retained_command_does_not_act_when_the_relay_connects() {
 
 #[tokio::test]
 async fn commands_without_gpio_are_answered_with_an_error() {
-    let broker = Broker::start(free_port());
-    let port = broker.port();
-    let sub = Subscriber::start(port, "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), port, dir.path(), ""));
+    let s = Setup::new().sub("alert-relay/#").start().await;
+    let (sub, relay, port) = (s.sub(), &s.relay, s.mqtt_port);
     wait_until("online", T, || {
         sub.on("alert-relay/status")
             .iter()
             .any(|m| m.payload == b"online")
     })
     .await;
-    let a = command(port, &sub, "alert-relay/cmd/silence", "").await;
+    let a = command(port, sub, "alert-relay/cmd/silence", "").await;
     assert_eq!(a["status"], "error");
     assert!(
         a["error"]
@@ -268,7 +263,7 @@ async fn commands_without_gpio_are_answered_with_an_error() {
             .contains("gpio is off"),
         "{a}"
     );
-    let a = command(port, &sub, "alert-relay/cmd/test/red", "").await;
+    let a = command(port, sub, "alert-relay/cmd/test/red", "").await;
     assert_eq!(a["status"], "error");
     relay.stop().await;
 }
@@ -303,23 +298,21 @@ fn last_json(sub: &Subscriber, topic: &str) -> Option<Value> {
 
 #[tokio::test]
 async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_restart() {
-    let broker = Broker::start(free_port());
-    let port = broker.port();
-    let sub = Subscriber::start(port, "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let queue = dir.path().join("queue");
-    let cfg = format!("{}{HA_GPIO}", relay_config(&ws.url(), port, &queue, ""));
-    let relay = Relay::start(&cfg);
+    let s = Setup::new()
+        .sub("alert-relay/#")
+        .config_extra(HA_GPIO)
+        .start()
+        .await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     let state = "alert-relay/outputs/red/state";
     wait_until("red state OFF", T, || {
-        last_json(&sub, state).is_some_and(|v| v["state"] == "OFF")
+        last_json(sub, state).is_some_and(|v| v["state"] == "OFF")
     })
     .await;
     // HA's JSON light: on with an effect; the state shows it; the answer echoes a transaction.
     let a = command(
         port,
-        &sub,
+        sub,
         "alert-relay/outputs/red/set",
         r#"{"state": "ON", "effect": "alarm", "transaction": "t-1"}"#,
     )
@@ -329,18 +322,18 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
         json!({"command": "outputs/red/set", "status": "ok", "transaction": "t-1"})
     );
     wait_until("red ON with its effect", T, || {
-        last_json(&sub, state).is_some_and(|v| v == json!({"state": "ON", "effect": "alarm"}))
+        last_json(sub, state).is_some_and(|v| v == json!({"state": "ON", "effect": "alarm"}))
     })
     .await;
-    let a = command(port, &sub, "alert-relay/outputs/red/set", "OFF").await;
+    let a = command(port, sub, "alert-relay/outputs/red/set", "OFF").await;
     assert_eq!(a["status"], "ok", "{a}");
     wait_until("red OFF, no effect", T, || {
-        last_json(&sub, state).is_some_and(|v| v == json!({"state": "OFF", "effect": null}))
+        last_json(sub, state).is_some_and(|v| v == json!({"state": "OFF", "effect": null}))
     })
     .await;
     let a = command(
         port,
-        &sub,
+        sub,
         "alert-relay/outputs/red/set",
         r#"{"duration": -3}"#,
     )
@@ -348,7 +341,7 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     assert_eq!(a["status"], "error", "{a}");
 
     // Disarm the rule: its state is retained OFF and the alert does not light red.
-    let a = command(port, &sub, "alert-relay/rules/porch/set", "OFF").await;
+    let a = command(port, sub, "alert-relay/rules/porch/set", "OFF").await;
     assert_eq!(a["status"], "ok", "{a}");
     let rule = "alert-relay/rules/porch/state";
     wait_until("rule OFF", T, || {
@@ -356,23 +349,24 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     })
     .await;
     // Snooze: a retained until in the future.
-    let a = command(port, &sub, "alert-relay/cmd/snooze", r#"{"for": "10m"}"#).await;
+    let a = command(port, sub, "alert-relay/cmd/snooze", r#"{"for": "10m"}"#).await;
     assert_eq!(a["status"], "ok", "{a}");
     wait_until("snoozed until", T, || {
-        last_json(&sub, "alert-relay/snooze").is_some_and(|v| v["until"].is_string())
+        last_json(sub, "alert-relay/snooze").is_some_and(|v| v["until"].is_string())
     })
     .await;
     relay.stop().await;
-    let saved: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("queue.state.json")).expect("state"))
-            .expect("state json");
+    let saved: Value = serde_json::from_slice(
+        &std::fs::read(s.queue().with_extension("state.json")).expect("state"),
+    )
+    .expect("state json");
     assert_eq!(saved["disarmed"], json!(["porch"]));
     assert!(saved["snoozed_until"].is_u64(), "{saved}");
 
     // After a restart the rule is still disarmed (retained OFF again), still snoozed; an
     // alert lights nothing. Ending the snooze and arming again brings the rule back.
     let late = Subscriber::start(port, "alert-relay/#").await;
-    let relay = Relay::start(&cfg);
+    let relay = Relay::start(&s.config);
     wait_until("rule OFF after restart", T, || {
         late.on(rule).last().is_some_and(|m| m.payload == b"OFF")
     })

@@ -29,27 +29,22 @@ async fn relay_logs_in_with_a_password_from_a_file() {
     if !Mosquitto::available("relay_logs_in_with_a_password_from_a_file") {
         return;
     }
-    let broker = Mosquitto::new()
-        .user("relay", "s3cret-pw")
-        .user("watcher", "watch-pw")
-        .start(free_port());
-    let sub = Subscriber::start_with(broker.port(), "alert-relay/#", |o| {
-        o.set_credentials("watcher", "watch-pw");
-    })
-    .await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pw = dir.path().join("mqtt-password");
-    std::fs::write(&pw, "s3cret-pw\n").expect("write password file");
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        &dir.path().join("q"),
-        &format!("username = \"relay\"\npassword_file = \"{}\"", pw.display()),
-    ));
-    one_alert_arrives(&sub, &ws).await;
-    assert_eq!(support::count(&relay.stats.mqtt_connect_failures), 0);
-    relay.stop().await;
+    let s = Setup::new()
+        .mosquitto(
+            Mosquitto::new()
+                .user("relay", "s3cret-pw")
+                .user("watcher", "watch-pw"),
+        )
+        .sub_with("alert-relay/#", |o| {
+            o.set_credentials("watcher", "watch-pw");
+        })
+        .file("mqtt-password", "s3cret-pw\n")
+        .config_extra("username = \"relay\"\npassword_file = \"{dir}/mqtt-password\"")
+        .start()
+        .await;
+    one_alert_arrives(s.sub(), &s.ws).await;
+    assert_eq!(support::count(&s.relay.stats.mqtt_connect_failures), 0);
+    s.relay.stop().await;
 }
 
 #[tokio::test]
@@ -57,21 +52,15 @@ async fn a_wrong_password_is_refused_and_retried() {
     if !Mosquitto::available("a_wrong_password_is_refused_and_retried") {
         return;
     }
-    let broker = Mosquitto::new()
-        .user("relay", "s3cret-pw")
-        .start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let var = format!("ALERT_RELAY_TEST_MQTT_PW_{}", free_port());
+    let var = format!("ALERT_RELAY_TEST_MQTT_PW_{}", unique_id());
     std::env::set_var(&var, "not-the-password");
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        &format!("username = \"relay\"\npassword_env = \"{var}\""),
-    ));
-    refused(&relay, "three refused logins", 3).await;
-    relay.stop().await;
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().user("relay", "s3cret-pw"))
+        .config_extra(&format!("username = \"relay\"\npassword_env = \"{var}\""))
+        .start()
+        .await;
+    refused(&s.relay, "three refused logins", 3).await;
+    s.relay.stop().await;
 }
 
 #[tokio::test]
@@ -79,8 +68,8 @@ async fn relay_connects_over_tls_with_a_test_ca_and_a_client_certificate() {
     if !Mosquitto::available("relay_connects_over_tls_with_a_test_ca_and_a_client_certificate") {
         return;
     }
-    let tls_port = free_port();
-    let broker = Mosquitto::new().tls(tls_port, true).start(free_port());
+    let broker = Mosquitto::new().tls(true).start_any();
+    let tls_port = broker.tls_port();
     let pki = broker.dir().expect("configured broker").to_path_buf();
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
     let ws = WsServer::start().await;
@@ -104,8 +93,8 @@ async fn tls_without_the_required_client_certificate_is_refused() {
     if !Mosquitto::available("tls_without_the_required_client_certificate_is_refused") {
         return;
     }
-    let tls_port = free_port();
-    let broker = Mosquitto::new().tls(tls_port, true).start(free_port());
+    let broker = Mosquitto::new().tls(true).start_any();
+    let tls_port = broker.tls_port();
     let pki = broker.dir().expect("configured broker").to_path_buf();
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -124,8 +113,8 @@ async fn tls_to_a_broker_with_an_unknown_ca_is_refused() {
     if !Mosquitto::available("tls_to_a_broker_with_an_unknown_ca_is_refused") {
         return;
     }
-    let tls_port = free_port();
-    let broker = Mosquitto::new().tls(tls_port, false).start(free_port());
+    let broker = Mosquitto::new().tls(false).start_any();
+    let tls_port = broker.tls_port();
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     // No ca_file: the built-in web PKI roots, which do not know the test CA.
@@ -137,7 +126,7 @@ async fn tls_to_a_broker_with_an_unknown_ca_is_refused() {
 
 #[tokio::test]
 async fn last_will_says_offline_when_the_relay_is_sigkilled() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/status").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -181,7 +170,7 @@ async fn last_will_says_offline_when_the_relay_is_sigkilled() {
 #[tokio::test]
 async fn the_mqtt_password_never_appears_in_logs_or_check_config() {
     const PW: &str = "pw-that-must-not-leak-7f3a";
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/status").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -46,8 +46,8 @@ async fn no_alert_is_lost_while_the_broker_restarts_with_mqtt5() {
 /// subscriber with a persistent session, first appearances in queue order.
 async fn alerts_flow_through_broker_restarts(extra: &str) {
     const N: u64 = 3000;
-    let port = free_port();
-    let mut broker = Mosquitto::new().persistent().start(port);
+    let mut broker = Mosquitto::new().persistent().start_any();
+    let port = broker.port();
     // A persistent session: the broker keeps what the relay delivered while we reconnect.
     let sub = Subscriber::start_with(port, "alert-relay/alerts/#", |o| {
         o.set_clean_session(false);
@@ -126,14 +126,17 @@ async fn alerts_flow_through_broker_restarts(extra: &str) {
 /// Sends 5 small alerts, one of `big` bytes, 5 more small ones; waits until the small ones
 /// arrive and the big one is set aside; returns the relay's stats.
 async fn one_oversize_alert_among_small_ones(
-    broker: &Broker,
+    broker: Mosquitto,
     extra: &str,
     big: usize,
 ) -> std::sync::Arc<alert_relay::stats::Stats> {
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), extra));
+    let s = Setup::new()
+        .mosquitto(broker)
+        .sub("alert-relay/alerts/#")
+        .config_extra(extra)
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..5 {
         ws.send_text(alert_frame(&format!("small-{i}"), "intrusion", 0.9));
     }
@@ -163,10 +166,8 @@ async fn alert_above_max_packet_size_is_set_aside_and_the_rest_arrive() {
         return;
     }
     // MQTT 3.1.1: mosquitto closes the connection of a client whose packet is too large.
-    let broker = Mosquitto::new()
-        .conf("max_packet_size 2048")
-        .start(free_port());
-    let stats = one_oversize_alert_among_small_ones(&broker, "", 4096).await;
+    let broker = Mosquitto::new().conf("max_packet_size 2048");
+    let stats = one_oversize_alert_among_small_ones(broker, "", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
     // Suspected at the first drop, set aside at the second (publish::limit).
     let drops = support::count(&stats.mqtt_connect_failures);
@@ -179,10 +180,8 @@ async fn alert_above_message_size_limit_is_set_aside_with_mqtt5() {
         return;
     }
     // MQTT 5: mosquitto answers with PUBACK reason 0x95 (packet too large).
-    let broker = Mosquitto::new()
-        .conf("message_size_limit 2048")
-        .start(free_port());
-    let stats = one_oversize_alert_among_small_ones(&broker, "protocol = \"5\"", 4096).await;
+    let broker = Mosquitto::new().conf("message_size_limit 2048");
+    let stats = one_oversize_alert_among_small_ones(broker, "protocol = \"5\"", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
 }
 
@@ -191,11 +190,8 @@ async fn alert_above_the_configured_broker_limit_is_set_aside_unsent() {
     if !Mosquitto::available("alert_above_the_configured_broker_limit_is_set_aside_unsent") {
         return;
     }
-    let broker = Mosquitto::new()
-        .conf("message_size_limit 2048")
-        .start(free_port());
-    let stats =
-        one_oversize_alert_among_small_ones(&broker, "max_message_bytes = 2048", 4096).await;
+    let broker = Mosquitto::new().conf("message_size_limit 2048");
+    let stats = one_oversize_alert_among_small_ones(broker, "max_message_bytes = 2048", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
     assert_eq!(support::count(&stats.mqtt_connect_failures), 0);
 }
@@ -208,10 +204,8 @@ async fn alert_above_the_brokers_mqtt5_maximum_packet_size_is_set_aside_unsent()
         return;
     }
     // MQTT 5: the CONNACK states the broker's maximum packet size; nothing larger is sent.
-    let broker = Mosquitto::new()
-        .conf("max_packet_size 2048")
-        .start(free_port());
-    let stats = one_oversize_alert_among_small_ones(&broker, "protocol = \"5\"", 4096).await;
+    let broker = Mosquitto::new().conf("max_packet_size 2048");
+    let stats = one_oversize_alert_among_small_ones(broker, "protocol = \"5\"", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 1);
     assert_eq!(support::count(&stats.mqtt_connect_failures), 0);
 }
@@ -226,10 +220,8 @@ async fn with_mqtt311_mosquitto_acks_and_drops_an_alert_above_message_size_limit
     // Documented limitation: MQTT 3.1.1 has no negative acknowledgement; mosquitto PUBACKs
     // and drops. The rest flows; the relay cannot count it (use protocol 5 or
     // max_message_bytes).
-    let broker = Mosquitto::new()
-        .conf("message_size_limit 2048")
-        .start(free_port());
-    let stats = one_oversize_alert_among_small_ones(&broker, "", 4096).await;
+    let broker = Mosquitto::new().conf("message_size_limit 2048");
+    let stats = one_oversize_alert_among_small_ones(broker, "", 4096).await;
     assert_eq!(support::count(&stats.mqtt_set_aside), 0);
     assert_eq!(support::count(&stats.mqtt_acked), 11);
 }
@@ -245,11 +237,13 @@ topic write alert-relay/alerts/intrusion\n";
 async fn one_denied_alert_among_allowed_ones(
     extra: &str,
 ) -> std::sync::Arc<alert_relay::stats::Stats> {
-    let broker = Mosquitto::new().acl(ACL).start(free_port());
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), extra));
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().acl(ACL))
+        .sub("alert-relay/alerts/#")
+        .config_extra(extra)
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..5 {
         ws.send_text(alert_frame(&format!("ok-{i}"), "intrusion", 0.9));
     }
@@ -297,16 +291,12 @@ async fn with_mqtt311_mosquitto_acks_and_drops_an_acl_denied_alert() {
 
 #[tokio::test]
 async fn qos2_records_leave_the_queue_on_pubcomp() {
-    let broker = Broker::start(free_port());
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        "qos = 2\nmax_inflight = 4",
-    ));
+    let s = Setup::new()
+        .sub("alert-relay/alerts/#")
+        .config_extra("qos = 2\nmax_inflight = 4")
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..50 {
         ws.send_text(alert_frame(&format!("ev-{i}"), "intrusion", 0.9));
     }
@@ -342,8 +332,8 @@ async fn a_paced_drain_reaches_a_slow_consumer_that_an_unpaced_one_overruns() {
 /// Sends `n` alerts at once through a relay to a consumer taking 1 ms a message (under 1000/s)
 /// behind a mosquitto with `max_queued_messages 200`; returns how many distinct alerts it got.
 async fn burst_to_slow_consumer(n: usize, extra: &str) -> usize {
-    let port = free_port();
-    let _broker = Mosquitto::new().conf("max_queued_messages 200").start(port);
+    let _broker = Mosquitto::new().conf("max_queued_messages 200").start_any();
+    let port = _broker.port();
     let sub = Subscriber::start_slow(port, "alert-relay/alerts/#", Duration::from_millis(1)).await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -263,7 +263,7 @@ fn validate(topic: &str, cfg: &Value, node: &str) -> String {
 }
 
 async fn say_ha_is_online(port: u16) {
-    let mut opts = MqttOptions::new(format!("fake-ha-{}", free_port()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(format!("fake-ha-{}", unique_id()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut el) = AsyncClient::new(opts, 10);
     client
@@ -282,22 +282,16 @@ async fn say_ha_is_online(port: u16) {
 
 #[tokio::test]
 async fn home_assistant_discovery_matches_the_documented_format_and_works() {
-    let broker = Broker::start(free_port());
-    let port = broker.port();
-    let sub = Subscriber::start(port, "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let base: String = relay_config(&ws.url(), port, dir.path(), "")
-        .lines()
-        .map(|l| {
-            if l.starts_with("client_id") {
-                "client_id = \"kitchen-relay\"\n".to_string()
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    let relay = Relay::start(&format!("{base}{CONFIG}"));
+    let s = Setup::new()
+        .sub("#")
+        .replace(
+            "client_id = \"relay-under-test-",
+            "client_id = \"kitchen-relay\"\n# ",
+        )
+        .config_extra(CONFIG)
+        .start()
+        .await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     let configs = || sub.on("homeassistant/");
     wait_until("15 discovery configs", T, || configs().len() >= 15).await;
 
@@ -425,14 +419,11 @@ async fn home_assistant_discovery_matches_the_documented_format_and_works() {
 
 #[tokio::test]
 async fn no_discovery_unless_enabled() {
-    let broker = Broker::start(free_port());
-    let sub = Subscriber::start(broker.port(), "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
+    let s = Setup::new().sub("#").start().await;
+    let (ws, sub, relay, port) = (&s.ws, s.sub(), &s.relay, s.mqtt_port);
     ws.send_text(alert_frame("ev-1", "intrusion", 0.9));
     wait_until("the alert", T, || !sub.on("alert-relay/alerts/").is_empty()).await;
-    say_ha_is_online(broker.port()).await;
+    say_ha_is_online(port).await;
     ws.send_text(alert_frame("ev-2", "intrusion", 0.9));
     wait_until("the second alert", T, || {
         sub.on("alert-relay/alerts/").len() >= 2
@@ -460,19 +451,16 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
         eprintln!("every_discovery_config_and_rule_state_arrives: {rules_n} rules under the test runner, not 2,000");
     }
     let wait = Duration::from_secs(90);
-    let broker = Broker::start(free_port());
-    let port = broker.port();
-    let sub = Subscriber::start(port, "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut text = relay_config(&ws.url(), port, dir.path(), "ha_discovery = true");
-    text.push_str("[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"red\"\n");
+    let mut extra = String::from(
+        "ha_discovery = true\n\n[gpio]\nbackend = \"sim\"\n[[gpio.outputs]]\nname = \"red\"\n",
+    );
     for i in 0..rules_n {
-        text.push_str(&format!(
+        extra.push_str(&format!(
             "[[gpio.rules]]\nname = \"r{i}\"\nlabels = [\"label_{i}\"]\noutput = \"red\"\n"
         ));
     }
-    let relay = Relay::start(&text);
+    let s = Setup::new().sub("#").config_extra(&extra).start().await;
+    let (sub, relay, port) = (s.sub(), &s.relay, s.mqtt_port);
     // How many times each rule's switch config and state have arrived; checked in place (the
     // relay runs on this test's thread: a slow check would slow it).
     let counts = |sub: &Subscriber| {
@@ -503,7 +491,7 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
         &format!("{rules_n} switch configs and {rules_n} rule states"),
         wait,
         || {
-            let (c, s) = counts(&sub);
+            let (c, s) = counts(sub);
             c.iter().all(|&n| n >= 1) && s.iter().all(|&n| n >= 1)
         },
     )
@@ -520,10 +508,10 @@ async fn every_discovery_config_and_rule_state_arrives_for_2000_named_rules() {
     .await;
     say_ha_is_online(port).await;
     wait_until("every switch config again after HA's birth", wait, || {
-        counts(&sub).0.iter().all(|&n| n >= 2)
+        counts(sub).0.iter().all(|&n| n >= 2)
     })
     .await;
-    let (configs, states) = counts(&sub);
+    let (configs, states) = counts(sub);
     assert!(configs.iter().all(|&n| n == 2), "each config twice");
     assert!(states.iter().all(|&n| n == 1), "each state once");
     for m in sub.on("homeassistant/switch/") {

@@ -35,13 +35,12 @@ async fn stats_larger_than_max_packet_size_are_trimmed_and_no_alert_is_set_aside
     }
     // Small alerts (~300 B packets) fit; the full stats object (~1.5 KB here) does not.
     const LIMIT: usize = 700;
-    let broker = Mosquitto::new()
-        .conf(&format!("max_packet_size {LIMIT}"))
-        .start(free_port());
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf(&format!("max_packet_size {LIMIT}")))
+        .sub("alert-relay/#")
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..20 {
         ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
     }
@@ -92,19 +91,18 @@ async fn with_mqtt311_oversize_alerts_are_set_aside_fast_and_every_small_one_arr
     }
     // The run: MQTT 3.1.1, one alert in ten between 1.7 and 3 KB, a 1.5 KB limit.
     const SMALL: usize = 450;
-    let broker = Mosquitto::new()
-        .conf("max_packet_size 1500")
-        .start(free_port());
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     // The relay's default backoffs: the harness's short ones are not what makes it fast.
-    let text = relay_config(&ws.url(), broker.port(), dir.path(), "").replace(
-        "backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\nstats_interval",
-        "backoff_initial = \"250ms\"\nbackoff_max = \"30s\"\nstats_interval",
-    );
-    assert!(text.contains("\"30s\""), "{text}");
-    let relay = Relay::start(&text);
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf("max_packet_size 1500"))
+        .sub("alert-relay/alerts/#")
+        .replace(
+            "backoff_initial = \"50ms\"\nbackoff_max = \"500ms\"\nstats_interval",
+            "backoff_initial = \"250ms\"\nbackoff_max = \"30s\"\nstats_interval",
+        )
+        .start()
+        .await;
+    assert!(s.config.contains("\"30s\""), "{}", s.config);
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     // Wait for the relay's first connection so the clock measures delivery, not start-up.
     wait_until("the relay connects", T, || {
         count(&relay.stats.mqtt_connects) >= 1
@@ -181,7 +179,7 @@ async fn two_relays_sharing_a_client_id_are_told_why_the_broker_keeps_closing() 
     if !mosquitto(test) {
         return;
     }
-    let broker = Mosquitto::new().start(free_port());
+    let broker = Mosquitto::new().start_any();
     let ws = WsServer::start().await;
     let mut children = Vec::new();
     let mut logs = Vec::new();
@@ -229,7 +227,7 @@ async fn a_single_relay_with_a_stable_connection_never_blames_its_client_id() {
     if !mosquitto(test) {
         return;
     }
-    let mut broker = Mosquitto::new().start(free_port());
+    let mut broker = Mosquitto::new().start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -284,18 +282,13 @@ async fn with_mqtt5_stats_fit_the_connack_maximum_packet_size_without_a_single_d
         return;
     }
     const LIMIT: usize = 700;
-    let broker = Mosquitto::new()
-        .conf(&format!("max_packet_size {LIMIT}"))
-        .start(free_port());
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        "protocol = \"5\"",
-    ));
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf(&format!("max_packet_size {LIMIT}")))
+        .sub("alert-relay/#")
+        .config_extra("protocol = \"5\"")
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     for i in 0..5 {
         ws.send_text(sized_alert_frame(&format!("small-{i}"), 150));
     }
@@ -321,20 +314,15 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
     // The broker drops (3.1.1: silently, after a PUBACK) anything above 400 payload bytes;
     // the relay is told so and must not send any of its own messages above it.
     const LIMIT: usize = 400;
-    let broker = Mosquitto::new()
-        .conf(&format!("message_size_limit {LIMIT}"))
-        .start(free_port());
-    let sub = Subscriber::start(broker.port(), "#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        &format!("max_message_bytes = {LIMIT}\nha_discovery = true"),
-    );
+    let s = Setup::new()
+        .mosquitto(Mosquitto::new().conf(&format!("message_size_limit {LIMIT}")))
+        .sub("#")
+        .config_extra(&format!("max_message_bytes = {LIMIT}\nha_discovery = true"))
+        .start()
+        .await;
+    let (ws, sub, relay) = (&s.ws, s.sub(), &s.relay);
     // What discovery would send unbounded: some of it is above the limit.
-    let cfg = alert_relay::config::Config::parse(&text).expect("config");
+    let cfg = alert_relay::config::Config::parse(&s.config).expect("config");
     let links = alert_relay::publish::Links::new(&cfg);
     let input = alert_relay::publish::ha::DiscoveryInput {
         gpio: &cfg.gpio,
@@ -352,7 +340,6 @@ async fn max_message_bytes_bounds_stats_and_home_assistant_discovery_too() {
         !too_big.is_empty(),
         "no discovery message above {LIMIT} B: {discovery:?}"
     );
-    let relay = Relay::start(&text);
     ws.send_text(sized_alert_frame("small-0", 100));
     wait_until(
         "the alert, two stats and the discovery that fits",

@@ -67,16 +67,17 @@ fn hostile_strings() -> Vec<String> {
 }
 
 async fn every_hostile_topic_arrives(extra: &str, test: &str) {
-    let broker = Mosquitto::new().start(free_port());
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = relay_config(&ws.url(), broker.port(), dir.path(), extra).replace(
-        "max_frame_bytes = \"16KiB\"\n",
-        "max_frame_bytes = \"64KiB\"\nchannels = [\"transcript\"]\ndurable_channels = [\"transcript\"]\n",
-    );
-    assert!(text.contains("durable_channels"), "{text}");
-    let relay = Relay::start(&text);
+    let setup = Setup::new()
+        .mosquitto(Mosquitto::new())
+        .sub("alert-relay/#")
+        .config_extra(extra)
+        .replace(
+            "max_frame_bytes = \"16KiB\"\n",
+            "max_frame_bytes = \"64KiB\"\nchannels = [\"transcript\"]\ndurable_channels = [\"transcript\"]\n",
+        )
+        .start()
+        .await;
+    let (ws, sub, relay) = (&setup.ws, setup.sub(), &setup.relay);
     let strings = hostile_strings();
     // What each marker was made from, to print the offenders if one does not arrive.
     let mut sent: HashMap<String, String> = HashMap::new();
@@ -116,10 +117,10 @@ async fn every_hostile_topic_arrives(extra: &str, test: &str) {
             .collect()
     };
     let deadline = tokio::time::Instant::now() + T;
-    while arrived(&sub).len() < sent.len() && tokio::time::Instant::now() < deadline {
+    while arrived(sub).len() < sent.len() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = arrived(&sub);
+    let got = arrived(sub);
     let missing: Vec<String> = sent
         .iter()
         .filter(|(id, _)| !got.contains_key(*id))

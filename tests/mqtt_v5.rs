@@ -17,7 +17,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// An MQTT 5 subscriber keeping whole publishes (with their properties).
 async fn v5_subscriber(port: u16, filter: &str) -> Arc<Mutex<Vec<Publish>>> {
-    let mut opts = MqttOptions::new(format!("v5-sub-{}", free_port()), "127.0.0.1", port);
+    let mut opts = MqttOptions::new(format!("v5-sub-{}", unique_id()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
     opts.set_max_packet_size(Some(1 << 20));
     let (client, mut el) = AsyncClient::new(opts, 10);
@@ -52,7 +52,7 @@ async fn mqtt5_alerts_carry_content_type_user_properties_and_expiry() {
     if !Mosquitto::available("mqtt5_alerts_carry_content_type_user_properties_and_expiry") {
         return;
     }
-    let broker = Mosquitto::new().start(free_port());
+    let broker = Mosquitto::new().start_any();
     let got = v5_subscriber(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -99,7 +99,7 @@ async fn a_command_with_a_response_topic_is_answered_there_with_its_correlation_
     if !Mosquitto::available(test) {
         return;
     }
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let port = broker.port();
     let status = v5_subscriber(port, "alert-relay/status").await;
     let replies = v5_subscriber(port, "app/replies/#").await;
@@ -122,7 +122,7 @@ async fn a_command_with_a_response_topic_is_answered_there_with_its_correlation_
     .await;
 
     // A requester as MQTT 5 describes it: response topic + correlation data on the request.
-    let opts = MqttOptions::new(format!("v5-req-{}", free_port()), "127.0.0.1", port);
+    let opts = MqttOptions::new(format!("v5-req-{}", unique_id()), "127.0.0.1", port);
     let (client, mut el) = AsyncClient::new(opts, 10);
     tokio::spawn(async move { while el.poll().await.is_ok() {} });
     let request = |topic: &'static str, reply_to: &'static str, corr: &'static [u8]| {

@@ -15,28 +15,28 @@ const T: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn alerts_arrive_on_their_topics_with_the_full_payload() {
-    let broker = Broker::start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
+    let s = Setup::new().sub("alert-relay/#").start().await;
 
     wait_until("status online", T, || {
-        sub.on("alert-relay/status")
+        s.sub()
+            .on("alert-relay/status")
             .iter()
             .any(|m| m.payload == b"online")
     })
     .await;
-    ws.send_text(alert_frame("ev-1", "intrusion", 0.91));
-    ws.send_text(
+    s.ws.send_text(alert_frame("ev-1", "intrusion", 0.91));
+    s.ws.send_text(
         serde_json::json!({"type": "alert", "rtstream_id": "rts-9", "data": {
             "event_id": "ev-2", "event_label": "car/+#\u{0}", "confidence": 0.5,
             "vendor_extra": {"nested": [1, 2, 3]}}})
         .to_string(),
     );
-    wait_until("two alerts", T, || sub.on("alert-relay/alerts/").len() >= 2).await;
+    wait_until("two alerts", T, || {
+        s.sub().on("alert-relay/alerts/").len() >= 2
+    })
+    .await;
 
-    let got = sub.on("alert-relay/alerts/");
+    let got = s.sub().on("alert-relay/alerts/");
     assert_eq!(got[0].topic, "alert-relay/alerts/intrusion");
     let a = got[0].json();
     assert_eq!(a["event_id"], "ev-1");
@@ -62,14 +62,16 @@ async fn alerts_arrive_on_their_topics_with_the_full_payload() {
 
     // Retained stats show the counters.
     wait_until("stats", T, || {
-        sub.on("alert-relay/stats")
+        s.sub()
+            .on("alert-relay/stats")
             .iter()
             .any(|m| m.json()["mqtt_acked"].as_u64() >= Some(2))
     })
     .await;
-    relay.stop().await;
+    s.relay.stop().await;
     wait_until("status offline", T, || {
-        sub.on("alert-relay/status")
+        s.sub()
+            .on("alert-relay/status")
             .iter()
             .any(|m| m.payload == b"offline")
     })
@@ -78,61 +80,61 @@ async fn alerts_arrive_on_their_topics_with_the_full_payload() {
 
 #[tokio::test]
 async fn broker_down_at_start_alerts_arrive_once_it_is_up() {
-    let port = free_port();
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&relay_config(&ws.url(), port, dir.path(), ""));
+    let mut s = Setup::new()
+        .broker_later()
+        .sub("alert-relay/alerts/#")
+        .start()
+        .await;
     for i in 0..20 {
-        ws.send_text(alert_frame(&format!("ev-{i}"), "intrusion", 0.9));
+        s.ws.send_text(alert_frame(&format!("ev-{i}"), "intrusion", 0.9));
     }
     wait_until("20 alerts durable", T, || {
-        count(&relay.stats.queue_appended) == 20
+        count(&s.relay.stats.queue_appended) == 20
     })
     .await;
     // The first connection attempt can still be in flight when the alerts are durable.
     wait_until("a failed broker connection", T, || {
-        count(&relay.stats.mqtt_connect_failures) >= 1
+        count(&s.relay.stats.mqtt_connect_failures) >= 1
     })
     .await;
 
-    let broker = Broker::start(port);
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
+    s.start_broker().await;
     wait_until("20 alerts acked", T, || {
-        count(&relay.stats.mqtt_acked) == 20
+        count(&s.relay.stats.mqtt_acked) == 20
     })
     .await;
     // The subscriber may have joined after some were delivered; the broker acked all 20, in
     // order; every one it saw carries its queue seq.
-    let seqs: Vec<u64> = sub
+    let seqs: Vec<u64> = s
+        .sub()
         .snapshot()
         .iter()
         .filter_map(|m| m.json()["relay"]["seq"].as_u64())
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
-    relay.stop().await;
+    s.relay.stop().await;
 }
 
 #[tokio::test]
 async fn unacked_records_are_published_after_a_restart() {
-    let port = free_port();
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = relay_config(&ws.url(), port, dir.path(), "");
-    let relay = Relay::start(&cfg);
+    let mut s = Setup::new()
+        .broker_later()
+        .sub("alert-relay/alerts/#")
+        .start()
+        .await;
     for i in 0..10 {
-        ws.send_text(alert_frame(&format!("ev-{i}"), "smoke", 0.7));
+        s.ws.send_text(alert_frame(&format!("ev-{i}"), "smoke", 0.7));
     }
     wait_until("10 alerts durable", T, || {
-        count(&relay.stats.queue_appended) == 10
+        count(&s.relay.stats.queue_appended) == 10
     })
     .await;
-    relay.stop().await;
+    s.relay.stop().await;
 
-    let broker = Broker::start(port);
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let relay = Relay::start(&cfg);
-    wait_until("10 replayed alerts", T, || sub.snapshot().len() >= 10).await;
-    let got = sub.snapshot();
+    s.start_broker().await;
+    s.relay = Relay::start(&s.config);
+    wait_until("10 replayed alerts", T, || s.sub().snapshot().len() >= 10).await;
+    let got = s.sub().snapshot();
     let ids: Vec<String> = got
         .iter()
         .map(|m| m.json()["event_id"].as_str().unwrap_or("").to_string())
@@ -144,36 +146,36 @@ async fn unacked_records_are_published_after_a_restart() {
         .collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
     // New alerts continue the sequence after the replayed ones.
-    ws.send_text(alert_frame("ev-new", "smoke", 0.7));
-    wait_until("the new alert", T, || sub.snapshot().len() >= 11).await;
-    assert_eq!(sub.snapshot()[10].json()["relay"]["seq"], 11);
-    relay.stop().await;
+    s.ws.send_text(alert_frame("ev-new", "smoke", 0.7));
+    wait_until("the new alert", T, || s.sub().snapshot().len() >= 11).await;
+    assert_eq!(s.sub().snapshot()[10].json()["relay"]["seq"], 11);
+    s.relay.stop().await;
 }
 
 #[tokio::test]
 async fn invalid_frames_are_counted_and_skipped_and_the_stream_goes_on() {
-    let broker = Broker::start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let relay = Relay::start(&relay_config(&ws.url(), broker.port(), dir.path(), ""));
+    let setup = Setup::new().sub("alert-relay/alerts/#").start().await;
 
-    ws.send_text("this is not json");
-    ws.send_text("[1,2,3]");
-    ws.send(Message::binary(vec![0u8, 159, 146, 150]));
-    ws.send_text(format!(
+    setup.ws.send_text("this is not json");
+    setup.ws.send_text("[1,2,3]");
+    setup.ws.send(Message::binary(vec![0u8, 159, 146, 150]));
+    setup.ws.send_text(format!(
         "{{\"channel\":\"alert\",\"data\":{{\"label\":\"{}\"}}}}",
         "x".repeat(20_000)
     ));
-    ws.send_text(r#"{"data":{"label":"no channel"}}"#);
-    ws.send_text(r#"{"channel":"alert","data":{"event_id":"no-label"}}"#);
-    ws.send_text(
+    setup.ws.send_text(r#"{"data":{"label":"no channel"}}"#);
+    setup
+        .ws
+        .send_text(r#"{"channel":"alert","data":{"event_id":"no-label"}}"#);
+    setup.ws.send_text(
         r#"{"channel":"alert","data":{"event_id":"e-nan","label":"weird","confidence":"NaN"}}"#,
     );
-    ws.send_text(alert_frame("ev-good", "intrusion", 0.95));
+    setup
+        .ws
+        .send_text(alert_frame("ev-good", "intrusion", 0.95));
 
-    wait_until("the good alerts", T, || sub.snapshot().len() >= 2).await;
-    let s = &relay.stats;
+    wait_until("the good alerts", T, || setup.sub().snapshot().len() >= 2).await;
+    let s = &setup.relay.stats;
     assert_eq!(count(&s.frames_invalid_json), 2);
     assert_eq!(count(&s.frames_binary), 1);
     assert_eq!(count(&s.frames_oversize), 1);
@@ -185,26 +187,22 @@ async fn invalid_frames_are_counted_and_skipped_and_the_stream_goes_on() {
         1,
         "bad input never drops the connection"
     );
-    let labels: Vec<Value> = sub
+    let labels: Vec<Value> = setup
+        .sub()
         .snapshot()
         .iter()
         .map(|m| m.json()["label"].clone())
         .collect();
     assert_eq!(labels, vec![Value::from("weird"), Value::from("intrusion")]);
-    relay.stop().await;
+    setup.relay.stop().await;
 }
 
 #[tokio::test]
 async fn matching_alerts_drive_sim_outputs_and_end_in_the_safe_state() {
-    let broker = Broker::start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let trace = dir.path().join("gpio.jsonl");
-    let gpio = format!(
-        r#"
+    let gpio = r#"
 [gpio]
 backend = "sim"
-sim_trace = "{}"
+sim_trace = "{dir}/gpio.jsonl"
 [[gpio.outputs]]
 name = "red"
 pin = 17
@@ -216,16 +214,11 @@ kind = "buzzer"
 labels = ["intrusion*"]
 min_confidence = 0.8
 output = "red"
-pattern = {{ kind = "blink", on = "30ms", off = "30ms", count = 2 }}
-"#,
-        trace.display()
-    );
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path().join("q").as_path(),
-        &gpio,
-    ));
+pattern = { kind = "blink", on = "30ms", off = "30ms", count = 2 }
+"#;
+    let s = Setup::new().config_extra(gpio).start().await;
+    let (ws, relay) = (&s.ws, &s.relay);
+    let trace = s.dir.path().join("gpio.jsonl");
     ws.send_text(alert_frame("low", "intrusion_north", 0.5)); // below threshold
     ws.send_text(alert_frame("hi", "intrusion_north", 0.9));
     let edges = || -> Vec<Value> {
@@ -269,29 +262,24 @@ async fn max_publish_rate_paces_a_burst_for_slow_consumers() {
     // 300 alerts at once, at most 100 a second with bursts of 10: the last can reach the
     // broker no sooner than 2.9 s after the first; all arrive, in order.
     const N: usize = 300;
-    let broker = Broker::start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let relay = Relay::start(&relay_config(
-        &ws.url(),
-        broker.port(),
-        dir.path(),
-        "max_publish_rate = 100",
-    ));
+    let s = Setup::new()
+        .sub("alert-relay/alerts/#")
+        .config_extra("max_publish_rate = 100")
+        .start()
+        .await;
     wait_until("relay connected", T, || {
-        count(&relay.stats.mqtt_connects) >= 1
+        count(&s.relay.stats.mqtt_connects) >= 1
     })
     .await;
     for i in 0..N {
-        ws.send_text(alert_frame(&format!("ev-{i}"), "intrusion", 0.9));
+        s.ws.send_text(alert_frame(&format!("ev-{i}"), "intrusion", 0.9));
     }
     wait_until("300 alerts durable", T, || {
-        count(&relay.stats.queue_appended) == N as u64
+        count(&s.relay.stats.queue_appended) == N as u64
     })
     .await;
-    wait_until("300 alerts received", T, || sub.snapshot().len() >= N).await;
-    let got = sub.snapshot();
+    wait_until("300 alerts received", T, || s.sub().snapshot().len() >= N).await;
+    let got = s.sub().snapshot();
     let events: Vec<String> = got
         .iter()
         .map(|m| m.json()["event_id"].as_str().unwrap_or("").to_string())
@@ -303,5 +291,5 @@ async fn max_publish_rate_paces_a_burst_for_slow_consumers() {
         span >= Duration::from_millis(2500),
         "300 alerts at 100/s took only {span:?}"
     );
-    relay.stop().await;
+    s.relay.stop().await;
 }

@@ -45,7 +45,7 @@ backoff_max = "300ms"
 stats_interval = "1s"
 "#,
         dir.join("queue").display(),
-        free_port()
+        unique_id()
     );
     let path = dir.join("relay.toml");
     std::fs::write(&path, text).expect("write config");
@@ -221,7 +221,7 @@ fn feed(
 ///   record on disk then (acked or not) must be among the published ones at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_durable_alert_is_published_despite_repeated_sigkills() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let ws = Arc::new(WsServer::start().await);
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -420,7 +420,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// sent is accepted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_grows_the_queue_on_disk_not_in_memory_and_drains_in_order() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let proxy = Proxy::start(broker.port()).await;
     let ws = Arc::new(WsServer::start().await);
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;

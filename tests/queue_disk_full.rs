@@ -1,53 +1,14 @@
 //! Disk full (ENOSPC) and read-only filesystems, for real: the queue lives on a 256 KiB tmpfs
 //! mounted for the test (needs root; the test says so and returns early otherwise).
 
+#[path = "../examples/support/mod.rs"]
+mod support;
+
 use std::path::Path;
-use std::process::Command;
 
 use alert_relay::config::{FsyncPolicy, OnFull, QueueConfig};
 use alert_relay::queue::{Queue, QueueError};
-
-/// A tmpfs mounted on a temp dir, unmounted on drop.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> Option<SmallFs> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs (needs root); disk-full behaviour untested here"
-            );
-            return None;
-        }
-        Some(SmallFs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn remount(&self, mode: &str) {
-        let ok = Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(self.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "remount {mode}");
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
+use support::SmallFs;
 
 fn cfg(dir: &Path) -> QueueConfig {
     cfg_seg(dir, 16 << 10)
@@ -104,7 +65,10 @@ fn disk_full_refuses_new_records_keeps_stored_ones_and_recovers_when_space_retur
 }
 
 fn disk_full_with(segment_bytes: u64) {
-    let Some(fs) = SmallFs::mount("256k") else {
+    let Some(fs) = SmallFs::mount(
+        "disk_full_refuses_new_records_keeps_stored_ones_and_recovers_when_space_returns",
+        "256k",
+    ) else {
         return;
     };
     let c = cfg_seg(fs.path(), segment_bytes);
@@ -147,7 +111,10 @@ fn disk_full_with(segment_bytes: u64) {
 
 #[test]
 fn read_only_filesystem_refuses_new_records_and_the_queue_still_opens_and_reads() {
-    let Some(fs) = SmallFs::mount("1m") else {
+    let Some(fs) = SmallFs::mount(
+        "read_only_filesystem_refuses_new_records_and_the_queue_still_opens_and_reads",
+        "1m",
+    ) else {
         return;
     };
     let c = cfg(fs.path());
@@ -190,7 +157,10 @@ fn read_only_filesystem_refuses_new_records_and_the_queue_still_opens_and_reads(
 /// it, and keeps taking records; once publishing frees space, appends succeed again.
 #[tokio::test]
 async fn writer_thread_reports_disk_full_and_keeps_taking_records() {
-    let Some(fs) = SmallFs::mount("256k") else {
+    let Some(fs) = SmallFs::mount(
+        "writer_thread_reports_disk_full_and_keeps_taking_records",
+        "256k",
+    ) else {
         return;
     };
     let c = cfg(fs.path());

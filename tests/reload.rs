@@ -93,12 +93,7 @@ impl Daemon {
     }
 
     fn signal(&self, name: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{name}");
+        support::signal(self.child.id(), name);
     }
 
     /// SIGHUP, then waits for the next "reloaded" line; returns how long that took.
@@ -132,24 +127,8 @@ impl Drop for Daemon {
     }
 }
 
-/// (output, on) for every complete trace line.
-fn edges(trace: &Path) -> Vec<(String, bool)> {
-    let text = std::fs::read_to_string(trace).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    complete
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("trace line is JSON");
-            (
-                v["output"].as_str().expect("output").to_string(),
-                v["on"].as_bool().expect("on"),
-            )
-        })
-        .collect()
-}
-
 fn ons(trace: &Path, output: &str) -> usize {
-    edges(trace)
+    support::sim_trace_edges(trace)
         .iter()
         .filter(|(o, on)| o == output && *on)
         .count()
@@ -180,8 +159,8 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let port = support::free_port();
-    let broker = Broker::start(port);
+    let broker = Broker::start_any();
+    let port = broker.port();
     let ws = WsServer::start().await;
     let sub = Subscriber::start(port, &format!("reload{port}/alerts/#")).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -266,7 +245,7 @@ async fn sighup_applies_a_new_rule_and_pin_without_losing_or_repeating_an_alert(
     );
 
     // The old output went to its safe state and the new one started in it.
-    let e = edges(&trace);
+    let e = support::sim_trace_edges(&trace);
     let last_red17 = e
         .iter()
         .rev()
@@ -284,7 +263,12 @@ async fn sighup_applies_a_new_rule_and_pin_without_losing_or_repeating_an_alert(
     s.ws.send_text(alert_frame("c-person", "person", 0.9));
     s.ws.send_text(alert_frame("c-car", "car", 0.9));
     wait_until("red27 on for car", WAIT, || ons(&trace, "red27") == 1).await;
-    assert_eq!(ons(&trace, "red17"), 1, "{:?}", edges(&trace));
+    assert_eq!(
+        ons(&trace, "red17"),
+        1,
+        "{:?}",
+        support::sim_trace_edges(&trace)
+    );
 
     // Every alert published exactly once, none lost.
     let mut want: Vec<String> = (1..=20).map(|i| format!("b-{i}")).collect();
@@ -318,7 +302,7 @@ async fn sighup_applies_a_new_rule_and_pin_without_losing_or_repeating_an_alert(
     );
     assert_eq!(relay.count("mqtt: connected"), 1, "{}", relay.log());
     relay.stop();
-    let e = edges(&trace);
+    let e = support::sim_trace_edges(&trace);
     assert_eq!(e.last().map(|(_, on)| *on), Some(false), "{e:?}");
 }
 
@@ -374,7 +358,7 @@ async fn an_invalid_file_is_reported_as_check_config_says_and_the_old_config_sta
 
     // Its 300 ms pattern over (a fire during it would extend it, not switch on again).
     wait_until("red17 off again", WAIT, || {
-        edges(&trace).last() == Some(&("red17".to_string(), false))
+        support::sim_trace_edges(&trace).last() == Some(&("red17".to_string(), false))
     })
     .await;
 
@@ -434,7 +418,7 @@ async fn a_closed_terminal_neither_stops_nor_crashes_the_relay() {
     assert!(kill("QUIT").success());
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status:?}");
-    let e = edges(&s.trace());
+    let e = support::sim_trace_edges(&s.trace());
     assert_eq!(e.last().map(|(_, on)| *on), Some(false), "{e:?}");
 }
 

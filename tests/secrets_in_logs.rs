@@ -94,7 +94,7 @@ async fn generic_mode_header_url_token_mqtt_password_and_webhook_token_stay_out_
     const URL_TOKEN: &str = "url-secret-7731cd";
     const PASSWORD: &str = "mqtt-secret-9902ef";
     const WEBHOOK: &str = "webhook-secret-5523gh";
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let ws = WsServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -169,7 +169,7 @@ async fn videodb_api_key_and_websocket_url_token_stay_out_of_the_trace_log() {
         .nth(1)
         .expect("the stand-in's websocket_url has a token")
         .to_string();
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = pki.write_ca(dir.path(), "ca.pem");
@@ -203,7 +203,7 @@ client_id = "secrets-{id}"
         ca = ca.display(),
         q = dir.path().join("q").display(),
         port = broker.port(),
-        id = free_port(),
+        id = unique_id(),
     );
     let log = run_at_trace(dir.path(), &cfg, || async {
         wait_until("the alert is bound", T, || !v.enabled_alerts().is_empty()).await;

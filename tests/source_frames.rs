@@ -12,7 +12,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{alert_frame, free_port, wait_until, Broker, Subscriber};
+use support::{alert_frame, wait_until, Broker, Subscriber};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -233,7 +233,7 @@ impl Drop for Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frames_of_any_size_are_skipped_on_the_same_connection_with_rss_bounded() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;
     let (url, mut conns) = raw_server().await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -420,7 +420,7 @@ async fn oversize_frames_of_any_size_are_skipped_on_the_same_connection_with_rss
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frames_over_tls_are_skipped_on_the_same_connection() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
     let pki = support::videodb::Pki::new("frames");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -20,38 +20,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective user.
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A tmpfs mounted on a temp dir, unmounted on drop.
-struct SmallFs(tempfile::TempDir);
-
-impl SmallFs {
-    fn mount(test: &str, size: &str) -> Option<SmallFs> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ok = is_root()
-            && Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir.path())
-                .status()
-                .is_ok_and(|s| s.success());
-        if !ok {
-            skipped(test, "cannot mount a tmpfs (needs root)");
-            return None;
-        }
-        Some(SmallFs(dir))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 /// The relay binary as a child process (as `nobody` when `user` is set); killed on drop.
 struct RelayProcess(Child);
 
@@ -66,8 +34,7 @@ impl RelayProcess {
 
     /// SIGTERM, then waits for the clean exit.
     fn stop(mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        signal(self.0.id(), "TERM");
         let status = self.0.wait().expect("wait for the relay");
         assert!(status.success(), "relay exited with {status} after SIGTERM");
     }
@@ -170,7 +137,7 @@ stats_interval = "1s"
 {}"#,
         free_port(),
         queue.display(),
-        free_port(),
+        unique_id(),
         http_section(http_port, &token_path, "max_body_bytes = \"64KiB\""),
     );
     let path = dir.join("relay.toml");
@@ -225,7 +192,7 @@ async fn a_tmpfs_smaller_than_one_segment_at_default_sizes_drains_then_accepts_a
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let (mqtt_port, http_port) = (free_port(), free_port());
-    let config = config(dir.path(), &fs.0.path().join("q"), mqtt_port, http_port);
+    let config = config(dir.path(), &fs.path().join("q"), mqtt_port, http_port);
     let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
     let bin = env!("CARGO_BIN_EXE_alert-relay").as_ref();
     let log = dir.path().join("relay-1.log");

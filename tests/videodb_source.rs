@@ -66,7 +66,7 @@ stats_interval = "1s"
 "#,
         api = v.api_url,
         q = dir.join("q").display(),
-        id = free_port(),
+        id = unique_id(),
     )
 }
 
@@ -90,7 +90,7 @@ fn bound_to(conn: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn alerts_are_rebound_to_every_new_connection_and_old_ones_disabled() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let v = VideoDb::start(KEY).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kf = key_file(dir.path(), KEY);
@@ -281,7 +281,7 @@ async fn half_open_connection_is_detected_and_replaced_within_the_deadline() {
 
 #[tokio::test]
 async fn a_wrong_ca_fails_with_a_clear_error_and_the_right_one_connects() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let server_pki = Pki::new("server");
     let other_pki = Pki::new("other");
     let v = VideoDb::start_tls(KEY, &server_pki).await;
@@ -386,7 +386,7 @@ async fn a_rejected_key_is_reported_once_and_retried_slowly() {
 
 #[tokio::test]
 async fn every_channel_lands_on_its_topic() {
-    let broker = Broker::start(free_port());
+    let broker = Broker::start_any();
     let v = VideoDb::start(KEY).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let sub = Subscriber::start(broker.port(), "alert-relay/#").await;

@@ -48,44 +48,39 @@ impl Rng {
     }
 }
 
-struct Setup {
-    _broker: Broker,
-    ws: WsServer,
-    sub: Subscriber,
-    relay: Relay,
+struct WebRelay {
+    s: Started,
     http: SocketAddr,
     token: String,
-    _dir: tempfile::TempDir,
 }
 
-async fn setup(extra: &str) -> Setup {
-    let broker = Broker::start(free_port());
-    let ws = WsServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sub = Subscriber::start(broker.port(), "alert-relay/alerts/#").await;
-    let (token_path, token) = token_file(dir.path());
-    let http_port = free_port();
-    let cfg = relay_config(
-        &ws.url(),
-        broker.port(),
-        &dir.path().join("q"),
-        &format!("{extra}{}", http_section(http_port, &token_path, "")),
-    );
-    let relay = Relay::start(&cfg);
-    let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
-    wait_listening(http, T).await;
+impl std::ops::Deref for WebRelay {
+    type Target = Started;
+    fn deref(&self) -> &Started {
+        &self.s
+    }
+}
+
+async fn setup(extra: &str) -> WebRelay {
+    let s = Setup::new()
+        .sub("alert-relay/alerts/#")
+        .file("webhook.token", &format!("{TOKEN}\n"))
+        .config_extra(extra)
+        .config_extra(&http_section(
+            0,
+            std::path::Path::new("{dir}/webhook.token"),
+            "",
+        ))
+        .start()
+        .await;
     wait_until("the source connected", T, || {
-        count(&relay.stats.source_connects) >= 1
+        count(&s.relay.stats.source_connects) >= 1
     })
     .await;
-    Setup {
-        _broker: broker,
-        ws,
-        sub,
-        relay,
-        http,
-        token,
-        _dir: dir,
+    WebRelay {
+        http: s.relay.http(),
+        s,
+        token: TOKEN.to_string(),
     }
 }
 
@@ -175,7 +170,7 @@ async fn same_alerts_over_socket_and_webhook_in_random_order_arrive_once_each() 
     })
     .await;
     wait_until("every alert on MQTT", T, || {
-        s.sub.snapshot().len() >= ALERTS
+        s.sub().snapshot().len() >= ALERTS
     })
     .await;
     wait_until("every record acknowledged", T, || {
@@ -183,7 +178,7 @@ async fn same_alerts_over_socket_and_webhook_in_random_order_arrive_once_each() 
     })
     .await;
 
-    let ids = event_ids(&s.sub);
+    let ids = event_ids(s.sub());
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for id in &ids {
         *seen.entry(id.as_str()).or_default() += 1;
@@ -200,7 +195,7 @@ async fn same_alerts_over_socket_and_webhook_in_random_order_arrive_once_each() 
         ALERTS as u64,
         "the output was driven once per alert, not per copy"
     );
-    for m in s.sub.snapshot() {
+    for m in s.sub().snapshot() {
         let via = m.json()["relay"]["via"].clone();
         assert!(via == "websocket" || via == "webhook", "{via}");
     }
@@ -233,12 +228,12 @@ async fn webhook_retries_are_deduplicated_and_acknowledged_with_the_first_seq() 
     .await;
     assert_eq!(later.json()["status"], "queued", "{}", later.text());
 
-    wait_until("two alerts on MQTT", T, || s.sub.snapshot().len() >= 2).await;
+    wait_until("two alerts on MQTT", T, || s.sub().snapshot().len() >= 2).await;
     assert_eq!(count(&s.relay.stats.alerts_duplicate), 3);
     // Give a stray duplicate the time the two real ones took to show up: there is none.
     wait_until("acks", T, || count(&s.relay.stats.mqtt_acked) >= 2).await;
-    let got = s.sub.snapshot();
-    assert_eq!(got.len(), 2, "{:?}", event_ids(&s.sub));
+    let got = s.sub().snapshot();
+    assert_eq!(got.len(), 2, "{:?}", event_ids(s.sub()));
     assert_eq!(got[0].json()["timestamp"], ts.as_str());
     assert_eq!(got[0].json()["relay"]["via"], "webhook");
     assert_eq!(got[0].json()["relay"]["seq"].as_u64(), Some(seq));
@@ -251,7 +246,7 @@ async fn relay_via_names_the_path_that_delivered_first() {
     let ts = now_rfc3339();
     s.ws.send_text(socket_frame("ev-sock", "intrusion", &ts));
     wait_until("the socket copy on MQTT", T, || {
-        !s.sub.snapshot().is_empty()
+        !s.sub().snapshot().is_empty()
     })
     .await;
     let late = post_webhook(s.http, &s.token, &webhook_body("ev-sock", "intrusion", &ts)).await;
@@ -271,8 +266,8 @@ async fn relay_via_names_the_path_that_delivered_first() {
         count(&s.relay.stats.alerts_duplicate) == 2
     })
     .await;
-    wait_until("two alerts on MQTT", T, || s.sub.snapshot().len() >= 2).await;
-    let got = s.sub.snapshot();
+    wait_until("two alerts on MQTT", T, || s.sub().snapshot().len() >= 2).await;
+    let got = s.sub().snapshot();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].json()["event_id"], "ev-sock");
     assert_eq!(got[0].json()["relay"]["via"], "websocket");
@@ -289,14 +284,14 @@ async fn alerts_without_event_id_are_never_deduplicated() {
     let frame = serde_json::json!({"channel": "alert", "data": data}).to_string();
     s.ws.send_text(frame.clone());
     s.ws.send_text(frame);
-    wait_until("both copies on MQTT", T, || s.sub.snapshot().len() >= 2).await;
+    wait_until("both copies on MQTT", T, || s.sub().snapshot().len() >= 2).await;
     assert_eq!(count(&s.relay.stats.alerts_duplicate), 0);
     assert_eq!(count(&s.relay.stats.alerts_missing_event_id), 2);
     // The webhook (retried upstream) refuses it: a retry could not be recognised (issue 13).
     let r = post_webhook(s.http, &s.token, &data.to_string()).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(
-        s.sub.snapshot().len(),
+        s.sub().snapshot().len(),
         2,
         "the refused copy is not published"
     );

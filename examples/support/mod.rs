@@ -20,12 +20,83 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and not handed out before in this process; another
+/// process may still take it before its listener exists. Only for a peer whose port must be
+/// known before it listens (a broker started late, a process given the port in its config):
+/// brokers started at once take [`Broker::start_any`], the relay's HTTP listener is bound by
+/// [`Relay::start`].
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("lock");
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A number no other call in this process returns, and unlikely in another: for MQTT client
+/// ids and environment variable names (not a port).
+pub fn unique_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    (u64::from(std::process::id()) << 20) + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Whether the socket listening on 127.0.0.1:`port` is one of process `pid`'s (Linux
+/// `/proc`): a broker that could not bind its port must not pass for one that did because
+/// someone else listens there.
+fn listener_is_owned_by(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local address, state 0A (LISTEN), inode
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|link| inodes.iter().any(|i| link.as_os_str() == i.as_str()))
+}
+
+/// Starts a broker on a port of its own: a fresh port is tried again (up to 20 times) when
+/// `start` on it could not listen, or the listener there is not the one `start` made.
+fn on_a_port_of_its_own(mut start: impl FnMut(u16) -> Option<Broker>) -> Broker {
+    for _ in 0..20 {
+        if let Some(b) = start(free_port()) {
+            return b;
+        }
+    }
+    panic!("no broker could listen on a port of its own in 20 tries");
+}
+
+/// Waits (10 s at most) until `pid` listens on `port`; false when `gone` says the broker
+/// stopped trying (it could not bind) or the time ran out.
+fn owned_listener(pid: u32, port: u16, mut gone: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if listener_is_owned_by(pid, port) {
+            return true;
+        }
+        if gone() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// Says that `test` skipped a step or itself, and why, where `cargo test` shows it: libtest
@@ -58,6 +129,7 @@ pub enum Broker {
     /// A mosquitto process from [`Mosquitto`]: extra config, users, ACL, TLS; restartable.
     Configured {
         port: u16,
+        tls_port: Option<u16>,
         child: Option<Child>,
         dir: tempfile::TempDir,
         conf: std::path::PathBuf,
@@ -72,7 +144,27 @@ impl Broker {
         }
     }
 
-    /// Starts a broker on `port` and waits until it accepts connections.
+    /// Starts a broker (embedded, or mosquitto when asked for) on a port of its own.
+    pub fn start_any() -> Broker {
+        on_a_port_of_its_own(|port| match Self::kind_from_env() {
+            "mosquitto" => {
+                let mut b = Self::start_mosquitto(port);
+                let Broker::Mosquitto { child, .. } = &mut b else {
+                    unreachable!("start_mosquitto makes a Mosquitto");
+                };
+                let pid = child.id();
+                owned_listener(pid, port, || matches!(child.try_wait(), Ok(Some(_)))).then_some(b)
+            }
+            _ => {
+                let (b, stopped) = Self::spawn_embedded(port);
+                // rumqttd's start returns once its listener thread ended: it could not bind.
+                owned_listener(std::process::id(), port, || stopped.is_finished()).then_some(b)
+            }
+        })
+    }
+
+    /// Starts a broker on `port` and waits until it accepts connections. For a broker started
+    /// late, on the port the relay was given before; otherwise [`Broker::start_any`].
     pub fn start(port: u16) -> Broker {
         let b = match Self::kind_from_env() {
             "mosquitto" => Self::start_mosquitto(port),
@@ -87,6 +179,11 @@ impl Broker {
     }
 
     fn start_embedded(port: u16) -> Broker {
+        Self::spawn_embedded(port).0
+    }
+
+    /// rumqttd on its own thread; the thread ends only if rumqttd could not listen.
+    fn spawn_embedded(port: u16) -> (Broker, std::thread::JoinHandle<()>) {
         let cfg = format!(
             r#"
 id = 0
@@ -108,7 +205,7 @@ dynamic_filters = true
 "#
         );
         let cfg: rumqttd::Config = toml::from_str(&cfg).expect("rumqttd config");
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("rumqttd-{port}"))
             .spawn(move || {
                 let mut broker = rumqttd::Broker::new(cfg);
@@ -117,7 +214,7 @@ dynamic_filters = true
                 }
             })
             .expect("spawn broker thread");
-        Broker::Embedded { port }
+        (Broker::Embedded { port }, thread)
     }
 
     /// `max_queued_messages 0`: by default mosquitto drops QoS 1 messages for a subscriber
@@ -169,6 +266,16 @@ dynamic_filters = true
                 true
             }
             Broker::Embedded { .. } => false,
+        }
+    }
+
+    /// A configured mosquitto's TLS listener ([`Mosquitto::tls`]).
+    pub fn tls_port(&self) -> u16 {
+        match self {
+            Broker::Configured {
+                tls_port: Some(p), ..
+            } => *p,
+            _ => panic!("this broker has no TLS listener"),
         }
     }
 
@@ -233,7 +340,7 @@ pub struct Mosquitto {
     lines: Vec<String>,
     users: Vec<(String, String)>,
     acl: Option<String>,
-    tls_port: Option<(u16, bool)>,
+    tls: Option<bool>,
     persistence: bool,
 }
 
@@ -272,11 +379,11 @@ impl Mosquitto {
         self
     }
 
-    /// Adds a TLS listener on `port` with a fresh test CA (`ca.crt` in [`Broker::dir`]); with
-    /// `require_client_cert`, clients must show a certificate signed by that CA
-    /// (`client.crt` / `client.key`).
-    pub fn tls(mut self, port: u16, require_client_cert: bool) -> Self {
-        self.tls_port = Some((port, require_client_cert));
+    /// Adds a TLS listener ([`Broker::tls_port`]) with a fresh test CA (`ca.crt` in
+    /// [`Broker::dir`]); with `require_client_cert`, clients must show a certificate signed by
+    /// that CA (`client.crt` / `client.key`).
+    pub fn tls(mut self, require_client_cert: bool) -> Self {
+        self.tls = Some(require_client_cert);
         self
     }
 
@@ -286,24 +393,36 @@ impl Mosquitto {
         self
     }
 
+    /// Starts mosquitto on `port` (known before it listens, as a benchmark's config needs).
     pub fn start(self, port: u16) -> Broker {
+        self.start_on(port)
+            .unwrap_or_else(|| panic!("mosquitto did not listen on {port}"))
+    }
+
+    /// Starts mosquitto on ports of its own (the TLS listener's too).
+    pub fn start_any(self) -> Broker {
+        on_a_port_of_its_own(|port| self.start_on(port))
+    }
+
+    /// One try: mosquitto on `port`, or None if the listeners there are not its own.
+    fn start_on(&self, port: u16) -> Option<Broker> {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         // `user root`: when the tests run as root, mosquitto would otherwise switch to the
         // `mosquitto` user and could not read the files in our private temp dir.
-        let mut conf = format!(
-            "per_listener_settings false\nuser root\nlog_dest stderr\nlog_type error\nlistener {port} 127.0.0.1\n"
+        let mut common = String::from(
+            "per_listener_settings false\nuser root\nlog_dest stderr\nlog_type error\n",
         );
         if self.persistence {
-            conf.push_str(&format!(
+            common.push_str(&format!(
                 "persistence true\npersistence_location {}/\nautosave_interval 1\n",
                 d.display()
             ));
         } else {
-            conf.push_str("persistence false\n");
+            common.push_str("persistence false\n");
         }
         if self.users.is_empty() {
-            conf.push_str("allow_anonymous true\n");
+            common.push_str("allow_anonymous true\n");
         } else {
             let pw = d.join("passwd");
             for (i, (u, p)) in self.users.iter().enumerate() {
@@ -314,7 +433,7 @@ impl Mosquitto {
                 }
                 run_ok(cmd.arg(&pw).arg(u).arg(p));
             }
-            conf.push_str(&format!(
+            common.push_str(&format!(
                 "allow_anonymous false\npassword_file {}\n",
                 pw.display()
             ));
@@ -322,32 +441,44 @@ impl Mosquitto {
         if let Some(acl) = &self.acl {
             let f = d.join("acl");
             std::fs::write(&f, acl).expect("write acl");
-            conf.push_str(&format!("acl_file {}\n", f.display()));
+            common.push_str(&format!("acl_file {}\n", f.display()));
         }
-        if let Some((tls_port, require)) = self.tls_port {
+        for l in &self.lines {
+            common.push_str(l);
+            common.push('\n');
+        }
+        if self.tls.is_some() {
             make_test_pki(d);
+        }
+        let conf_path = d.join("mosquitto.conf");
+        let mut conf = common;
+        conf.push_str(&format!("listener {port} 127.0.0.1\n"));
+        let tls_port = self.tls.map(|require| {
+            let tls_port = free_port();
             conf.push_str(&format!(
                 "listener {tls_port} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\nrequire_certificate {require}\n",
                 d.display()
             ));
-        }
-        for l in &self.lines {
-            conf.push_str(l);
-            conf.push('\n');
-        }
-        let conf_path = d.join("mosquitto.conf");
+            tls_port
+        });
         std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let child = spawn_mosquitto(&conf_path);
-        wait_listening(port);
-        if let Some((tls_port, _)) = self.tls_port {
-            wait_listening(tls_port);
+        let mut child = spawn_mosquitto(&conf_path);
+        let pid = child.id();
+        let mut exited = || matches!(child.try_wait(), Ok(Some(_)));
+        let ours = owned_listener(pid, port, &mut exited)
+            && tls_port.is_none_or(|t| owned_listener(pid, t, &mut exited));
+        if !ours {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
         }
-        Broker::Configured {
+        Some(Broker::Configured {
             port,
+            tls_port,
             child: Some(child),
             dir,
             conf: conf_path,
-        }
+        })
     }
 }
 
@@ -541,7 +672,7 @@ impl Subscriber {
         configure: impl FnOnce(&mut MqttOptions),
         per_message: Duration,
     ) -> Subscriber {
-        let id = format!("test-sub-{}", free_port());
+        let id = format!("test-sub-{}", unique_id());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 << 20, 4 << 20);
@@ -631,54 +762,249 @@ stats_interval = "1s"
 {extra}
 "#,
         queue_dir.display(),
-        free_port()
+        unique_id()
     )
+}
+
+type Configure = Box<dyn FnOnce(&mut MqttOptions) + Send>;
+
+/// The setup most integration tests share: a [`WsServer`], a temp dir, a broker, a
+/// [`Subscriber`] and the relay started on [`relay_config`]. Its backoffs are short (source
+/// and MQTT: 50 ms to 500 ms), so a peer started late is found at once.
+///
+/// `Setup::new().sub("alert-relay/alerts/#").config_extra("qos = 2").start().await`
+#[derive(Default)]
+pub struct Setup {
+    extra: Vec<String>,
+    replace: Vec<(String, String)>,
+    files: Vec<(String, String)>,
+    broker_later: bool,
+    mosquitto: Option<Mosquitto>,
+    sub: Option<(String, Option<Configure>)>,
+}
+
+/// What [`Setup::start`] started; the broker and subscriber are absent until
+/// [`Started::start_broker`] when the setup said [`Setup::broker_later`].
+pub struct Started {
+    pub ws: WsServer,
+    pub dir: tempfile::TempDir,
+    /// The relay's broker port (free until the broker starts, with [`Setup::broker_later`]).
+    pub mqtt_port: u16,
+    pub broker: Option<Broker>,
+    pub sub: Option<Subscriber>,
+    /// The relay's config text, to start it again.
+    pub config: String,
+    pub relay: Relay,
+    /// The subscriber [`Started::start_broker`] starts with the late broker.
+    sub_later: Option<(String, Option<Configure>)>,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        Setup::default()
+    }
+
+    /// TOML added after the `[mqtt]` keys (more `[mqtt]` keys, or whole sections); `{dir}`
+    /// stands for the temp dir's path.
+    pub fn config_extra(mut self, toml: &str) -> Self {
+        self.extra.push(toml.to_string());
+        self
+    }
+
+    /// Replaces `from` by `to` in the config text (e.g. one of [`relay_config`]'s defaults).
+    pub fn replace(mut self, from: &str, to: &str) -> Self {
+        self.replace.push((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// A file written into the temp dir before the relay starts (a password, a token).
+    pub fn file(mut self, name: &str, contents: &str) -> Self {
+        self.files.push((name.to_string(), contents.to_string()));
+        self
+    }
+
+    /// A subscriber to `filter`, started before the relay (or with the late broker).
+    pub fn sub(mut self, filter: &str) -> Self {
+        self.sub = Some((filter.to_string(), None));
+        self
+    }
+
+    /// [`Setup::sub`] with extra MQTT options (a login, a persistent session).
+    pub fn sub_with(
+        mut self,
+        filter: &str,
+        configure: impl FnOnce(&mut MqttOptions) + Send + 'static,
+    ) -> Self {
+        self.sub = Some((filter.to_string(), Some(Box::new(configure))));
+        self
+    }
+
+    /// The relay starts with no broker on its port; [`Started::start_broker`] starts one.
+    pub fn broker_later(mut self) -> Self {
+        self.broker_later = true;
+        self
+    }
+
+    /// A configured mosquitto instead of [`Broker::start_any`] (the caller checked
+    /// [`Mosquitto::available`]).
+    pub fn mosquitto(mut self, m: Mosquitto) -> Self {
+        self.mosquitto = Some(m);
+        self
+    }
+
+    /// The config text for these parts (the queue in `{dir}/q`).
+    fn config(&self, ws: &WsServer, mqtt_port: u16, dir: &std::path::Path) -> String {
+        let extra = self
+            .extra
+            .join("\n")
+            .replace("{dir}", &dir.display().to_string());
+        let mut text = relay_config(&ws.url(), mqtt_port, &dir.join("q"), &extra);
+        for (from, to) in &self.replace {
+            assert!(text.contains(from.as_str()), "the config has no {from:?}");
+            text = text.replace(from.as_str(), to);
+        }
+        text
+    }
+
+    pub async fn start(mut self) -> Started {
+        let ws = WsServer::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, contents) in &self.files {
+            std::fs::write(dir.path().join(name), contents).expect("write a setup file");
+        }
+        let (broker, mqtt_port) = if self.broker_later {
+            // The relay must be told the port before anything listens on it.
+            (None, free_port())
+        } else {
+            let b = match self.mosquitto.take() {
+                Some(m) => m.start_any(),
+                None => Broker::start_any(),
+            };
+            let port = b.port();
+            (Some(b), port)
+        };
+        let (sub, sub_later) = match (&broker, self.sub.take()) {
+            (Some(_), Some(wanted)) => (Some(subscribe(mqtt_port, wanted).await), None),
+            (None, wanted) => (None, wanted),
+            (Some(_), None) => (None, None),
+        };
+        let config = self.config(&ws, mqtt_port, dir.path());
+        let relay = Relay::start(&config);
+        Started {
+            ws,
+            dir,
+            mqtt_port,
+            broker,
+            sub,
+            config,
+            relay,
+            sub_later,
+        }
+    }
+}
+
+async fn subscribe(port: u16, (filter, configure): (String, Option<Configure>)) -> Subscriber {
+    match configure {
+        Some(c) => Subscriber::start_with(port, &filter, c).await,
+        None => Subscriber::start(port, &filter).await,
+    }
+}
+
+impl Started {
+    /// The queue directory.
+    pub fn queue(&self) -> std::path::PathBuf {
+        self.dir.path().join("q")
+    }
+
+    /// The subscriber; panics when none was asked for or the broker is not started yet.
+    pub fn sub(&self) -> &Subscriber {
+        self.sub.as_ref().expect("a subscriber (Setup::sub)")
+    }
+
+    pub fn broker(&mut self) -> &mut Broker {
+        self.broker.as_mut().expect("a broker")
+    }
+
+    /// Starts the broker on the relay's port (after [`Setup::broker_later`]), and the
+    /// subscriber if one was asked for.
+    pub async fn start_broker(&mut self) -> &mut Broker {
+        assert!(self.broker.is_none(), "the broker runs already");
+        self.broker = Some(Broker::start(self.mqtt_port));
+        if let Some(wanted) = self.sub_later.take() {
+            self.sub = Some(subscribe(self.mqtt_port, wanted).await);
+        }
+        self.broker()
+    }
 }
 
 /// The relay running in-process, stopped on drop.
 pub struct Relay {
     pub stats: Arc<alert_relay::stats::Stats>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// Where its HTTP listener listens (a config with `[http]`): bound here on 127.0.0.1:0 and
+    /// handed to the relay, whatever `http.listen` says.
+    http_addr: Option<SocketAddr>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Relay {
     pub fn start(config_text: &str) -> Relay {
         let cfg = alert_relay::config::Config::parse(config_text).expect("relay config");
+        let http_listener = cfg.http.as_ref().map(|_| {
+            let l = StdListener::bind("127.0.0.1:0").expect("bind the relay's HTTP listener");
+            l.set_nonblocking(true).expect("nonblocking listener");
+            TcpListener::from_std(l).expect("a tokio listener")
+        });
+        let http_addr = http_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("listener address"));
         let stats = Arc::new(alert_relay::stats::Stats::default());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let s = stats.clone();
+        let options = alert_relay::RunOptions {
+            stats: stats.clone(),
+            http_listener,
+            ..Default::default()
+        };
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            alert_relay::run_with_stats(cfg, shutdown, s)
+            alert_relay::run(cfg, shutdown, options)
                 .await
                 .expect("relay run");
         });
         Relay {
             stats,
-            stop: Some(stop),
-            task: Some(task),
+            http_addr,
+            stop: Mutex::new(Some(stop)),
+            task: Mutex::new(Some(task)),
         }
     }
 
+    /// The HTTP listener's address; panics when the config has no `[http]`.
+    pub fn http(&self) -> SocketAddr {
+        self.http_addr.expect("the relay's config has [http]")
+    }
+
     /// Graceful stop; waits for the relay to finish.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
+    pub async fn stop(&self) {
+        self.begin_stop();
+        let task = self.task.lock().expect("lock").take();
+        if let Some(t) = task {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    fn begin_stop(&self) {
+        if let Some(s) = self.stop.lock().expect("lock").take() {
+            let _ = s.send(());
         }
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.begin_stop();
     }
 }
 
@@ -715,4 +1041,78 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
 /// [`command_for`] as a tokio command.
 pub fn tokio_command_for(bin: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
     tokio::process::Command::from(command_for(bin))
+}
+
+/// Sends signal `name` (`TERM`, `HUP`, ...) to process `pid` with `kill`.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
+
+/// (output, on) for every complete line of a sim backend's trace file. The relay may be
+/// writing while this reads, so a last line without its newline is not there yet.
+pub fn sim_trace_edges(trace: &std::path::Path) -> Vec<(String, bool)> {
+    let text = std::fs::read_to_string(trace).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("trace line is JSON");
+            (
+                v["output"].as_str().expect("output").to_string(),
+                v["on"].as_bool().expect("on"),
+            )
+        })
+        .collect()
+}
+
+/// Whether this process runs as root (`/proc/self` belongs to the effective user).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A tmpfs of a given size mounted on a temp dir, unmounted on drop: a real small disk.
+pub struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    /// Mounts it (needs root); otherwise says `test` is skipped and returns None.
+    pub fn mount(test: &str, size: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = is_root()
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            skipped(test, "cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallFs(dir))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// `mount -o remount,{mode}` (`ro`, `rw`).
+    pub fn remount(&self, mode: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {mode}");
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
 }

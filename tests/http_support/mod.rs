@@ -153,14 +153,18 @@ pub async fn wait_listening(addr: SocketAddr, timeout: Duration) {
 }
 
 /// A token file in `dir`, returned with the token.
+/// The webhook token [`token_file`] writes.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
 pub fn token_file(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let token = "test-token-0123456789abcdef".to_string();
+    let token = TOKEN.to_string();
     let path = dir.join("webhook.token");
     std::fs::write(&path, format!("{token}\n")).expect("write token file");
     (path, token)
 }
 
-/// The `[http]` section for a relay config.
+/// The `[http]` section for a relay config (port 0 for an in-process relay: `Relay::start`
+/// binds the listener itself).
 pub fn http_section(port: u16, token_file: &std::path::Path, extra: &str) -> String {
     format!(
         "\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {:?}\n{extra}\n",
