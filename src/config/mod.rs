@@ -26,6 +26,7 @@ mod pattern;
 mod pieces;
 mod print;
 mod queue;
+mod rule;
 mod secret;
 mod sections;
 mod source;
@@ -35,8 +36,7 @@ mod videodb;
 use pieces::{deserialize_pieces, load_in_pieces, OneRule};
 
 pub use gpio::{
-    AckButton, GpioBackendKind, GpioConfig, Labels, OutputConfig, OutputKind, QuietWindow,
-    RuleConfig, RuleLimits, DEFAULT_ACK_DEBOUNCE,
+    AckButton, GpioBackendKind, GpioConfig, OutputConfig, OutputKind, DEFAULT_ACK_DEBOUNCE,
 };
 pub use http::{
     HttpConfig, DEFAULT_HTTP_MAX_BODY_BYTES, DEFAULT_HTTP_MAX_CONNECTIONS,
@@ -46,6 +46,7 @@ pub use mqtt::{MqttConfig, MqttProtocol, MqttTls, Qos};
 pub use pattern::{parse_pattern, pattern_from_json, Pattern, MIN_PATTERN_STEP};
 pub use print::redact_url;
 pub use queue::{FsyncPolicy, OnFull, QueueConfig, DEFAULT_QUEUE_DIR};
+pub use rule::{Labels, QuietWindow, RuleConfig, RuleLimits};
 pub use secret::{Secret, SecretSource};
 pub use source::{
     SourceConfig, SourceMode, TlsConfig, DEFAULT_MAX_FRAME_BYTES, RELAYABLE_CHANNELS,
@@ -53,10 +54,11 @@ pub use source::{
 pub use units::{fmt_duration, parse_duration};
 pub use videodb::{check_api_id, AlertBinding, VideoDbConfig, DEFAULT_API_KEY_ENV};
 
-use gpio::{validate_gpio, RawGpio, RawRule};
+use gpio::{validate_gpio, RawGpio};
 use http::{validate_http, RawHttp};
 use mqtt::{validate_mqtt, RawMqtt};
 use queue::{validate_queue, RawQueue};
+use rule::RawRule;
 use source::{validate_source, RawSource};
 
 /// A config error: which key, and why. `alert-relay` exits with status 2 on one.

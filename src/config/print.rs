@@ -416,7 +416,7 @@ event_id = "ev-2"
             keys_of::<super::super::mqtt::RawMqtt>(),
             keys_of::<super::super::gpio::RawGpio>(),
             keys_of::<super::super::gpio::RawOutput>(),
-            keys_of::<super::super::gpio::RawRule>(),
+            keys_of::<super::super::rule::RawRule>(),
             keys_of::<super::super::gpio::RawAckButton>(),
             keys_of::<super::super::pattern::RawPattern>(),
             keys_of::<super::super::http::RawHttp>(),
