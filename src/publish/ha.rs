@@ -190,11 +190,12 @@ fn render<F: Serialize>(
     };
     // Sized first, then written once: the event entity's message lists every event type
     // (10,000 rules: ~250 KB), and growing a buffer to that leaves the smaller ones behind.
+    // Both writes go through `dyn Write`: one copy of the serializer code, not two.
     let mut size = ByteCount(0);
-    serde_json::to_writer(&mut size, &entity).ok()?;
+    serde_json::to_writer(&mut size as &mut dyn std::io::Write, &entity).ok()?;
     buf.clear();
     buf.reserve_exact(size.0);
-    serde_json::to_writer(&mut *buf, &entity).ok()?;
+    serde_json::to_writer(&mut *buf as &mut dyn std::io::Write, &entity).ok()?;
     Some(format!(
         "{}/{platform}/{node}/{object}/config",
         cfg.ha_prefix
