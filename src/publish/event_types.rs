@@ -5,7 +5,7 @@
 //! The labels are read where the rules hold them, never copied: 10,000 rules announce 10,000
 //! labels, which the relay keeps once (issue 13: 10,000 rules within +5 MB of one).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::iter::Peekable;
 use std::sync::Arc;
 
@@ -18,76 +18,79 @@ use crate::config::{MqttConfig, RuleConfig};
 #[derive(Debug, Clone)]
 pub struct EventTypes {
     rules: Arc<Vec<RuleConfig>>,
-    /// `(rule, label)` of each exact label, sorted by the label, each label once.
-    exact: Box<[(u32, u32)]>,
-    /// `mqtt.ha_event_types` and `other`, sorted, each once.
+    /// `mqtt.ha_event_types` and `other`, as configured.
     extra: Box<[Box<str>]>,
+    /// Where each type is, sorted by the type, each once: `(rule, label)` of a rule's exact
+    /// label, or `(EXTRA, i)` of `extra[i]`.
+    at: Box<[(u32, u32)]>,
 }
+
+/// The `rule` of an entry of [`EventTypes::at`] that is one of the extras.
+const EXTRA: u32 = u32::MAX;
 
 /// Whether a rule label is a glob, which cannot be announced as one type.
 fn is_glob(label: &str) -> bool {
     label.contains(['*', '?', '['])
 }
 
-/// Label `l` of rule `r`.
-fn label_at(rules: &[RuleConfig], (r, l): (u32, u32)) -> &str {
-    rules
-        .get(r as usize)
-        .and_then(|rule| rule.labels.get(l as usize))
-        .unwrap_or("")
-}
-
 impl EventTypes {
     pub fn new(cfg: &MqttConfig, rules: &Arc<Vec<RuleConfig>>) -> EventTypes {
-        let label = |&at: &(u32, u32)| label_at(rules, at);
-        let mut exact: Vec<(u32, u32)> = rules
-            .iter()
-            .enumerate()
-            .filter_map(|(r, rule)| u32::try_from(r).ok().map(|r| (r, rule)))
-            .flat_map(|(r, rule)| {
-                rule.labels
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| !is_glob(l))
-                    .filter_map(move |(l, _)| u32::try_from(l).ok().map(|l| (r, l)))
-            })
-            .collect();
-        exact.sort_by(|a, b| label(a).cmp(label(b)));
-        exact.dedup_by(|a, b| label(a) == label(b));
-        let mut extra: Vec<Box<str>> = cfg
+        let extra: Box<[Box<str>]> = cfg
             .ha_event_types
             .iter()
             .map(String::as_str)
             .chain([OTHER_EVENT_TYPE])
             .map(Box::from)
             .collect();
-        extra.sort();
-        extra.dedup();
+        let index = |i: usize| u32::try_from(i).ok();
+        let of_rules = rules
+            .iter()
+            .enumerate()
+            .filter_map(|(r, rule)| Some((index(r)?, rule)))
+            .flat_map(|(r, rule)| {
+                rule.labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, label)| !is_glob(label))
+                    .filter_map(move |(l, label)| Some((label, r, index(l)?)))
+            });
+        let extras = extra
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((&**t, EXTRA, index(i)?)));
+        // Heap-sorted: `sort_by` would add its own ~10 KB sort routine to the binary for this
+        // one list. A rule's label sorts before the same extra, and is the one kept.
+        let mut sorted = BinaryHeap::from_iter(of_rules.chain(extras)).into_sorted_vec();
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let at = sorted.into_iter().map(|(_, r, l)| (r, l)).collect();
         EventTypes {
             rules: rules.clone(),
-            exact: exact.into(),
-            extra: extra.into(),
+            extra,
+            at,
         }
     }
 
-    fn label(&self, at: (u32, u32)) -> &str {
-        label_at(&self.rules, at)
+    fn label(&self, (r, l): (u32, u32)) -> &str {
+        let label = if r == EXTRA {
+            self.extra.get(l as usize).map(|s| &**s)
+        } else {
+            self.rules
+                .get(r as usize)
+                .and_then(|rule| rule.labels.get(l as usize))
+        };
+        label.unwrap_or("")
     }
 
     /// The configured types, sorted, each once.
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        merge(
-            self.exact.iter().map(|&at| self.label(at)),
-            self.extra.iter().map(|s| &**s),
-        )
+        self.at.iter().map(|&at| self.label(at))
     }
 
     /// Whether `label` is a configured type (asked once per alert: a binary search).
     pub fn contains(&self, label: &str) -> bool {
-        self.exact
+        self.at
             .binary_search_by(|&at| self.label(at).cmp(label))
             .is_ok()
-            || self.extra.iter().any(|t| &**t == label)
     }
 
     /// These types plus `learned`: what the event entity announces.
