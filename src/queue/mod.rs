@@ -66,7 +66,15 @@
 //!   small in-place write per 65 536 records). Recovery starts above the reservation, so seqs
 //!   lost with a segment (power cut, quarantine, deletion by hand) are never handed out again;
 //!   a clean close gives the unused rest back, so a clean restart has no gap. This is also what
-//!   makes publishing a record before its fsync safe (issue 18).
+//!   makes publishing a record before its fsync safe (issue 18). The writer thread renews the
+//!   reservation before it runs out (less than half a block left), without holding the queue,
+//!   and the new value counts only once synced.
+//! - **No fsync under the lock with `batch`.** Besides the group commit's own fsync, the fsyncs
+//!   an append would make (a new segment's magic and directory entry, the ack persist a roll
+//!   makes first, the seq reservation) are made by the writer before the group commit without
+//!   holding the queue (a group commit ends before the record that starts a new segment), so reads and
+//!   acks never wait on the disk. Appending under the lock still does them itself when those
+//!   failed (the error is then reported as before), and for tools and tests.
 //! - **I/O errors are not corruption.** An EACCES/EIO reading a segment at start is retried
 //!   with backoff and then refuses the start naming the file (never quarantined, never
 //!   skipped); while running, a failed read keeps its position and is retried with doubling

@@ -3,7 +3,10 @@
 //! One OS thread owns appending: it takes every request waiting in its channel, appends them,
 //! writes them with one `write`, makes them readable (the publisher sends while the writer
 //! syncs) and fsyncs once outside the lock (group commit). fsync latency therefore never stalls
-//! the async runtime (GPIO timing, socket reads, MQTT keepalive).
+//! the async runtime (GPIO timing, socket reads, MQTT keepalive). Before a group commit it makes
+//! the fsyncs its appends would otherwise make holding the lock (a new segment, the ack persist
+//! before it, the seq reservation) without it, so the publisher's reads and acks never wait on
+//! the disk either.
 //!
 //! Each requester is answered once its record is *safe*: when the fsync covering it is done, or
 //! earlier, when the broker acknowledged it while the fsync ran ([`Queue::ack`] answers the
@@ -282,43 +285,59 @@ fn writer_loop(
     let mut results: Vec<Result<u64, Arc<QueueError>>> = Vec::new();
     let mut busy = false;
     loop {
-        let waiting = match busy {
-            true => rx.try_recv().ok(),
-            false => None,
-        };
-        let first = match waiting {
-            Some(r) => r,
-            None => {
-                // Caught up: the next alert is a lone one and is committed at once.
-                busy = false;
-                match rx.blocking_recv() {
-                    Some(r) => r,
-                    None => break,
+        if batch.is_empty() {
+            let waiting = match busy {
+                true => rx.try_recv().ok(),
+                false => None,
+            };
+            let first = match waiting {
+                Some(r) => r,
+                None => {
+                    // Caught up: the next alert is a lone one and is committed at once.
+                    busy = false;
+                    match rx.blocking_recv() {
+                        Some(r) => r,
+                        None => break,
+                    }
+                }
+            };
+            batch.push(first);
+            if busy && policy == FsyncPolicy::Batch {
+                std::thread::sleep(COMMIT_DELAY);
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
-        };
-        batch.push(first);
-        if busy && policy == FsyncPolicy::Batch {
-            std::thread::sleep(COMMIT_DELAY);
+            busy = batch.len() >= BUSY_BATCH;
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
+        // Without the lock: the fsyncs the first append would make holding it (a new
+        // segment, the ack persist before it, the seq reservation), so the publisher's reads
+        // and acks never wait on them.
+        let ahead = lock().ahead_io(batch[0].payload.len());
+        if let Some(io) = ahead {
+            let done = io.run();
+            lock().finish_ahead(done);
         }
-        busy = batch.len() >= BUSY_BATCH;
         let mut q = lock();
+        // This group commit ends before the record that would start a new segment: that
+        // one opens the next commit, whose segment is made without the lock.
+        let mut n = 0;
         for req in &batch {
+            if n > 0 && q.needs_roll(req.payload.len()) {
+                break;
+            }
             let r = q.append(&req.payload, req.accepted_us).map_err(Arc::new);
             let r = match (r, policy) {
                 (Ok(seq), FsyncPolicy::Always) => commit_and_sync(&mut q, policy).map(|_| seq),
                 (r, _) => r,
             };
             results.push(r);
+            n += 1;
         }
         let job = q.commit();
-        drop(q);
         // Receipts of the records this commit wrote, for whoever makes them safe first: the
         // broker's ack (while we fsync) or the fsync. What is left afterwards is ours.
         let mut unanswered = BTreeMap::new();
@@ -326,16 +345,14 @@ fn writer_loop(
         let committed = match job {
             Ok(Some(job)) => {
                 registered = true;
-                {
-                    let mut q = lock();
-                    for (req, r) in batch.iter_mut().zip(&results) {
-                        if let Ok(seq) = r {
-                            q.await_safe(*seq, Receipt::take(req));
-                        }
+                for (req, r) in batch.iter_mut().zip(&results) {
+                    if let Ok(seq) = r {
+                        q.await_safe(*seq, Receipt::take(req));
                     }
-                    // Readable now, in the page cache: the publisher sends while we fsync.
-                    q.mark_written(&job);
                 }
+                // Readable now, in the page cache: the publisher sends while we fsync.
+                q.mark_written(&job);
+                drop(q);
                 readable.notify_one();
                 let synced = job.sync(policy);
                 let mut q = lock();
@@ -352,8 +369,14 @@ fn writer_loop(
                 unanswered = q.take_receipts();
                 r
             }
-            Ok(None) => Ok(()),
-            Err(e) => Err(Arc::new(e)),
+            Ok(None) => {
+                drop(q);
+                Ok(())
+            }
+            Err(e) => {
+                drop(q);
+                Err(Arc::new(e))
+            }
         };
         if let Err(e) = &committed {
             stats.log_queue_error(e);
@@ -362,7 +385,7 @@ fn writer_loop(
         // Without it, 200/s bench rounds showed p99 tails of 36–54 ms that runs with it did not
         // (two rounds each, one session); the cause was not pinned down.
         readable.notify_one();
-        for (mut req, r) in batch.drain(..).zip(results.drain(..)) {
+        for (mut req, r) in batch.drain(..n).zip(results.drain(..)) {
             let receipt = match &r {
                 Ok(seq) if registered => {
                     match unanswered.remove(seq) {

@@ -232,3 +232,70 @@ async fn flush_acks_persists_the_position_and_deletes_acknowledged_segments() {
     drop(handle);
     join.join().expect("writer thread");
 }
+
+/// True when the queue's lock is free now (the writer is not holding it).
+fn lock_is_free(handle: &QueueHandle) -> bool {
+    !matches!(
+        handle.queue.try_lock(),
+        Err(std::sync::TryLockError::WouldBlock)
+    )
+}
+
+#[tokio::test]
+async fn a_new_segment_is_fsynced_without_holding_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, queue) = super::super::fault_fs::GatedFs::open_queue(dir.path());
+    let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
+    // The first append makes the first segment: its fsync waits at the gate.
+    fs.gate.close();
+    let rx = handle
+        .append_then(b"{}".to_vec(), 1, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join");
+    assert!(held, "the new segment's fsync never reached the gate");
+    // The publisher may read and ack meanwhile: the lock is free, nothing is readable yet.
+    assert!(lock_is_free(&handle), "the roll's fsync holds the queue");
+    assert!(handle.read_batch(10, 1 << 20).expect("read").is_empty());
+    fs.gate.open(None);
+    let seq = tokio::time::timeout(T, rx)
+        .await
+        .expect("answered")
+        .expect("sent")
+        .expect("durable");
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [seq]);
+    // Two records of 30 KiB fill the 64 KiB segment; the third starts the next one, made
+    // the same way: its fsyncs run without the lock.
+    let big = vec![b'x'; 30 << 10];
+    for i in 0..2 {
+        handle.append_durable(big.clone(), i).await.expect("append");
+    }
+    assert_eq!(segment_count(dir.path()), 1);
+    fs.gate.close();
+    let rx = handle
+        .append_then(big, 3, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join"));
+    assert!(lock_is_free(&handle), "the roll's fsync holds the queue");
+    assert_eq!(handle.read_batch(10, 1 << 20).expect("read").len(), 2);
+    fs.gate.open(None);
+    let third = tokio::time::timeout(T, rx)
+        .await
+        .expect("answered")
+        .expect("sent")
+        .expect("durable");
+    assert_eq!(third, seq + 3);
+    assert_eq!(segment_count(dir.path()), 2);
+    drop(handle);
+    join.join().expect("writer thread");
+}
