@@ -186,6 +186,49 @@ impl Queue {
         self.active = Some(f);
     }
 
+    /// True when a record of `len` payload bytes may be appended and written by a caller of
+    /// [`QueueHandle`] itself: `fsync = "batch"`, and the append makes no fsync and no file
+    /// operation beyond the one `write` (no roll, no seq reservation, no room to make, no
+    /// file to open), so the caller's thread never waits on the disk. Otherwise it goes
+    /// through the writer thread.
+    pub(super) fn appends_without_io(&self, len: usize) -> bool {
+        self.fsync == FsyncPolicy::Batch
+            && self.pending.is_empty()
+            && self.roll_failure.is_none()
+            && self.active.is_some()
+            && len <= self.largest_payload()
+            && !self.needs_roll(len)
+            && self.next_seq + SEQ_BLOCK / 2 < self.reserved_upto
+            && self.over_bound((HEADER_LEN + len) as u64).is_none()
+    }
+
+    /// A caller wrote `job`'s records directly: the writer owes their fsync. True when none
+    /// was owed before (the writer must be woken).
+    pub(super) fn owe_sync(&mut self, job: SyncJob) -> bool {
+        let first = self.owed.is_none();
+        self.owed = Some(match self.owed.take() {
+            Some(older) => older.then(job),
+            None => job,
+        });
+        first
+    }
+
+    /// `job` (a group commit's, if any) together with the fsync owed for records written
+    /// directly before it: one job that covers both.
+    pub(super) fn take_owed(&mut self, job: Option<SyncJob>) -> Option<SyncJob> {
+        match (self.owed.take(), job) {
+            (Some(older), Some(job)) => Some(older.then(job)),
+            (owed, job) => job.or(owed),
+        }
+    }
+
+    /// The writer, after an fsync that covered every seq below `upto`: the receipts of those
+    /// the broker did not answer first (records written later stay, for their own fsync).
+    pub(super) fn take_receipts_below(&mut self, upto: u64) -> BTreeMap<u64, Receipt> {
+        let later = self.receipts.split_off(&upto);
+        std::mem::replace(&mut self.receipts, later)
+    }
+
     /// Durably reserves every seq below `upto` (written in place and synced before any of
     /// them is issued).
     pub(super) fn reserve(&mut self, upto: u64) -> Result<(), QueueError> {
@@ -547,6 +590,33 @@ impl AheadIo {
             flush,
             reserve,
             segment,
+        }
+    }
+}
+
+impl SyncJob {
+    /// One job covering this one's files and then `newer`'s (written after it).
+    fn then(self, newer: SyncJob) -> SyncJob {
+        let mut extra = self.extra;
+        let same = self.segment_first_seq == newer.segment_first_seq;
+        let file = match same {
+            true => newer.file.or(self.file),
+            false => {
+                extra.extend(self.file);
+                newer.file
+            }
+        };
+        extra.extend(newer.extra);
+        SyncJob {
+            file,
+            extra,
+            upto_seq: self.upto_seq.max(newer.upto_seq),
+            segment_first_seq: newer.segment_first_seq,
+            segment_bytes: match same {
+                true => self.segment_bytes.max(newer.segment_bytes),
+                false => newer.segment_bytes,
+            },
+            took_us: Cell::new(None),
         }
     }
 }

@@ -299,3 +299,40 @@ async fn a_new_segment_is_fsynced_without_holding_the_queue() {
     drop(handle);
     join.join().expect("writer thread");
 }
+
+#[tokio::test]
+async fn a_lone_record_is_written_by_its_caller_and_answered_after_the_writers_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, stats) = gated_writer(dir.path()).await;
+    fs.gate.close();
+    let append = || handle.append_then(b"{\"a\":1}".to_vec(), 2, None, true);
+    let mut first = append().await.expect("sent").expect("receipt");
+    // Written by the call itself (no hop to the writer thread): readable as it returns.
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.len(), 1, "readable as soon as append_then returned");
+    let gate = fs.gate.clone();
+    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join"));
+    // Another while the writer fsyncs the first: written at once too, its fsync owed.
+    let mut second = append().await.expect("sent").expect("receipt");
+    let more = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(
+        more.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [records[0].seq + 1]
+    );
+    for rx in [&mut first, &mut second] {
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+    }
+    fs.gate.open(None);
+    for (rx, seq) in [(first, records[0].seq), (second, more[0].seq)] {
+        let answer = tokio::time::timeout(T, rx).await.expect("answered");
+        assert_eq!(answer.expect("sent").expect("durable"), seq);
+    }
+    assert_eq!(Stats::get(&stats.queue_appended), 3);
+    drop(handle);
+    join.join().expect("writer thread");
+}
