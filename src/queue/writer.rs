@@ -516,10 +516,10 @@ fn writer_loop(
         if let Some(e) = &failed {
             stats.log_queue_error(e);
         }
-        // Wake the publisher again after the fsync (under `always` this is the only wake-up).
-        // Without it, 200/s bench rounds showed p99 tails of 36–54 ms that runs with it did not
-        // (two rounds each, one session); the cause was not pinned down.
-        readable.notify_one();
+        // Under `always` (records readable once synced) this is the only wake-up.
+        if policy != FsyncPolicy::Batch {
+            readable.notify_one();
+        }
         for (mut req, r) in batch.drain(..n).zip(results.drain(..)) {
             let receipt = match &r {
                 Ok(seq) if registered => match unanswered.remove(seq) {
