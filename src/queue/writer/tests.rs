@@ -336,3 +336,43 @@ async fn a_lone_record_is_written_by_its_caller_and_answered_after_the_writers_f
     drop(handle);
     join.join().expect("writer thread");
 }
+
+#[tokio::test]
+async fn a_record_sent_after_one_waiting_for_the_writer_is_never_written_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
+    let big = vec![b'x'; 30 << 10];
+    for i in 0..2 {
+        handle.append_durable(big.clone(), i).await.expect("append");
+    }
+    handle.read_batch(10, 1 << 20).expect("read");
+    // The next big one starts a new segment: the writer's, held at the gate.
+    fs.gate.close();
+    let first = handle
+        .append_then(big, 3, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join"));
+    // A small one would fit the old segment and could be written at once, ahead of it: it
+    // waits its turn in the writer's channel instead.
+    let second = handle
+        .append_then(b"{}".to_vec(), 4, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    assert!(handle.read_batch(10, 1 << 20).expect("read").is_empty());
+    fs.gate.open(None);
+    let first = tokio::time::timeout(T, first).await.expect("answered");
+    let second = tokio::time::timeout(T, second).await.expect("answered");
+    let (first, second) = (first.expect("sent"), second.expect("sent"));
+    assert_eq!(second.expect("durable"), first.expect("durable") + 1);
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.len(), 2);
+    assert!(records[0].seq < records[1].seq && records[1].payload == b"{}");
+    drop(handle);
+    join.join().expect("writer thread");
+}
