@@ -12,7 +12,10 @@
 //! - **Group commit.** [`Queue::append`] only buffers; [`Queue::commit`] writes the buffer with
 //!   one `write` and hands back a [`SyncJob`] that the caller fsyncs *outside* any lock.
 //!   [`Queue::mark_written`] makes the records readable right after the write, so they may be
-//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync. A sender is told
+//!   published while the fsync runs; [`Queue::mark_durable`] records the fsync. A lone record
+//!   may also be appended, written and made readable by its caller under the lock (the writer's
+//!   handle, only when that needs no fsync or other file operation), its fsync then owed to
+//!   the writer's next group commit. A sender is told
 //!   "accepted" once its record is *safe*: synced, or acknowledged by the broker
 //!   ([`Queue::ack`] answers the receipt the writer left with the queue), whichever comes first.
 //!   With `fsync = "batch"` nothing a sender was told is accepted is lost on a power cut (an
@@ -66,7 +69,15 @@
 //!   small in-place write per 65 536 records). Recovery starts above the reservation, so seqs
 //!   lost with a segment (power cut, quarantine, deletion by hand) are never handed out again;
 //!   a clean close gives the unused rest back, so a clean restart has no gap. This is also what
-//!   makes publishing a record before its fsync safe (issue 18).
+//!   makes publishing a record before its fsync safe (issue 18). The writer thread renews the
+//!   reservation before it runs out (less than half a block left), without holding the queue,
+//!   and the new value counts only once synced.
+//! - **No fsync under the lock with `batch`.** Besides the group commit's own fsync, the fsyncs
+//!   an append would make (a new segment's magic and directory entry, the ack persist a roll
+//!   makes first, the seq reservation) are made by the writer before the group commit without
+//!   holding the queue (a group commit ends before the record that starts a new segment), so reads and
+//!   acks never wait on the disk. Appending under the lock still does them itself when those
+//!   failed (the error is then reported as before), and for tools and tests.
 //! - **I/O errors are not corruption.** An EACCES/EIO reading a segment at start is retried
 //!   with backoff and then refuses the start naming the file (never quarantined, never
 //!   skipped); while running, a failed read keeps its position and is retried with doubling
@@ -324,6 +335,9 @@ pub struct Queue {
     /// by [`Queue::ack`] when the broker acknowledges a record before its fsync ends; the
     /// writer takes the rest back after the fsync ([`Queue::take_receipts`]).
     receipts: BTreeMap<u64, Receipt>,
+    /// The fsync owed for records a caller wrote directly ([`QueueHandle`]'s direct append),
+    /// taken by the writer thread with its next group commit ([`Queue::take_owed`]).
+    owed: Option<SyncJob>,
     /// The exclusive `flock` on `lock`, held while the queue is open (real filesystem only).
     _lock: Option<std::fs::File>,
 }
@@ -397,6 +411,7 @@ impl Queue {
             roll_failure: None,
             unsynced: Vec::new(),
             receipts: BTreeMap::new(),
+            owed: None,
             _lock: None,
         };
         let report = q.recover()?;
@@ -436,7 +451,8 @@ impl Queue {
 
     /// Writes and syncs anything buffered and persists the ack position.
     pub fn close(&mut self) -> Result<(), QueueError> {
-        if let Some(job) = self.commit()? {
+        let job = self.commit()?;
+        if let Some(job) = self.take_owed(job) {
             job.sync(self.fsync)?;
             self.mark_durable(&job);
         }

@@ -1,15 +1,22 @@
 //! The queue's writer thread and the shared handle the rest of the relay uses.
 //!
-//! One OS thread owns appending: it takes every request waiting in its channel, appends them,
+//! One OS thread owns fsyncing and every append that needs I/O beyond one `write`: it takes
+//! every request waiting in its channel, appends them,
 //! writes them with one `write`, makes them readable (the publisher sends while the writer
 //! syncs) and fsyncs once outside the lock (group commit). fsync latency therefore never stalls
-//! the async runtime (GPIO timing, socket reads, MQTT keepalive).
+//! the async runtime (GPIO timing, socket reads, MQTT keepalive). Before a group commit it makes
+//! the fsyncs its appends would otherwise make holding the lock (a new segment, the ack persist
+//! before it, the seq reservation) without it, so the publisher's reads and acks never wait on
+//! the disk either. Under `fsync = "batch"` a lone record (nothing in the channel, no fsync
+//! needed to append it) is written by its caller instead, under the lock, and readable at once:
+//! the writer is only woken to fsync it (issue 18: one thread hop fewer per alert).
 //!
 //! Each requester is answered once its record is *safe*: when the fsync covering it is done, or
 //! earlier, when the broker acknowledged it while the fsync ran ([`Queue::ack`] answers the
 //! record's [`Receipt`]), whichever comes first.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -81,14 +88,17 @@ impl Then {
 pub struct Receipt {
     then: Option<Then>,
     done: Option<oneshot::Sender<WriteOutcome>>,
+    /// Where the answer is counted (`queue_appended` or `queue_append_failed`).
+    stats: Option<Arc<Stats>>,
 }
 
 impl Receipt {
-    /// Moves what `req` is owed out of it.
-    fn take(req: &mut WriteRequest) -> Receipt {
+    /// Moves what `req` is owed out of it; its answer is counted in `stats`.
+    fn take(req: &mut WriteRequest, stats: &Arc<Stats>) -> Receipt {
         Receipt {
             then: req.then.take(),
             done: req.done.take(),
+            stats: Some(stats.clone()),
         }
     }
 
@@ -98,11 +108,21 @@ impl Receipt {
         Receipt {
             then: Some(Then::new(sink, tag)),
             done: None,
+            stats: None,
         }
     }
 
-    /// Tells the `then` sink first, then the receiver (as the writer always did).
+    /// Counts the outcome, tells the `then` sink, then the receiver (as the writer always did).
     pub(super) fn answer(self, outcome: WriteOutcome) {
+        if let Some(stats) = &self.stats {
+            match &outcome {
+                Ok(_) => stats.inc(&stats.queue_appended),
+                Err(e) => {
+                    stats.inc(&stats.queue_append_failed);
+                    stats.log_queue_error(e);
+                }
+            }
+        }
         if let Some(then) = self.then {
             then.fire(outcome.as_ref().ok().copied());
         }
@@ -120,33 +140,76 @@ impl Drop for Then {
     }
 }
 
-/// Shared access to the queue: appends go through the writer thread, reads and acks lock it
-/// briefly.
+/// What the writer's channel carries.
+enum Msg {
+    Append(WriteRequest),
+    /// A record was written on the caller's thread ([`QueueHandle`]'s direct append): its
+    /// fsync is owed ([`Queue::owe_sync`]).
+    Sync,
+}
+
+/// Counts a request from before it is sent until the writer has appended it: while any is
+/// counted, appends go through the channel (after it), which keeps every caller's order.
+struct InChannel<'a>(&'a AtomicUsize, bool);
+
+impl<'a> InChannel<'a> {
+    fn enter(n: &'a AtomicUsize) -> InChannel<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        InChannel(n, true)
+    }
+
+    /// Sent: the writer takes the count off once it has appended the request.
+    fn sent(mut self) {
+        self.1 = false;
+    }
+}
+
+impl Drop for InChannel<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Shared access to the queue: appends are written at once by the caller when that needs no
+/// fsync and nothing waits in the writer's channel, otherwise by the writer thread; reads and
+/// acks lock the queue briefly.
 #[derive(Clone)]
 pub struct QueueHandle {
     queue: Arc<Mutex<Queue>>,
     readable: Arc<Notify>,
-    tx: mpsc::Sender<WriteRequest>,
+    tx: mpsc::Sender<Msg>,
+    stats: Arc<Stats>,
+    /// Requests sent to (or being sent to) the writer and not yet appended.
+    in_channel: Arc<AtomicUsize>,
+    /// `fsync = "batch"`: a caller may write a record itself (see [`QueueHandle::append_then`]).
+    direct: bool,
 }
 
 impl QueueHandle {
     /// Queues `payload` for appending. Waits while the writer is backed up.
     pub async fn append(&self, payload: Vec<u8>, accepted_us: u64) -> Result<(), QueueClosed> {
-        self.tx
-            .send(WriteRequest {
-                payload,
-                accepted_us,
-                then: None,
-                done: None,
-            })
-            .await
-            .map_err(|_| QueueClosed)
+        self.submit(WriteRequest {
+            payload,
+            accepted_us,
+            then: None,
+            done: None,
+        })
+        .await
     }
 
     /// Queues `payload` for appending and returns at once. Waits only while the writer is
     /// backed up, so the caller keeps the order of its appends without waiting for their
-    /// fsync. The writer makes the `then` call once the outcome is known; with `receipt`, the
-    /// returned receiver gets the outcome too (after that call).
+    /// fsync. The `then` call is made once the outcome is known; with `receipt`, the returned
+    /// receiver gets the outcome too (after that call).
+    ///
+    /// With `fsync = "batch"`, when nothing waits in the writer's channel and the append needs
+    /// no fsync of its own (no new segment, no seq reservation, no room to make), the record
+    /// is written here, under the lock, and made readable at once (issue 18: one hop and one
+    /// wake-up fewer per lone alert); the writer thread is only asked for the fsync and
+    /// answers after it, unless the broker's PUBACK came first. A `write` to the page cache
+    /// takes microseconds; nothing here fsyncs.
     pub async fn append_then(
         &self,
         payload: Vec<u8>,
@@ -161,15 +224,13 @@ impl QueueHandle {
             }
             false => (None, None),
         };
-        self.tx
-            .send(WriteRequest {
-                payload,
-                accepted_us,
-                then,
-                done,
-            })
-            .await
-            .map_err(|_| QueueClosed)?;
+        self.submit(WriteRequest {
+            payload,
+            accepted_us,
+            then,
+            done,
+        })
+        .await?;
         Ok(rx)
     }
 
@@ -192,8 +253,66 @@ impl QueueHandle {
                 source: std::io::Error::other("queue writer has stopped"),
             })
         };
-        self.tx.send(req).await.map_err(|_| closed())?;
+        self.submit(req).await.map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// Writes `req` here if it may be ([`QueueHandle::append_then`]), else hands it to the
+    /// writer (waiting while its channel is full).
+    async fn submit(&self, req: WriteRequest) -> Result<(), QueueClosed> {
+        let Some(req) = self.write_here(req) else {
+            return Ok(());
+        };
+        let counted = InChannel::enter(&self.in_channel);
+        self.tx
+            .send(Msg::Append(req))
+            .await
+            .map_err(|_| QueueClosed)?;
+        counted.sent();
+        Ok(())
+    }
+
+    /// The direct append: `Some(req)` back when it must go through the writer.
+    fn write_here(&self, mut req: WriteRequest) -> Option<WriteRequest> {
+        if !self.direct || self.in_channel.load(Ordering::SeqCst) != 0 {
+            return Some(req);
+        }
+        let mut q = self.lock();
+        // Checked again holding the lock, under which the writer appends and uncounts.
+        if self.in_channel.load(Ordering::SeqCst) != 0 || !q.appends_without_io(req.payload.len()) {
+            return Some(req);
+        }
+        let receipt = Receipt::take(&mut req, &self.stats);
+        let written = q
+            .append(&req.payload, req.accepted_us)
+            .and_then(|seq| q.commit().map(|job| (seq, job)));
+        match written {
+            Ok((seq, Some(job))) => {
+                q.await_safe(seq, receipt);
+                q.mark_written(&job);
+                let first = q.owe_sync(job);
+                drop(q);
+                self.readable.notify_one();
+                if first {
+                    // Already owed: a wake-up is on its way (or the writer is busy and takes
+                    // the owed fsync along with its next commit).
+                    let _ = self.tx.try_send(Msg::Sync);
+                }
+            }
+            Ok((_, None)) => {
+                drop(q);
+                // Cannot happen (an active segment and a buffered record); never a lie.
+                receipt.answer(Err(Arc::new(QueueError::Io {
+                    path: "queue".into(),
+                    source: std::io::Error::other("the record was not written"),
+                })));
+            }
+            Err(e) => {
+                drop(q);
+                receipt.answer(Err(Arc::new(e)));
+            }
+        }
+        None
     }
 
     /// Locks the queue for reads and acks. Never hold the guard across an `.await`.
@@ -259,135 +378,169 @@ pub fn spawn_writer(
     let queue = Arc::new(Mutex::new(queue));
     let readable = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel(WRITE_CHANNEL_CAPACITY);
+    let in_channel = Arc::new(AtomicUsize::new(0));
     let handle = QueueHandle {
         queue: queue.clone(),
         readable: readable.clone(),
         tx,
+        stats: stats.clone(),
+        in_channel: in_channel.clone(),
+        direct: policy == FsyncPolicy::Batch,
     };
     let join = std::thread::Builder::new()
         .name("queue-writer".into())
-        .spawn(move || writer_loop(queue, rx, readable, policy, stats))?;
+        .spawn(move || writer_loop(queue, rx, readable, policy, stats, in_channel))?;
     Ok((handle, join))
 }
 
 fn writer_loop(
     queue: Arc<Mutex<Queue>>,
-    mut rx: mpsc::Receiver<WriteRequest>,
+    mut rx: mpsc::Receiver<Msg>,
     readable: Arc<Notify>,
     policy: FsyncPolicy,
     stats: Arc<Stats>,
+    in_channel: Arc<AtomicUsize>,
 ) {
     let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
     let mut batch: Vec<WriteRequest> = Vec::new();
     let mut results: Vec<Result<u64, Arc<QueueError>>> = Vec::new();
+    let push = |batch: &mut Vec<WriteRequest>, m: Msg| {
+        if let Msg::Append(r) = m {
+            batch.push(r);
+        }
+    };
     let mut busy = false;
-    loop {
-        let waiting = match busy {
-            true => rx.try_recv().ok(),
-            false => None,
-        };
-        let first = match waiting {
-            Some(r) => r,
-            None => {
-                // Caught up: the next alert is a lone one and is committed at once.
-                busy = false;
-                match rx.blocking_recv() {
-                    Some(r) => r,
-                    None => break,
+    let mut open = true;
+    while open {
+        if batch.is_empty() {
+            let waiting = match busy {
+                true => rx.try_recv().ok(),
+                false => None,
+            };
+            let first = match waiting {
+                Some(m) => Some(m),
+                None => {
+                    // Caught up: the next alert is a lone one and is committed at once.
+                    busy = false;
+                    rx.blocking_recv()
+                }
+            };
+            match first {
+                Some(m) => push(&mut batch, m),
+                // Every handle is gone: sync what is owed, then close.
+                None => open = false,
+            }
+            if busy && policy == FsyncPolicy::Batch {
+                std::thread::sleep(COMMIT_DELAY);
+            }
+            while open && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => push(&mut batch, m),
+                    Err(_) => break,
                 }
             }
-        };
-        batch.push(first);
-        if busy && policy == FsyncPolicy::Batch {
-            std::thread::sleep(COMMIT_DELAY);
+            busy = batch.len() >= BUSY_BATCH;
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        // Without the lock: the fsyncs the first append would make holding it (a new
+        // segment, the ack persist before it, the seq reservation), so the publisher's reads
+        // and acks never wait on them. Nothing is written directly meanwhile: the batch's
+        // requests are still counted in `in_channel`.
+        if let Some(first) = batch.first() {
+            let ahead = lock().ahead_io(first.payload.len());
+            if let Some(io) = ahead {
+                let done = io.run();
+                lock().finish_ahead(done);
             }
         }
-        busy = batch.len() >= BUSY_BATCH;
         let mut q = lock();
+        // This group commit ends before the record that would start a new segment: that
+        // one opens the next commit, whose segment is made without the lock.
+        let mut n = 0;
         for req in &batch {
+            if n > 0 && q.needs_roll(req.payload.len()) {
+                break;
+            }
             let r = q.append(&req.payload, req.accepted_us).map_err(Arc::new);
             let r = match (r, policy) {
                 (Ok(seq), FsyncPolicy::Always) => commit_and_sync(&mut q, policy).map(|_| seq),
                 (r, _) => r,
             };
             results.push(r);
+            n += 1;
         }
-        let job = q.commit();
-        drop(q);
+        in_channel.fetch_sub(n, Ordering::SeqCst);
+        let (own, commit_failed) = match q.commit() {
+            Ok(job) => (job, None),
+            Err(e) => (None, Some(Arc::new(e))),
+        };
         // Receipts of the records this commit wrote, for whoever makes them safe first: the
         // broker's ack (while we fsync) or the fsync. What is left afterwards is ours.
-        let mut unanswered = BTreeMap::new();
-        let mut registered = false;
-        let committed = match job {
-            Ok(Some(job)) => {
-                registered = true;
-                {
-                    let mut q = lock();
-                    for (req, r) in batch.iter_mut().zip(&results) {
-                        if let Ok(seq) = r {
-                            q.await_safe(*seq, Receipt::take(req));
-                        }
-                    }
-                    // Readable now, in the page cache: the publisher sends while we fsync.
-                    q.mark_written(&job);
+        let registered = own.is_some();
+        if registered {
+            for (req, r) in batch.iter_mut().zip(&results) {
+                if let Ok(seq) = r {
+                    q.await_safe(*seq, Receipt::take(req, &stats));
                 }
-                readable.notify_one();
-                let synced = job.sync(policy);
-                let mut q = lock();
-                let r = match synced {
-                    Ok(()) => {
-                        q.mark_durable(&job);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        q.sync_failed(&e);
-                        Err(Arc::new(e))
-                    }
-                };
-                unanswered = q.take_receipts();
-                r
             }
-            Ok(None) => Ok(()),
-            Err(e) => Err(Arc::new(e)),
-        };
-        if let Err(e) = &committed {
+        }
+        // Records written directly by callers since the last fsync are covered by this one.
+        let job = q.take_owed(own);
+        let mut unanswered = BTreeMap::new();
+        let mut sync_failed = None;
+        if let Some(job) = job {
+            // Readable now, in the page cache: the publisher sends while we fsync.
+            q.mark_written(&job);
+            drop(q);
+            readable.notify_one();
+            let synced = job.sync(policy);
+            let mut q = lock();
+            let mut upto = job.upto_seq;
+            match synced {
+                Ok(()) => q.mark_durable(&job),
+                Err(e) => {
+                    q.sync_failed(&e);
+                    sync_failed = Some(Arc::new(e));
+                    // Records written directly meanwhile share the file whose pages the
+                    // kernel may have dropped; a later fsync of it could succeed without
+                    // them. They fail too (the broker's PUBACK still makes one safe).
+                    if let Some(later) = q.take_owed(None) {
+                        upto = upto.max(later.upto_seq);
+                    }
+                }
+            }
+            unanswered = q.take_receipts_below(upto);
+        } else {
+            drop(q);
+        }
+        let failed = commit_failed.or(sync_failed.clone());
+        if let Some(e) = &failed {
             stats.log_queue_error(e);
         }
-        // Wake the publisher again after the fsync (under `always` this is the only wake-up).
-        // Without it, 200/s bench rounds showed p99 tails of 36–54 ms that runs with it did not
-        // (two rounds each, one session); the cause was not pinned down.
-        readable.notify_one();
-        for (mut req, r) in batch.drain(..).zip(results.drain(..)) {
+        // Under `always` (records readable once synced) this is the only wake-up.
+        if policy != FsyncPolicy::Batch {
+            readable.notify_one();
+        }
+        for (mut req, r) in batch.drain(..n).zip(results.drain(..)) {
             let receipt = match &r {
-                Ok(seq) if registered => {
-                    match unanswered.remove(seq) {
-                        Some(receipt) => receipt,
-                        // Answered already: the broker acknowledged it before the fsync ended.
-                        None => {
-                            stats.inc(&stats.queue_appended);
-                            continue;
-                        }
-                    }
-                }
-                _ => Receipt::take(&mut req),
+                Ok(seq) if registered => match unanswered.remove(seq) {
+                    Some(receipt) => receipt,
+                    // Answered already: the broker acknowledged it before the fsync ended.
+                    None => continue,
+                },
+                _ => Receipt::take(&mut req, &stats),
             };
-            let r = match (&committed, r) {
-                (Err(e), Ok(_)) => Err(e.clone()),
+            let r = match (&failed, r) {
+                (Some(e), Ok(_)) => Err(e.clone()),
                 (_, r) => r,
             };
-            match &r {
-                Ok(_) => stats.inc(&stats.queue_appended),
-                Err(e) => {
-                    stats.inc(&stats.queue_append_failed);
-                    stats.log_queue_error(e);
-                }
-            }
             receipt.answer(r);
+        }
+        // The rest were written directly: safe now, unless the fsync failed.
+        for (seq, receipt) in unanswered {
+            receipt.answer(match &sync_failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(seq),
+            });
         }
     }
     if let Err(e) = lock().close() {

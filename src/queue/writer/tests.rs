@@ -232,3 +232,147 @@ async fn flush_acks_persists_the_position_and_deletes_acknowledged_segments() {
     drop(handle);
     join.join().expect("writer thread");
 }
+
+/// True when the queue's lock is free now (the writer is not holding it).
+fn lock_is_free(handle: &QueueHandle) -> bool {
+    !matches!(
+        handle.queue.try_lock(),
+        Err(std::sync::TryLockError::WouldBlock)
+    )
+}
+
+#[tokio::test]
+async fn a_new_segment_is_fsynced_without_holding_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, queue) = super::super::fault_fs::GatedFs::open_queue(dir.path());
+    let (handle, join) = spawn_writer(queue, Arc::new(Stats::default())).expect("writer");
+    // The first append makes the first segment: its fsync waits at the gate.
+    fs.gate.close();
+    let rx = handle
+        .append_then(b"{}".to_vec(), 1, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join");
+    assert!(held, "the new segment's fsync never reached the gate");
+    // The publisher may read and ack meanwhile: the lock is free, nothing is readable yet.
+    assert!(lock_is_free(&handle), "the roll's fsync holds the queue");
+    assert!(handle.read_batch(10, 1 << 20).expect("read").is_empty());
+    fs.gate.open(None);
+    let seq = tokio::time::timeout(T, rx)
+        .await
+        .expect("answered")
+        .expect("sent")
+        .expect("durable");
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [seq]);
+    // Two records of 30 KiB fill the 64 KiB segment; the third starts the next one, made
+    // the same way: its fsyncs run without the lock.
+    let big = vec![b'x'; 30 << 10];
+    for i in 0..2 {
+        handle.append_durable(big.clone(), i).await.expect("append");
+    }
+    assert_eq!(segment_count(dir.path()), 1);
+    fs.gate.close();
+    let rx = handle
+        .append_then(big, 3, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join"));
+    assert!(lock_is_free(&handle), "the roll's fsync holds the queue");
+    assert_eq!(handle.read_batch(10, 1 << 20).expect("read").len(), 2);
+    fs.gate.open(None);
+    let third = tokio::time::timeout(T, rx)
+        .await
+        .expect("answered")
+        .expect("sent")
+        .expect("durable");
+    assert_eq!(third, seq + 3);
+    assert_eq!(segment_count(dir.path()), 2);
+    drop(handle);
+    join.join().expect("writer thread");
+}
+
+#[tokio::test]
+async fn a_lone_record_is_written_by_its_caller_and_answered_after_the_writers_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, stats) = gated_writer(dir.path()).await;
+    fs.gate.close();
+    let append = || handle.append_then(b"{\"a\":1}".to_vec(), 2, None, true);
+    let mut first = append().await.expect("sent").expect("receipt");
+    // Written by the call itself (no hop to the writer thread): readable as it returns.
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.len(), 1, "readable as soon as append_then returned");
+    let gate = fs.gate.clone();
+    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join"));
+    // Another while the writer fsyncs the first: written at once too, its fsync owed.
+    let mut second = append().await.expect("sent").expect("receipt");
+    let more = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(
+        more.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [records[0].seq + 1]
+    );
+    for rx in [&mut first, &mut second] {
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+    }
+    fs.gate.open(None);
+    for (rx, seq) in [(first, records[0].seq), (second, more[0].seq)] {
+        let answer = tokio::time::timeout(T, rx).await.expect("answered");
+        assert_eq!(answer.expect("sent").expect("durable"), seq);
+    }
+    assert_eq!(Stats::get(&stats.queue_appended), 3);
+    drop(handle);
+    join.join().expect("writer thread");
+}
+
+#[tokio::test]
+async fn a_record_sent_after_one_waiting_for_the_writer_is_never_written_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
+    let big = vec![b'x'; 30 << 10];
+    for i in 0..2 {
+        handle.append_durable(big.clone(), i).await.expect("append");
+    }
+    handle.read_batch(10, 1 << 20).expect("read");
+    // The next big one starts a new segment: the writer's, held at the gate.
+    fs.gate.close();
+    let first = handle
+        .append_then(big, 3, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let gate = fs.gate.clone();
+    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join"));
+    // A small one would fit the old segment and could be written at once, ahead of it: it
+    // waits its turn in the writer's channel instead.
+    let second = handle
+        .append_then(b"{}".to_vec(), 4, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    assert!(handle.read_batch(10, 1 << 20).expect("read").is_empty());
+    fs.gate.open(None);
+    let first = tokio::time::timeout(T, first).await.expect("answered");
+    let second = tokio::time::timeout(T, second).await.expect("answered");
+    let (first, second) = (first.expect("sent"), second.expect("sent"));
+    assert_eq!(second.expect("durable"), first.expect("durable") + 1);
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.len(), 2);
+    assert!(records[0].seq < records[1].seq && records[1].payload == b"{}");
+    drop(handle);
+    join.join().expect("writer thread");
+}
