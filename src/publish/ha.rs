@@ -188,32 +188,12 @@ fn render<F: Serialize>(
         },
         fields,
     };
-    // Sized first, then written once: the event entity's message lists every event type
-    // (10,000 rules: ~250 KB), and growing a buffer to that leaves the smaller ones behind.
-    // Both writes go through `dyn Write`: one copy of the serializer code, not two.
-    let mut size = ByteCount(0);
-    serde_json::to_writer(&mut size as &mut dyn std::io::Write, &entity).ok()?;
     buf.clear();
-    buf.reserve_exact(size.0);
-    serde_json::to_writer(&mut *buf as &mut dyn std::io::Write, &entity).ok()?;
+    serde_json::to_writer(&mut *buf, &entity).ok()?;
     Some(format!(
         "{}/{platform}/{node}/{object}/config",
         cfg.ha_prefix
     ))
-}
-
-/// A writer that only counts what it is given.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 += b.len();
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Named patterns that output `kind` can play (tones only on a passive buzzer).
