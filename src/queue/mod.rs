@@ -91,6 +91,7 @@
 //! The queue knows nothing of MQTT, WebSockets or JSON: payloads are opaque bytes.
 
 mod ack;
+mod ahead;
 mod append;
 #[cfg(test)]
 pub mod fault_fs;

@@ -1,0 +1,195 @@
+//! What keeps the disk off the queue lock under `fsync = "batch"` (issue 18): the fsyncs a
+//! group commit would make holding the lock, done by the writer without it ([`AheadIo`]),
+//! and the records a caller of [`QueueHandle`] writes itself, whose fsync the writer owes
+//! ([`Queue::owe_sync`], folded into its next group commit with [`SyncJob::then`]).
+
+use super::append::create_segment;
+use super::*;
+
+impl Queue {
+    /// Under the lock, before a group commit whose first payload is `len` bytes: the fsyncs
+    /// its appends would otherwise make holding the queue (the writer runs them without it,
+    /// [`AheadIo::run`], then hands the result back with [`Queue::finish_ahead`]):
+    /// - the seq reservation, renewed once fewer than half a block of reserved seqs is left
+    ///   (a group commit takes at most a few thousand, so its appends never reserve);
+    /// - the ack persist and deletions a roll makes first, and the new segment's creation
+    ///   (magic, fsync, directory fsync), when the first record starts a new segment.
+    ///
+    /// Safe because only the writer appends: nothing issues a seq or rolls in between, and
+    /// what is prepared takes effect only in [`Queue::finish_ahead`], under the lock, after
+    /// its fsyncs. `None` when nothing is due.
+    pub(super) fn ahead_io(&mut self, len: usize) -> Option<AheadIo> {
+        if !self.pending.is_empty() || self.roll_failure.is_some() {
+            return None;
+        }
+        let reserve = (self.next_seq + SEQ_BLOCK / 2 >= self.reserved_upto)
+            .then(|| block_after(self.next_seq));
+        let roll = len <= self.largest_payload() && self.needs_roll(len);
+        let mut flush = None;
+        if roll {
+            self.retire_acked_tail();
+            if !self.retired.is_empty() {
+                flush = self.begin_flush();
+            }
+        }
+        if reserve.is_none() && !roll {
+            return None;
+        }
+        Some(AheadIo {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            fsync: self.fsync,
+            flush,
+            reserve,
+            segment: roll.then_some(self.next_seq),
+        })
+    }
+
+    /// Under the lock again: records what [`AheadIo::run`] did. A failed reservation or
+    /// segment is left to the append, which tries again holding the lock and reports it.
+    pub(super) fn finish_ahead(&mut self, done: AheadDone) {
+        if let Some((flush, took, result)) = done.flush {
+            self.end_flush(&flush, took, flush.write && result.is_ok());
+            if let Err(e) = result {
+                log::error!("queue: cannot persist the ack position: {e}");
+            }
+        }
+        if let Some((upto, Ok(took))) = done.reserve {
+            if let Some(us) = took {
+                self.count_fsync(1, us);
+            }
+            self.counters.bytes_written += WORD_FILE_LEN as u64;
+            self.reserved_upto = self.reserved_upto.max(upto);
+        }
+        if let Some((first, Ok((f, took)))) = done.segment {
+            // Only the writer appends, so nothing moved; checked anyway.
+            if self.pending.is_empty() && self.next_seq == first {
+                if let Some(us) = took {
+                    self.count_fsync(2, us);
+                }
+                self.install_segment(first, f);
+            } else {
+                let _ = self.fs.remove_file(&self.path_of(first));
+            }
+        }
+    }
+
+    /// True when a record of `len` payload bytes may be appended and written by a caller of
+    /// [`QueueHandle`] itself: `fsync = "batch"`, and the append makes no fsync and no file
+    /// operation beyond the one `write` (no roll, no seq reservation, no room to make, no
+    /// file to open), so the caller's thread never waits on the disk. Otherwise it goes
+    /// through the writer thread.
+    pub(super) fn appends_without_io(&self, len: usize) -> bool {
+        self.fsync == FsyncPolicy::Batch
+            && self.pending.is_empty()
+            && self.roll_failure.is_none()
+            && self.active.is_some()
+            && len <= self.largest_payload()
+            && !self.needs_roll(len)
+            && self.next_seq + SEQ_BLOCK / 2 < self.reserved_upto
+            && self.over_bound((HEADER_LEN + len) as u64).is_none()
+    }
+
+    /// A caller wrote `job`'s records directly: the writer owes their fsync. True when none
+    /// was owed before (the writer must be woken).
+    pub(super) fn owe_sync(&mut self, job: SyncJob) -> bool {
+        let first = self.owed.is_none();
+        self.owed = Some(match self.owed.take() {
+            Some(older) => older.then(job),
+            None => job,
+        });
+        first
+    }
+
+    /// `job` (a group commit's, if any) together with the fsync owed for records written
+    /// directly before it: one job that covers both.
+    pub(super) fn take_owed(&mut self, job: Option<SyncJob>) -> Option<SyncJob> {
+        match (self.owed.take(), job) {
+            (Some(older), Some(job)) => Some(older.then(job)),
+            (owed, job) => job.or(owed),
+        }
+    }
+
+    /// The writer, after an fsync that covered every seq below `upto`: the receipts of those
+    /// the broker did not answer first (records written later stay, for their own fsync).
+    pub(super) fn take_receipts_below(&mut self, upto: u64) -> BTreeMap<u64, Receipt> {
+        let later = self.receipts.split_off(&upto);
+        std::mem::replace(&mut self.receipts, later)
+    }
+}
+
+/// The fsyncs a group commit's appends would make holding the queue, done by the writer
+/// without it ([`Queue::ahead_io`]).
+pub(super) struct AheadIo {
+    fs: Arc<dyn Filesystem>,
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    /// The ack persist and deletions before a roll.
+    flush: Option<AckFlush>,
+    /// The seq reservation to write.
+    reserve: Option<u64>,
+    /// The first seq of the segment to create.
+    segment: Option<u64>,
+}
+
+/// What [`AheadIo::run`] did, for [`Queue::finish_ahead`].
+pub(super) struct AheadDone {
+    flush: Option<(AckFlush, Option<u64>, Result<(), QueueError>)>,
+    reserve: Option<(u64, Result<Option<u64>, QueueError>)>,
+    #[allow(clippy::type_complexity)]
+    segment: Option<(u64, io::Result<(Arc<dyn FsFile>, Option<u64>)>)>,
+}
+
+impl AheadIo {
+    /// The I/O, in the order an append under the lock does it: ack persist and deletions,
+    /// the new segment, the seq reservation.
+    pub(super) fn run(self) -> AheadDone {
+        let flush = self.flush.map(|f| {
+            let (took, result) = f.run();
+            (f, took, result)
+        });
+        let segment = self.segment.map(|first| {
+            let path = self.dir.join(Segment::file_name(first));
+            (
+                first,
+                create_segment(&*self.fs, &self.dir, &path, self.fsync),
+            )
+        });
+        let reserve = self.reserve.map(|upto| {
+            let path = self.dir.join("seq");
+            (upto, write_word_file(&*self.fs, &path, upto, self.fsync))
+        });
+        AheadDone {
+            flush,
+            reserve,
+            segment,
+        }
+    }
+}
+
+impl SyncJob {
+    /// One job covering this one's files and then `newer`'s (written after it).
+    fn then(self, newer: SyncJob) -> SyncJob {
+        let mut extra = self.extra;
+        let same = self.segment_first_seq == newer.segment_first_seq;
+        let file = match same {
+            true => newer.file.or(self.file),
+            false => {
+                extra.extend(self.file);
+                newer.file
+            }
+        };
+        extra.extend(newer.extra);
+        SyncJob {
+            file,
+            extra,
+            upto_seq: self.upto_seq.max(newer.upto_seq),
+            segment_first_seq: newer.segment_first_seq,
+            segment_bytes: match same {
+                true => self.segment_bytes.max(newer.segment_bytes),
+                false => newer.segment_bytes,
+            },
+            took_us: Cell::new(None),
+        }
+    }
+}
