@@ -90,10 +90,7 @@ async fn append_held(
         .await
         .expect("sent")
         .expect("receipt");
-    let gate = fs.gate.clone();
-    let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
-        .await
-        .expect("join");
+    let held = held_at_the_gate(fs).await;
     assert!(held, "the writer's fsync never reached the gate");
     // Readable while the fsync runs (issue 18's first part).
     let records = handle.read_batch(10, 1 << 20).expect("read");
@@ -241,6 +238,43 @@ fn lock_is_free(handle: &QueueHandle) -> bool {
     )
 }
 
+/// Whether the writer reached `fs`'s closed gate (an fsync held there) within `T`.
+async fn held_at_the_gate(fs: &super::super::fault_fs::GatedFs) -> bool {
+    let gate = fs.gate.clone();
+    tokio::task::spawn_blocking(move || gate.wait_holding(T))
+        .await
+        .expect("join")
+}
+
+/// Two records of 30 KiB: the 64 KiB segment is full.
+async fn fill_the_segment(handle: &QueueHandle) {
+    for i in 0..2 {
+        handle
+            .append_durable(vec![b'x'; 30 << 10], i)
+            .await
+            .expect("append");
+    }
+}
+
+/// Closes the gate and sends a third 30 KiB record, which starts the next segment: its
+/// receipt, once the new segment's fsync is held at the gate.
+async fn roll_at_the_gate(
+    fs: &super::super::fault_fs::GatedFs,
+    handle: &QueueHandle,
+) -> oneshot::Receiver<WriteOutcome> {
+    fs.gate.close();
+    let rx = handle
+        .append_then(vec![b'x'; 30 << 10], 3, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    assert!(
+        held_at_the_gate(fs).await,
+        "the roll's fsync never reached the gate"
+    );
+    rx
+}
+
 #[tokio::test]
 async fn a_new_segment_is_fsynced_without_holding_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -253,10 +287,7 @@ async fn a_new_segment_is_fsynced_without_holding_the_queue() {
         .await
         .expect("sent")
         .expect("receipt");
-    let gate = fs.gate.clone();
-    let held = tokio::task::spawn_blocking(move || gate.wait_holding(T))
-        .await
-        .expect("join");
+    let held = held_at_the_gate(&fs).await;
     assert!(held, "the new segment's fsync never reached the gate");
     // The publisher may read and ack meanwhile: the lock is free, nothing is readable yet.
     assert!(lock_is_free(&handle), "the roll's fsync holds the queue");
@@ -271,21 +302,9 @@ async fn a_new_segment_is_fsynced_without_holding_the_queue() {
     assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [seq]);
     // Two records of 30 KiB fill the 64 KiB segment; the third starts the next one, made
     // the same way: its fsyncs run without the lock.
-    let big = vec![b'x'; 30 << 10];
-    for i in 0..2 {
-        handle.append_durable(big.clone(), i).await.expect("append");
-    }
+    fill_the_segment(&handle).await;
     assert_eq!(segment_count(dir.path()), 1);
-    fs.gate.close();
-    let rx = handle
-        .append_then(big, 3, None, true)
-        .await
-        .expect("sent")
-        .expect("receipt");
-    let gate = fs.gate.clone();
-    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
-        .await
-        .expect("join"));
+    let rx = roll_at_the_gate(&fs, &handle).await;
     assert!(lock_is_free(&handle), "the roll's fsync holds the queue");
     assert_eq!(handle.read_batch(10, 1 << 20).expect("read").len(), 2);
     fs.gate.open(None);
@@ -310,10 +329,7 @@ async fn a_lone_record_is_written_by_its_caller_and_answered_after_the_writers_f
     // Written by the call itself (no hop to the writer thread): readable as it returns.
     let records = handle.read_batch(10, 1 << 20).expect("read");
     assert_eq!(records.len(), 1, "readable as soon as append_then returned");
-    let gate = fs.gate.clone();
-    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
-        .await
-        .expect("join"));
+    assert!(held_at_the_gate(&fs).await);
     // Another while the writer fsyncs the first: written at once too, its fsync owed.
     let mut second = append().await.expect("sent").expect("receipt");
     let more = handle.read_batch(10, 1 << 20).expect("read");
@@ -341,22 +357,10 @@ async fn a_lone_record_is_written_by_its_caller_and_answered_after_the_writers_f
 async fn a_record_sent_after_one_waiting_for_the_writer_is_never_written_before_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
-    let big = vec![b'x'; 30 << 10];
-    for i in 0..2 {
-        handle.append_durable(big.clone(), i).await.expect("append");
-    }
+    fill_the_segment(&handle).await;
     handle.read_batch(10, 1 << 20).expect("read");
     // The next big one starts a new segment: the writer's, held at the gate.
-    fs.gate.close();
-    let first = handle
-        .append_then(big, 3, None, true)
-        .await
-        .expect("sent")
-        .expect("receipt");
-    let gate = fs.gate.clone();
-    assert!(tokio::task::spawn_blocking(move || gate.wait_holding(T))
-        .await
-        .expect("join"));
+    let first = roll_at_the_gate(&fs, &handle).await;
     // A small one would fit the old segment and could be written at once, ahead of it: it
     // waits its turn in the writer's channel instead.
     let second = handle
