@@ -28,8 +28,8 @@ async fn main() {
         bin.display()
     );
     println!("binary: {}", bin.display());
-    let port = support::free_port();
-    let _broker = support::Broker::start(port);
+    let server = support::Broker::start_any();
+    let port = server.port();
     for (broker, shape) in rss::CASES {
         let mut base = None;
         for rules in [1usize, 10_000] {

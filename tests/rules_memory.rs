@@ -30,7 +30,7 @@ async fn ten_thousand_rules_cost_at_most_5_mb_more_than_one() {
         return;
     }
     let bin = Path::new(env!("CARGO_BIN_EXE_alert-relay"));
-    let broker = support::Broker::start(support::free_port());
+    let broker = support::Broker::start_any();
     let mut over_bound = Vec::new();
     for (with_broker, shape) in rss::CASES {
         let port = with_broker.then(|| broker.port());

@@ -93,7 +93,8 @@ impl RuleConfig {
         self.limits.as_ref().map_or(&[], |l| &l.audible)
     }
 
-    /// [`RuleConfig::limits`], made if the rule had none.
+    /// [`RuleConfig::limits`], made if the rule had none (tests build rules with it).
+    #[cfg(test)]
     pub fn limits_mut(&mut self) -> &mut RuleLimits {
         self.limits.get_or_insert_with(Box::default)
     }
