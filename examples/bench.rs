@@ -32,7 +32,9 @@ use support::{free_port, Broker, Mosquitto, WsServer};
 /// subscriber that falls behind and drops the rest; the subscriber is the bench's measuring
 /// instrument, so it must not lose messages the relay delivered: no queue limit.
 fn bench_broker(port: u16) -> Broker {
-    Mosquitto::new().conf("max_queued_messages 0").start(port)
+    Mosquitto::new()
+        .conf("max_queued_messages 0\nset_tcp_nodelay true")
+        .start(port)
 }
 
 struct Args {

@@ -14,6 +14,7 @@ impl Queue {
         if let Some(receipt) = self.receipts.remove(&seq) {
             receipt.answer(Ok(seq));
         }
+        let settled = self.owed_settled();
         if seq == self.acked_upto {
             self.acked_upto += 1;
         } else {
@@ -21,6 +22,10 @@ impl Queue {
         }
         self.skip_ack_gaps();
         self.delete_acked_segments();
+        if !settled && self.owed_settled() {
+            // The owed fsync makes nobody safe now: it is not due within the grace any more.
+            self.wake_syncer();
+        }
         Ok(())
     }
 

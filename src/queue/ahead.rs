@@ -1,10 +1,22 @@
 //! What keeps the disk off the queue lock under `fsync = "batch"` (issue 18): the fsyncs a
 //! group commit would make holding the lock, done by the writer without it ([`AheadIo`]),
 //! and the records a caller of [`QueueHandle`] writes itself, whose fsync the writer owes
-//! ([`Queue::owe_sync`], folded into its next group commit with [`SyncJob::then`]).
+//! ([`Queue::owe_sync`], folded into its next group commit with [`SyncJob::then`]), and when
+//! that fsync is due ([`Queue::sync_due`]): not at all while the broker's PUBACKs make the
+//! records safe first, only [`SYNC_GRACE`] after a write it has not acknowledged.
 
 use super::append::create_segment;
 use super::*;
+
+/// Under `fsync = "batch"`, how long the fsync of a written record waits for the broker's
+/// PUBACK (issue 18). A record the broker acknowledges first is safe without it, so on a
+/// healthy broker a lone alert costs no fsync and no wake-up of the writer thread; one it
+/// does not is fsynced this much later than it would be otherwise (the window in which a power
+/// cut loses an alert neither synced nor acknowledged grows by this).
+pub(super) const SYNC_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+/// Written records are fsynced at least this often even when the broker acknowledged them
+/// all, so a failing disk (EIO on fsync) shows in health within a second while alerts flow.
+pub(super) const SYNC_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Queue {
     /// Under the lock, before a group commit whose first payload is `len` bytes: the fsyncs
@@ -90,20 +102,62 @@ impl Queue {
             && self.over_bound((HEADER_LEN + len) as u64).is_none()
     }
 
-    /// A caller wrote `job`'s records directly: the writer owes their fsync. True when none
-    /// was owed before (the writer must be woken).
-    pub(super) fn owe_sync(&mut self, job: SyncJob) -> bool {
+    /// `job`'s records are written (by a caller of [`QueueHandle`] directly, or by a group
+    /// commit the writer defers): the writer owes their fsync, due at [`Queue::sync_due`].
+    /// True when none was owed before.
+    pub(super) fn owe_sync(&mut self, job: SyncJob, now: Instant) -> bool {
         let first = self.owed.is_none();
+        let settled = self.owed_settled();
+        if first {
+            self.owed_since = Some(now);
+        }
+        if settled {
+            // The grace starts with the first write the broker has not acknowledged.
+            self.grace_from = Some(now);
+        }
         self.owed = Some(match self.owed.take() {
             Some(older) => older.then(job),
             None => job,
         });
+        if settled {
+            self.wake_syncer();
+        }
         first
     }
 
+    /// True when nothing is owed, or the broker acknowledged every record owed: the fsync
+    /// makes nobody safe, it only proves the disk (see [`SYNC_AT_LEAST_EVERY`]).
+    pub(super) fn owed_settled(&self) -> bool {
+        self.owed
+            .as_ref()
+            .is_none_or(|job| self.acked_upto >= job.upto_seq)
+    }
+
+    /// When the owed fsync is due: [`SYNC_GRACE`] after the first write the broker has not
+    /// acknowledged, and at the latest [`SYNC_AT_LEAST_EVERY`] after the oldest write not
+    /// synced. `None` when nothing is owed.
+    pub(super) fn sync_due(&self) -> Option<Instant> {
+        self.owed.as_ref()?;
+        let latest = self.owed_since? + SYNC_AT_LEAST_EVERY;
+        match (self.owed_settled(), self.grace_from) {
+            (false, Some(from)) => Some(latest.min(from + SYNC_GRACE)),
+            _ => Some(latest),
+        }
+    }
+
+    /// Tells the writer's sync timer that [`Queue::sync_due`] moved.
+    pub(super) fn wake_syncer(&self) {
+        if let Some(wake) = &self.sync_wake {
+            wake.notify_one();
+        }
+    }
+
     /// `job` (a group commit's, if any) together with the fsync owed for records written
-    /// directly before it: one job that covers both.
+    /// before it: one job that covers both, to sync now.
     pub(super) fn take_owed(&mut self, job: Option<SyncJob>) -> Option<SyncJob> {
+        self.owed_since = None;
+        self.grace_from = None;
+        self.sync_asked = false;
         match (self.owed.take(), job) {
             (Some(older), Some(job)) => Some(older.then(job)),
             (owed, job) => job.or(owed),

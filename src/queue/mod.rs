@@ -339,6 +339,14 @@ pub struct Queue {
     /// The fsync owed for records a caller wrote directly ([`QueueHandle`]'s direct append),
     /// taken by the writer thread with its next group commit ([`Queue::take_owed`]).
     owed: Option<SyncJob>,
+    /// When the oldest write in `owed` was made.
+    owed_since: Option<Instant>,
+    /// When the first write in `owed` the broker has not acknowledged was made.
+    grace_from: Option<Instant>,
+    /// The sync timer asked the writer for the owed fsync; cleared when it is taken.
+    sync_asked: bool,
+    /// The writer's sync timer, told when [`Queue::sync_due`] moves (none: no timer).
+    sync_wake: Option<Arc<tokio::sync::Notify>>,
     /// The exclusive `flock` on `lock`, held while the queue is open (real filesystem only).
     _lock: Option<std::fs::File>,
 }
@@ -413,6 +421,10 @@ impl Queue {
             unsynced: Vec::new(),
             receipts: BTreeMap::new(),
             owed: None,
+            owed_since: None,
+            grace_from: None,
+            sync_asked: false,
+            sync_wake: None,
             _lock: None,
         };
         let report = q.recover()?;

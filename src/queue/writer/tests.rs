@@ -380,3 +380,70 @@ async fn a_record_sent_after_one_waiting_for_the_writer_is_never_written_before_
     drop(handle);
     join.join().expect("writer thread");
 }
+
+/// Issue 18: a lone record the broker acknowledges within the grace is answered by that
+/// PUBACK and costs no fsync; the fsync that proves the disk still comes, within
+/// `SYNC_AT_LEAST_EVERY` of the write.
+#[tokio::test]
+async fn a_record_acknowledged_within_the_grace_is_never_fsynced_for_its_sender() {
+    use super::super::ahead::{SYNC_AT_LEAST_EVERY, SYNC_GRACE};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
+    // The warm-up record's own fsync may still be owed: let it pass first.
+    tokio::time::sleep(SYNC_AT_LEAST_EVERY + SYNC_GRACE * 10).await;
+    fs.gate.close();
+    let passed = fs.gate.passed();
+    let written = std::time::Instant::now();
+    let rx = handle
+        .append_then(b"{\"a\":1}".to_vec(), 2, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    let records = handle.read_batch(10, 1 << 20).expect("read");
+    assert_eq!(records.len(), 1, "readable at once");
+    handle.lock().ack(records[0].seq).expect("ack");
+    let answer = tokio::time::timeout(T, rx).await.expect("answered");
+    assert_eq!(answer.expect("sent").expect("safe"), records[0].seq);
+    // Well past the grace: no fsync was started for it.
+    tokio::time::sleep(SYNC_GRACE * 20).await;
+    assert!(!fs.gate.holding(), "an acknowledged record was fsynced");
+    assert_eq!(fs.gate.passed(), passed);
+    // The disk is still proven within SYNC_AT_LEAST_EVERY (the held fsync at the gate).
+    assert!(held_at_the_gate(&fs).await, "no fsync at all");
+    let waited = written.elapsed();
+    assert!(
+        waited >= SYNC_AT_LEAST_EVERY && waited < SYNC_AT_LEAST_EVERY * 5,
+        "the disk was proven after {waited:?}"
+    );
+    fs.gate.open(None);
+    drop(handle);
+    join.join().expect("writer thread");
+}
+
+/// Issue 18: a record nobody acknowledges is fsynced within the grace (plus the timer's
+/// tick), not at the once-a-second pace.
+#[tokio::test]
+async fn a_record_nobody_acknowledges_is_fsynced_within_the_grace() {
+    use super::super::ahead::{SYNC_AT_LEAST_EVERY, SYNC_GRACE};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
+    tokio::time::sleep(SYNC_AT_LEAST_EVERY + SYNC_GRACE * 10).await;
+    fs.gate.close();
+    let written = std::time::Instant::now();
+    let rx = handle
+        .append_then(b"{\"a\":1}".to_vec(), 2, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt");
+    assert!(held_at_the_gate(&fs).await);
+    let waited = written.elapsed();
+    assert!(
+        waited >= SYNC_GRACE && waited < SYNC_AT_LEAST_EVERY / 2,
+        "fsync started after {waited:?}"
+    );
+    fs.gate.open(None);
+    let answer = tokio::time::timeout(T, rx).await.expect("answered");
+    assert!(answer.expect("sent").is_ok());
+    drop(handle);
+    join.join().expect("writer thread");
+}
