@@ -24,7 +24,9 @@ secs = []
 for line in open(link_map):
     m = re.match(r"^\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+\S.*:\(\.text\.(\S+)\)$", line)
     if m:
-        secs.append((int(m.group(1), 16), int(m.group(2), 16), m.group(3)))
+        # LLVM's prefixes (`.text.unlikely.<symbol>` for #[cold] code): lld orders by symbol.
+        name = re.sub(r"^(unlikely|hot|startup|exit|split)\.", "", m.group(3))
+        secs.append((int(m.group(1), 16), int(m.group(2), 16), name))
 secs.sort()
 starts = [s[0] for s in secs]
 hot = {}
