@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes link/hot-text.txt: every function of the release binary that ran under callgrind.
 
-  hot-text.py CALLGRIND_OUT LINK_MAP OUT
+  hot-text.py LINK_MAP OUT CALLGRIND_OUT...
 
-CALLGRIND_OUT: `valgrind --tool=callgrind --dump-instr=yes --compress-pos=no` on the stripped
+CALLGRIND_OUT (one or more runs; the union is written): `valgrind --tool=callgrind --dump-instr=yes --compress-pos=no` on the stripped
 release binary (instruction addresses, as linked). LINK_MAP: lld's -Map of that same binary
 (`ALERT_RELAY_LINK_MAP=... cargo build --release`), which names the function (section
 `.text.<symbol>`) at each address. The functions are written in their current link order, so
@@ -13,13 +13,21 @@ import bisect
 import re
 import sys
 
-cg, link_map, out = sys.argv[1:4]
-addrs, ob = set(), None
-for line in open(cg):
-    if line.startswith("ob="):
-        ob = line[3:].strip()
-    elif ob and ob.endswith("/alert-relay") and line.startswith("0x"):
-        addrs.add(int(line.split()[0], 16))
+link_map, out, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
+addrs = set()
+for cg in runs:
+    ob, names = None, {}
+    for line in open(cg):
+        if line.startswith(("ob=", "cob=")):
+            # `ob=(N) path` the first time (in an ob= or cob= line), `ob=(N)` after: callgrind's
+            # name compression. Costs that follow belong to the current ob=.
+            m = re.match(r"c?ob=(\(\d+\))?\s*(.*)$", line.strip())
+            if m.group(1) and m.group(2):
+                names[m.group(1)] = m.group(2)
+            if line.startswith("ob="):
+                ob = m.group(2) or names.get(m.group(1), "")
+        elif ob and ob.endswith("/alert-relay") and line.startswith("0x"):
+            addrs.add(int(line.split()[0], 16))
 secs = []
 for line in open(link_map):
     m = re.match(r"^\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+\S.*:\(\.text\.(\S+)\)$", line)
