@@ -177,6 +177,18 @@ struct Proc {
     pid: u32,
 }
 
+/// Resident KiB by mapping (see [`Proc::rss_map`]).
+#[derive(Default)]
+struct RssMap {
+    exe_file: u64,
+    exe_anon: u64,
+    lib_file: u64,
+    lib_anon: u64,
+    heap: u64,
+    stack: u64,
+    other_anon: u64,
+}
+
 impl Proc {
     fn status_kib(&self, key: &str) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
@@ -225,6 +237,52 @@ impl Proc {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+    /// Where the resident pages are, from /proc/PID/smaps: each mapping's `Rss`, split into
+    /// file-backed and `Anonymous` (a private page written after mapping counts as anonymous).
+    fn rss_map(&self) -> RssMap {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).unwrap_or_default();
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", self.pid)).unwrap_or_default();
+        let mut m = RssMap::default();
+        let (mut path, mut rss) = (String::new(), 0u64);
+        let kib = |v: &str| -> u64 {
+            v.split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                // A mapping's header: range perms offset dev inode [path].
+                path = fields.nth(4).unwrap_or("").to_string();
+                rss = 0;
+            } else if let Some(v) = line.strip_prefix("Rss:") {
+                rss = kib(v);
+            } else if let Some(v) = line.strip_prefix("Anonymous:") {
+                let anon = kib(v);
+                let file = rss.saturating_sub(anon);
+                if !path.is_empty() && Path::new(&path) == exe {
+                    m.exe_file += file;
+                    m.exe_anon += anon;
+                } else if path.starts_with('/') {
+                    m.lib_file += file;
+                    m.lib_anon += anon;
+                } else if path == "[heap]" {
+                    m.heap += rss;
+                } else if path == "[stack]" {
+                    m.stack += rss;
+                } else if path.is_empty() {
+                    m.other_anon += rss;
+                } else {
+                    // [vdso], [vvar]: the kernel's pages.
+                    m.lib_file += rss;
+                }
+            }
+        }
+        m
     }
     fn write_bytes(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/io", self.pid))
@@ -364,6 +422,7 @@ struct Row {
     idle_pss_kib: u64,
     idle_anon_kib: u64,
     idle_threads: u64,
+    idle_map: RssMap,
     idle_wakeups: u64,
     /// Context switches of the process (all threads) per alert in the fixed-rate run.
     rate_cs_per_alert: Vec<f64>,
@@ -437,6 +496,7 @@ async fn measure(
     let idle_anon_kib = proc_.status_kib("RssAnon:");
     let idle_pss_kib = proc_.pss_kib();
     let idle_threads = proc_.status_kib("Threads:");
+    let idle_map = proc_.rss_map();
     let cs0 = proc_.ctx_switches();
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
     let idle_wakeups = proc_.ctx_switches() - cs0;
@@ -516,6 +576,7 @@ async fn measure(
         idle_pss_kib,
         idle_anon_kib,
         idle_threads,
+        idle_map,
         idle_wakeups,
         rate_cs_per_alert,
     }
@@ -555,6 +616,11 @@ impl Row {
             self.idle_threads,
             self.idle_wakeups,
             args.idle_seconds,
+        );
+        let m = &self.idle_map;
+        println!(
+            "{policy:<6} idle RSS by mapping (KiB): binary {} file-backed (code, rodata) + {} anonymous (relocated and written data); shared libraries {} file-backed + {} anonymous; heap {}; main stack {}; other anonymous {} (thread stacks, malloc arenas, large allocations)",
+            m.exe_file, m.exe_anon, m.lib_file, m.lib_anon, m.heap, m.stack, m.other_anon
         );
     }
 

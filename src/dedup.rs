@@ -7,7 +7,9 @@
 //! clocks, waiting; [`crate::ingest`] drives it.
 //!
 //! Design constraints:
-//! - Fixed memory whatever the traffic: [`WINDOW`] keys in `heapless` containers, oldest evicted.
+//! - Bounded memory whatever the traffic: at most [`WINDOW`] keys, oldest evicted, in tables
+//!   reserved for the whole window up front (so admitting never allocates); their pages are
+//!   touched as keys arrive, not at start.
 //!   A key is a 64-bit keyed SipHash of (`event_id`, `timestamp`), so memory does not grow with
 //!   hostile field lengths and nobody outside the process can craft colliding keys.
 //! - Alerts without an `event_id` or without a `timestamp` are never deduplicated: `event_id`
@@ -18,21 +20,16 @@
 //! - A failed append (queue full with `drop_newest`, disk error) is remembered as failed, so
 //!   the next copy (a webhook retry) is admitted as new rather than acknowledged as a duplicate.
 
-use std::hash::{BuildHasher, RandomState};
-
-use heapless::{Deque, FnvIndexMap};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 
 use crate::alert::Alert;
 
 /// Keys remembered. At VideoDB's alert rates (a few per minute per stream, bursts of tens) this
 /// covers hours, far longer than webhook retries and socket/webhook skew (seconds to minutes);
-/// it costs about 250 KiB.
+/// a full window holds about 170 KiB (a 136 KiB table of 8192 slots, at most half full, and the
+/// 32 KiB admission order).
 pub const WINDOW: usize = 4096;
-/// Slots of the hash table holding the window: twice the keys, so the open-addressing table is
-/// at most half full. (A full table made every lookup and eviction probe thousands of slots: a
-/// sixth of the relay's CPU in a burst, measured with `perf` on `examples/bench.rs`.) A power
-/// of two, as `FnvIndexMap` requires.
-const TABLE: usize = 2 * WINDOW;
 
 /// The 64-bit identity of one alert occurrence.
 pub type Key = u64;
@@ -132,11 +129,33 @@ pub fn missing_key_fields(alert: &Alert) -> Vec<&'static str> {
     missing
 }
 
-/// The window of recent keys, in fixed memory.
+/// A [`Key`] is already a keyed SipHash: the window's table uses it as its own hash.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    /// Not reached for a `u64` key; FNV-1a, so it is a hash all the same.
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The window of recent keys, in bounded memory reserved at construction. (It was two
+/// `heapless` containers inline, 256 KiB: built on the stack and copied whole into the heap,
+/// they left 256 KiB of the main thread's stack and 256 KiB of heap resident before the first
+/// alert.)
 pub struct Window {
-    states: FnvIndexMap<Key, u64, TABLE>,
+    states: HashMap<Key, u64, BuildHasherDefault<KeyIsHash>>,
     /// Admission order, for eviction. Holds each key in `states` exactly once.
-    order: Deque<Key, WINDOW>,
+    order: VecDeque<Key>,
 }
 
 impl Default for Window {
@@ -148,8 +167,8 @@ impl Default for Window {
 impl Window {
     pub fn new() -> Window {
         Window {
-            states: FnvIndexMap::new(),
-            order: Deque::new(),
+            states: HashMap::with_capacity_and_hasher(WINDOW, BuildHasherDefault::default()),
+            order: VecDeque::with_capacity(WINDOW),
         }
     }
 
@@ -162,15 +181,15 @@ impl Window {
             *v = PENDING;
             return Admit::New;
         }
-        if self.order.is_full() {
+        if self.order.len() >= WINDOW {
             if let Some(oldest) = self.order.pop_front() {
                 self.states.remove(&oldest);
             }
         }
-        // Both have room now: `order` lost one entry above, and `states` holds exactly the
-        // keys in `order`.
-        let _ = self.order.push_back(key);
-        let _ = self.states.insert(key, PENDING);
+        // Both stay within what was reserved: `order` lost one entry above, and `states` holds
+        // exactly the keys in `order`.
+        self.order.push_back(key);
+        self.states.insert(key, PENDING);
         Admit::New
     }
 
@@ -367,5 +386,17 @@ mod tests {
         }
         assert_eq!(w.admit(10), Admit::Duplicate(State::Pending));
         assert_eq!(w.admit(3), Admit::New, "an evicted key is new again");
+    }
+
+    #[test]
+    fn the_window_stays_in_the_tables_reserved_at_construction() {
+        let mut w = Window::new();
+        let reserved = (w.states.capacity(), w.order.capacity());
+        assert!(reserved.0 >= WINDOW && reserved.1 >= WINDOW);
+        for k in 0..(20 * WINDOW as u64) {
+            assert_eq!(w.admit(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), Admit::New);
+        }
+        assert_eq!(w.len(), WINDOW);
+        assert_eq!((w.states.capacity(), w.order.capacity()), reserved);
     }
 }

@@ -49,8 +49,8 @@ fn every_module_in_src_is_in_the_code_map() {
 }
 
 /// The other way round: every `name.rs` the document mentions is a file of the project (under
-/// `src/`, `tests/`, `examples/`, `fuzz/` or `cross/`), so a renamed or deleted module cannot
-/// leave a stale name behind.
+/// `src/`, `tests/`, `examples/`, `fuzz/` or `cross/`, or `build.rs` beside Cargo.toml), so a
+/// renamed or deleted module cannot leave a stale name behind.
 #[test]
 fn every_file_the_document_names_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -60,6 +60,9 @@ fn every_file_the_document_names_exists() {
         if root.join(dir).is_dir() {
             rust_files(&root.join(dir), &mut files);
         }
+    }
+    if root.join("build.rs").is_file() {
+        files.push(root.join("build.rs"));
     }
     let paths: Vec<String> = files
         .iter()
