@@ -15,7 +15,10 @@
 //!   published while the fsync runs; [`Queue::mark_durable`] records the fsync. A lone record
 //!   may also be appended, written and made readable by its caller under the lock (the writer's
 //!   handle, only when that needs no fsync or other file operation), its fsync then owed to
-//!   the writer's next group commit. A sender is told
+//!   the writer. Under `batch` that fsync waits [`SYNC_GRACE`](ahead::SYNC_GRACE) for the
+//!   broker's PUBACK and is not made for a sender when the PUBACK came first (written records
+//!   are still fsynced within [`SYNC_AT_LEAST_EVERY`](ahead::SYNC_AT_LEAST_EVERY), for health).
+//!   A sender is told
 //!   "accepted" once its record is *safe*: synced, or acknowledged by the broker
 //!   ([`Queue::ack`] answers the receipt the writer left with the queue), whichever comes first.
 //!   With `fsync = "batch"` nothing a sender was told is accepted is lost on a power cut (an
