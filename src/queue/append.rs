@@ -326,6 +326,12 @@ impl Queue {
             }
             seg.bytes += self.pending.len() as u64;
             seg.next_seq = self.next_seq;
+            // Writes work again (a full disk has room): under `batch` the fsync that would
+            // clear the failure may be skipped for a PUBACK, so a write clears a write's
+            // failure. One left by a failed fsync stays until an fsync succeeds.
+            if !self.sync_failing {
+                self.append_failure = None;
+            }
             self.counters.bytes_written += self.pending.len() as u64;
             self.pending.clear();
             // The writer fsyncs through a second reference to the same open file: no dup(2).
@@ -352,11 +358,13 @@ impl Queue {
     pub fn sync_failed(&mut self, e: &QueueError) {
         self.active = None;
         self.append_failed(e);
+        self.sync_failing = true;
     }
 
     pub(super) fn append_failed(&mut self, e: &QueueError) {
         self.counters.append_io_errors += 1;
         self.append_failure = Some(e.to_string());
+        self.sync_failing = false;
     }
 
     /// While appends fail with an I/O error: the last one (for `/healthz` and stats).
@@ -367,6 +375,7 @@ impl Queue {
     /// Records that everything covered by `job` is durable (readable, if it was not yet).
     pub fn mark_durable(&mut self, job: &SyncJob) {
         self.append_failure = None;
+        self.sync_failing = false;
         if let Some(us) = job.took_us.get() {
             self.count_fsync(1, us);
         }

@@ -329,6 +329,8 @@ pub struct Queue {
     counters: QueueCounters,
     /// The last append's I/O error while appends fail (cleared by the next durable one).
     append_failure: Option<String>,
+    /// `append_failure` came from a failed fsync: only a successful one clears it.
+    sync_failing: bool,
     /// A roll's write of the records buffered before it failed: the next commit says so.
     roll_failure: Option<QueueError>,
     /// After a read failed with an I/O error: when to try again, and the current backoff.
@@ -420,6 +422,7 @@ impl Queue {
             counters: QueueCounters::default(),
             read_retry: None,
             append_failure: None,
+            sync_failing: false,
             roll_failure: None,
             unsynced: Vec::new(),
             receipts: BTreeMap::new(),
