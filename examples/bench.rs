@@ -31,10 +31,17 @@ use support::{free_port, Broker, Mosquitto, WsServer};
 /// The broker under the bench. mosquitto by default queues at most 1000 QoS 1 messages for a
 /// subscriber that falls behind and drops the rest; the subscriber is the bench's measuring
 /// instrument, so it must not lose messages the relay delivered: no queue limit.
+///
+/// `set_tcp_nodelay true`, as the README recommends: with mosquitto's default (Nagle on), a
+/// PUBACK at 200/s reaches the relay only with its next publish, so every alert is fsynced.
+/// `ALERT_RELAY_BENCH_NAGLE=1` measures with mosquitto's default instead.
 fn bench_broker(port: u16) -> Broker {
-    Mosquitto::new()
-        .conf("max_queued_messages 0\nset_tcp_nodelay true")
-        .start(port)
+    let conf = match std::env::var_os("ALERT_RELAY_BENCH_NAGLE") {
+        Some(_) => "max_queued_messages 0",
+        None => "max_queued_messages 0\nset_tcp_nodelay true",
+    };
+    println!("# broker: mosquitto with {conf:?}");
+    Mosquitto::new().conf(conf).start(port)
 }
 
 struct Args {

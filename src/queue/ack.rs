@@ -24,6 +24,7 @@ impl Queue {
         self.delete_acked_segments();
         if !settled && self.owed_settled() {
             // The owed fsync makes nobody safe now: it is not due within the grace any more.
+            self.late_graces = 0;
             self.wake_syncer();
         }
         Ok(())

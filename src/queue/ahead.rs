@@ -17,6 +17,12 @@ pub(super) const SYNC_GRACE: std::time::Duration = std::time::Duration::from_mil
 /// Written records are fsynced at least this often even when the broker acknowledged them
 /// all, so a failing disk (EIO on fsync) shows in health within a second while alerts flow.
 pub(super) const SYNC_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// After this many graces in a row ended without the PUBACK, a direct write's fsync is asked
+/// for at once (as without a grace): waiting would only add a timer wake-up per alert.
+pub(super) const LATE_AFTER: u32 = 3;
+/// While PUBACKs are late, every this many direct writes waits the grace again, to see
+/// whether they came back in time.
+pub(super) const PROBE_EVERY: u32 = 32;
 
 impl Queue {
     /// Under the lock, before a group commit whose first payload is `len` bytes: the fsyncs
@@ -143,6 +149,24 @@ impl Queue {
             (false, Some(from)) => Some(latest.min(from + SYNC_GRACE)),
             _ => Some(latest),
         }
+    }
+
+    /// The sync timer found the grace over without the PUBACK.
+    pub(super) fn grace_missed(&mut self) {
+        if !self.owed_settled() {
+            self.late_graces = self.late_graces.saturating_add(1);
+        }
+    }
+
+    /// A direct write just owed its fsync: whether to ask the writer for it at once, because
+    /// the last graces ended without the PUBACK (this one then is not waited for either,
+    /// except every [`PROBE_EVERY`]th).
+    pub(super) fn sync_at_once(&mut self) -> bool {
+        if self.late_graces < LATE_AFTER {
+            return false;
+        }
+        self.late_owes = self.late_owes.wrapping_add(1);
+        self.late_owes % PROBE_EVERY != 0
     }
 
     /// Tells the writer's sync timer that [`Queue::sync_due`] moved.

@@ -350,6 +350,12 @@ pub struct Queue {
     grace_from: Option<Instant>,
     /// The sync timer asked the writer for the owed fsync; cleared when it is taken.
     sync_asked: bool,
+    /// Graces in a row that ended without the PUBACK (a broker with Nagle on delays each
+    /// PUBACK until the next publish): from [`LATE_AFTER`](ahead::LATE_AFTER) on, a direct
+    /// write asks for its fsync at once, except every [`PROBE_EVERY`](ahead::PROBE_EVERY)th.
+    late_graces: u32,
+    /// Direct writes owed while PUBACKs were late, for the probe.
+    late_owes: u32,
     /// The writer's sync timer, told when [`Queue::sync_due`] moves (none: no timer).
     sync_wake: Option<Arc<tokio::sync::Notify>>,
     /// The exclusive `flock` on `lock`, held while the queue is open (real filesystem only).
@@ -430,6 +436,8 @@ impl Queue {
             owed_since: None,
             grace_from: None,
             sync_asked: false,
+            late_graces: 0,
+            late_owes: 0,
             sync_wake: None,
             _lock: None,
         };

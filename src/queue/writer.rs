@@ -294,9 +294,14 @@ impl QueueHandle {
                 q.await_safe(seq, receipt);
                 q.mark_written(&job);
                 let first = q.owe_sync(job, std::time::Instant::now());
+                let at_once = !self.timed || (first && q.sync_at_once());
+                if at_once {
+                    // The timer need not arm for it: the writer takes it now.
+                    q.sync_asked = true;
+                }
                 drop(q);
                 self.readable.notify_one();
-                if first && !self.timed {
+                if first && at_once {
                     // Already owed: a wake-up is on its way (or the writer is busy and takes
                     // the owed fsync along with its next commit).
                     let _ = self.tx.try_send(Msg::Sync);
@@ -447,6 +452,7 @@ async fn sync_when_due(
                 Some(at) if at > std::time::Instant::now() => Next::Sleep(at),
                 Some(_) => {
                     q.sync_asked = true;
+                    q.grace_missed();
                     Next::Ask
                 }
             }

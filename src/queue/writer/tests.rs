@@ -447,3 +447,52 @@ async fn a_record_nobody_acknowledges_is_fsynced_within_the_grace() {
     drop(handle);
     join.join().expect("writer thread");
 }
+
+/// A broker that holds each PUBACK until the next publish (mosquitto with Nagle on) makes
+/// every grace end unacknowledged: after `LATE_AFTER` such graces a direct write's fsync is
+/// asked for at once, except every `PROBE_EVERY`th, and one PUBACK in time ends that.
+#[test]
+fn late_pubacks_make_direct_writes_ask_for_their_fsync_at_once_with_probes() {
+    use super::super::ahead::{LATE_AFTER, PROBE_EVERY};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), 1 << 16);
+    let mut write = |q: &mut Queue| {
+        let seq = q.append(b"{}", 1).expect("append");
+        let job = q.commit().expect("commit").expect("job");
+        q.mark_written(&job);
+        q.owe_sync(job, std::time::Instant::now());
+        seq
+    };
+    for _ in 0..LATE_AFTER {
+        write(&mut q);
+        assert!(
+            !q.sync_at_once(),
+            "asked at once before the PUBACKs were late"
+        );
+        q.grace_missed();
+        let job = q.take_owed(None).expect("owed");
+        assert!(q.sync_due().is_none());
+        q.mark_durable(&job);
+    }
+    let mut waited = 0;
+    let mut last = 0;
+    for _ in 0..PROBE_EVERY * 2 {
+        last = write(&mut q);
+        if !q.sync_at_once() {
+            waited += 1;
+        }
+        q.take_owed(None).expect("owed");
+    }
+    assert_eq!(waited, 2, "one probe in every {PROBE_EVERY}");
+    // A probe whose PUBACK comes within the grace: back to waiting for PUBACKs.
+    let seq = write(&mut q);
+    for s in q.first_unacked()..=seq {
+        q.ack(s).expect("ack");
+    }
+    assert!(last < seq);
+    assert!(q.owed_settled());
+    assert!(
+        !q.sync_at_once(),
+        "still asking at once after a PUBACK in time"
+    );
+}
