@@ -456,7 +456,7 @@ fn late_pubacks_make_direct_writes_ask_for_their_fsync_at_once_with_probes() {
     use super::super::ahead::{LATE_AFTER, PROBE_EVERY};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut q = open(dir.path(), 1 << 16);
-    let mut write = |q: &mut Queue| {
+    let write = |q: &mut Queue| {
         let seq = q.append(b"{}", 1).expect("append");
         let job = q.commit().expect("commit").expect("job");
         q.mark_written(&job);
