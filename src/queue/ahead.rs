@@ -169,6 +169,12 @@ impl Queue {
         self.late_owes % PROBE_EVERY != 0
     }
 
+    /// A sync timer runs ([`spawn_writer`](super::spawn_writer) inside a runtime, under
+    /// `batch`): an owed fsync waits until [`Queue::sync_due`], not for a wake-up.
+    pub(super) fn timed(&self) -> bool {
+        self.sync_wake.is_some()
+    }
+
     /// Tells the writer's sync timer that [`Queue::sync_due`] moved.
     pub(super) fn wake_syncer(&self) {
         if let Some(wake) = &self.sync_wake {

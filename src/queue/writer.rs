@@ -186,8 +186,6 @@ pub struct QueueHandle {
     in_channel: Arc<AtomicUsize>,
     /// `fsync = "batch"`: a caller may write a record itself (see [`QueueHandle::append_then`]).
     direct: bool,
-    /// A sync timer runs ([`sync_when_due`]): an owed fsync waits for it, not for a wake-up.
-    timed: bool,
 }
 
 impl QueueHandle {
@@ -294,7 +292,7 @@ impl QueueHandle {
                 q.await_safe(seq, receipt);
                 q.mark_written(&job);
                 let first = q.owe_sync(job, std::time::Instant::now());
-                let at_once = !self.timed || (first && q.sync_at_once());
+                let at_once = !q.timed() || (first && q.sync_at_once());
                 if at_once {
                     // The timer need not arm for it: the writer takes it now.
                     q.sync_asked = true;
@@ -403,7 +401,6 @@ pub fn spawn_writer(
         stats: stats.clone(),
         in_channel: in_channel.clone(),
         direct: policy == FsyncPolicy::Batch,
-        timed: runtime.is_some(),
     };
     if let Some(rt) = &runtime {
         rt.spawn(sync_when_due(
@@ -412,16 +409,9 @@ pub fn spawn_writer(
             wake,
         ));
     }
-    let writer = Writer {
-        readable,
-        policy,
-        stats,
-        in_channel,
-        timed: runtime.is_some(),
-    };
     let join = std::thread::Builder::new()
         .name("queue-writer".into())
-        .spawn(move || writer.run(queue, rx))?;
+        .spawn(move || writer_loop(queue, rx, readable, policy, stats, in_channel))?;
     Ok((handle, join))
 }
 
@@ -479,193 +469,181 @@ async fn sync_when_due(
     }
 }
 
-/// The writer thread's state.
-struct Writer {
+fn writer_loop(
+    queue: Arc<Mutex<Queue>>,
+    mut rx: mpsc::Receiver<Msg>,
     readable: Arc<Notify>,
     policy: FsyncPolicy,
     stats: Arc<Stats>,
     in_channel: Arc<AtomicUsize>,
-    /// A sync timer runs: a group commit's fsync is owed until due, like a direct write's.
-    timed: bool,
-}
-
-impl Writer {
-    fn run(self, queue: Arc<Mutex<Queue>>, mut rx: mpsc::Receiver<Msg>) {
-        let Writer {
-            readable,
-            policy,
-            stats,
-            in_channel,
-            timed,
-        } = self;
-        let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch: Vec<WriteRequest> = Vec::new();
-        let mut results: Vec<Result<u64, Arc<QueueError>>> = Vec::new();
-        // A `Msg::Sync` came: sync what is owed with this round.
-        let mut asked = false;
-        let push = |batch: &mut Vec<WriteRequest>, asked: &mut bool, m: Msg| match m {
-            Msg::Append(r) => batch.push(r),
-            Msg::Sync => *asked = true,
+) {
+    let lock = || queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut batch: Vec<WriteRequest> = Vec::new();
+    let mut results: Vec<Result<u64, Arc<QueueError>>> = Vec::new();
+    // A `Msg::Sync` came: sync what is owed with this round.
+    let mut asked = false;
+    let push = |batch: &mut Vec<WriteRequest>, asked: &mut bool, m: Msg| match m {
+        Msg::Append(r) => batch.push(r),
+        Msg::Sync => *asked = true,
+    };
+    let mut busy = false;
+    let mut open = true;
+    while open {
+        if batch.is_empty() {
+            let waiting = match busy {
+                true => rx.try_recv().ok(),
+                false => None,
+            };
+            let first = match waiting {
+                Some(m) => Some(m),
+                None => {
+                    // Caught up: the next alert is a lone one and is committed at once.
+                    busy = false;
+                    rx.blocking_recv()
+                }
+            };
+            match first {
+                Some(m) => push(&mut batch, &mut asked, m),
+                // Every handle is gone: sync what is owed, then close.
+                None => open = false,
+            }
+            if busy && policy == FsyncPolicy::Batch {
+                std::thread::sleep(COMMIT_DELAY);
+            }
+            while open && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => push(&mut batch, &mut asked, m),
+                    Err(_) => break,
+                }
+            }
+            busy = batch.len() >= BUSY_BATCH;
+        }
+        // Without the lock: the fsyncs the first append would make holding it (a new
+        // segment, the ack persist before it, the seq reservation), so the publisher's reads
+        // and acks never wait on them. Nothing is written directly meanwhile: the batch's
+        // requests are still counted in `in_channel`.
+        if let Some(first) = batch.first() {
+            let ahead = lock().ahead_io(first.payload.len());
+            if let Some(io) = ahead {
+                let done = io.run();
+                lock().finish_ahead(done);
+            }
+        }
+        let mut q = lock();
+        // This group commit ends before the record that would start a new segment: that
+        // one opens the next commit, whose segment is made without the lock.
+        let mut n = 0;
+        for req in &batch {
+            if n > 0 && q.needs_roll(req.payload.len()) {
+                break;
+            }
+            let r = q.append(&req.payload, req.accepted_us).map_err(Arc::new);
+            let r = match (r, policy) {
+                (Ok(seq), FsyncPolicy::Always) => commit_and_sync(&mut q, policy).map(|_| seq),
+                (r, _) => r,
+            };
+            results.push(r);
+            n += 1;
+        }
+        in_channel.fetch_sub(n, Ordering::SeqCst);
+        let (own, commit_failed) = match q.commit() {
+            Ok(job) => (job, None),
+            Err(e) => (None, Some(Arc::new(e))),
         };
-        let mut busy = false;
-        let mut open = true;
-        while open {
-            if batch.is_empty() {
-                let waiting = match busy {
-                    true => rx.try_recv().ok(),
-                    false => None,
-                };
-                let first = match waiting {
-                    Some(m) => Some(m),
-                    None => {
-                        // Caught up: the next alert is a lone one and is committed at once.
-                        busy = false;
-                        rx.blocking_recv()
-                    }
-                };
-                match first {
-                    Some(m) => push(&mut batch, &mut asked, m),
-                    // Every handle is gone: sync what is owed, then close.
-                    None => open = false,
-                }
-                if busy && policy == FsyncPolicy::Batch {
-                    std::thread::sleep(COMMIT_DELAY);
-                }
-                while open && batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => push(&mut batch, &mut asked, m),
-                        Err(_) => break,
-                    }
-                }
-                busy = batch.len() >= BUSY_BATCH;
-            }
-            // Without the lock: the fsyncs the first append would make holding it (a new
-            // segment, the ack persist before it, the seq reservation), so the publisher's reads
-            // and acks never wait on them. Nothing is written directly meanwhile: the batch's
-            // requests are still counted in `in_channel`.
-            if let Some(first) = batch.first() {
-                let ahead = lock().ahead_io(first.payload.len());
-                if let Some(io) = ahead {
-                    let done = io.run();
-                    lock().finish_ahead(done);
+        // Receipts of the records this commit wrote, for whoever makes them safe first: the
+        // broker's ack (while we fsync) or the fsync. What is left afterwards is ours.
+        let registered = own.is_some();
+        if registered {
+            for (req, r) in batch.iter_mut().zip(&results) {
+                if let Ok(seq) = r {
+                    q.await_safe(*seq, Receipt::take(req, &stats));
                 }
             }
+        }
+        // Records written directly by callers since the last fsync are covered by this one.
+        // With a sync timer, the fsync waits until due (the broker's PUBACKs may make it
+        // needless), unless asked for, or the queue closes.
+        let now = std::time::Instant::now();
+        let sync_now = !q.timed()
+            || !open
+            || std::mem::take(&mut asked)
+            || q.sync_due().is_some_and(|at| at <= now);
+        let mut deferred = false;
+        let job = match (sync_now, own) {
+            (true, own) => q.take_owed(own),
+            (false, own) => {
+                if let Some(own) = own {
+                    // Readable now; the sync timer asks for its fsync when due.
+                    q.mark_written(&own);
+                    q.owe_sync(own, now);
+                    deferred = true;
+                }
+                None
+            }
+        };
+        let mut unanswered = BTreeMap::new();
+        let mut sync_failed = None;
+        if let Some(job) = job {
+            // Readable now, in the page cache: the publisher sends while we fsync.
+            q.mark_written(&job);
+            drop(q);
+            readable.notify_one();
+            let synced = job.sync(policy);
             let mut q = lock();
-            // This group commit ends before the record that would start a new segment: that
-            // one opens the next commit, whose segment is made without the lock.
-            let mut n = 0;
-            for req in &batch {
-                if n > 0 && q.needs_roll(req.payload.len()) {
-                    break;
-                }
-                let r = q.append(&req.payload, req.accepted_us).map_err(Arc::new);
-                let r = match (r, policy) {
-                    (Ok(seq), FsyncPolicy::Always) => commit_and_sync(&mut q, policy).map(|_| seq),
-                    (r, _) => r,
-                };
-                results.push(r);
-                n += 1;
-            }
-            in_channel.fetch_sub(n, Ordering::SeqCst);
-            let (own, commit_failed) = match q.commit() {
-                Ok(job) => (job, None),
-                Err(e) => (None, Some(Arc::new(e))),
-            };
-            // Receipts of the records this commit wrote, for whoever makes them safe first: the
-            // broker's ack (while we fsync) or the fsync. What is left afterwards is ours.
-            let registered = own.is_some();
-            if registered {
-                for (req, r) in batch.iter_mut().zip(&results) {
-                    if let Ok(seq) = r {
-                        q.await_safe(*seq, Receipt::take(req, &stats));
+            let mut upto = job.upto_seq;
+            match synced {
+                Ok(()) => q.mark_durable(&job),
+                Err(e) => {
+                    q.sync_failed(&e);
+                    sync_failed = Some(Arc::new(e));
+                    // Records written directly meanwhile share the file whose pages the
+                    // kernel may have dropped; a later fsync of it could succeed without
+                    // them. They fail too (the broker's PUBACK still makes one safe).
+                    if let Some(later) = q.take_owed(None) {
+                        upto = upto.max(later.upto_seq);
                     }
                 }
             }
-            // Records written directly by callers since the last fsync are covered by this one.
-            // With a sync timer, the fsync waits until due (the broker's PUBACKs may make it
-            // needless), unless asked for, or the queue closes.
-            let now = std::time::Instant::now();
-            let sync_now = !timed
-                || !open
-                || std::mem::take(&mut asked)
-                || q.sync_due().is_some_and(|at| at <= now);
-            let mut deferred = false;
-            let job = match (sync_now, own) {
-                (true, own) => q.take_owed(own),
-                (false, own) => {
-                    if let Some(own) = own {
-                        // Readable now; the sync timer asks for its fsync when due.
-                        q.mark_written(&own);
-                        q.owe_sync(own, now);
-                        deferred = true;
-                    }
-                    None
-                }
-            };
-            let mut unanswered = BTreeMap::new();
-            let mut sync_failed = None;
-            if let Some(job) = job {
-                // Readable now, in the page cache: the publisher sends while we fsync.
-                q.mark_written(&job);
-                drop(q);
-                readable.notify_one();
-                let synced = job.sync(policy);
-                let mut q = lock();
-                let mut upto = job.upto_seq;
-                match synced {
-                    Ok(()) => q.mark_durable(&job),
-                    Err(e) => {
-                        q.sync_failed(&e);
-                        sync_failed = Some(Arc::new(e));
-                        // Records written directly meanwhile share the file whose pages the
-                        // kernel may have dropped; a later fsync of it could succeed without
-                        // them. They fail too (the broker's PUBACK still makes one safe).
-                        if let Some(later) = q.take_owed(None) {
-                            upto = upto.max(later.upto_seq);
-                        }
-                    }
-                }
-                unanswered = q.take_receipts_below(upto);
-            } else {
-                drop(q);
-                if deferred {
-                    readable.notify_one();
-                }
-            }
-            let failed = commit_failed.or(sync_failed.clone());
-            if let Some(e) = &failed {
-                stats.log_queue_error(e);
-            }
-            // Under `always` (records readable once synced) this is the only wake-up.
-            if policy != FsyncPolicy::Batch {
+            unanswered = q.take_receipts_below(upto);
+        } else {
+            drop(q);
+            if deferred {
                 readable.notify_one();
             }
-            for (mut req, r) in batch.drain(..n).zip(results.drain(..)) {
-                let receipt = match &r {
-                    Ok(seq) if registered => match unanswered.remove(seq) {
-                        Some(receipt) => receipt,
-                        // Answered already: the broker acknowledged it before the fsync ended.
-                        None => continue,
-                    },
-                    _ => Receipt::take(&mut req, &stats),
-                };
-                let r = match (&failed, r) {
-                    (Some(e), Ok(_)) => Err(e.clone()),
-                    (_, r) => r,
-                };
-                receipt.answer(r);
-            }
-            // The rest were written directly: safe now, unless the fsync failed.
-            for (seq, receipt) in unanswered {
-                receipt.answer(match &sync_failed {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(seq),
-                });
-            }
         }
-        if let Err(e) = lock().close() {
-            log::error!("queue: closing failed: {e}");
+        let failed = commit_failed.or(sync_failed.clone());
+        if let Some(e) = &failed {
+            stats.log_queue_error(e);
         }
+        // Under `always` (records readable once synced) this is the only wake-up.
+        if policy != FsyncPolicy::Batch {
+            readable.notify_one();
+        }
+        for (mut req, r) in batch.drain(..n).zip(results.drain(..)) {
+            let receipt = match &r {
+                Ok(seq) if registered => match unanswered.remove(seq) {
+                    Some(receipt) => receipt,
+                    // Answered already: the broker acknowledged it before the fsync ended.
+                    None => continue,
+                },
+                _ => Receipt::take(&mut req, &stats),
+            };
+            let r = match (&failed, r) {
+                (Some(e), Ok(_)) => Err(e.clone()),
+                (_, r) => r,
+            };
+            receipt.answer(r);
+        }
+        // The rest were written directly: safe now, unless the fsync failed.
+        for (seq, receipt) in unanswered {
+            receipt.answer(match &sync_failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(seq),
+            });
+        }
+    }
+    if let Err(e) = lock().close() {
+        log::error!("queue: closing failed: {e}");
     }
 }
 

@@ -381,6 +381,28 @@ async fn a_record_sent_after_one_waiting_for_the_writer_is_never_written_before_
     join.join().expect("writer thread");
 }
 
+/// A gated writer whose warm-up fsync has passed, with the gate closed: the next fsync it
+/// starts is held there.
+async fn settled_gated_writer(
+    dir: &std::path::Path,
+) -> (super::super::fault_fs::GatedFs, QueueHandle, JoinHandle<()>) {
+    use super::super::ahead::{SYNC_AT_LEAST_EVERY, SYNC_GRACE};
+    let (fs, handle, join, _stats) = gated_writer(dir).await;
+    // The warm-up record's own fsync may still be owed: let it pass first.
+    tokio::time::sleep(SYNC_AT_LEAST_EVERY + SYNC_GRACE * 10).await;
+    fs.gate.close();
+    (fs, handle, join)
+}
+
+/// Appends one small record with a receipt (written directly: nothing waits for the writer).
+async fn append_lone(handle: &QueueHandle) -> oneshot::Receiver<WriteOutcome> {
+    handle
+        .append_then(b"{\"a\":1}".to_vec(), 2, None, true)
+        .await
+        .expect("sent")
+        .expect("receipt")
+}
+
 /// Issue 18: a lone record the broker acknowledges within the grace is answered by that
 /// PUBACK and costs no fsync; the fsync that proves the disk still comes, within
 /// `SYNC_AT_LEAST_EVERY` of the write.
@@ -388,17 +410,10 @@ async fn a_record_sent_after_one_waiting_for_the_writer_is_never_written_before_
 async fn a_record_acknowledged_within_the_grace_is_never_fsynced_for_its_sender() {
     use super::super::ahead::{SYNC_AT_LEAST_EVERY, SYNC_GRACE};
     let dir = tempfile::tempdir().expect("tempdir");
-    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
-    // The warm-up record's own fsync may still be owed: let it pass first.
-    tokio::time::sleep(SYNC_AT_LEAST_EVERY + SYNC_GRACE * 10).await;
-    fs.gate.close();
+    let (fs, handle, join) = settled_gated_writer(dir.path()).await;
     let passed = fs.gate.passed();
     let written = std::time::Instant::now();
-    let rx = handle
-        .append_then(b"{\"a\":1}".to_vec(), 2, None, true)
-        .await
-        .expect("sent")
-        .expect("receipt");
+    let rx = append_lone(&handle).await;
     let records = handle.read_batch(10, 1 << 20).expect("read");
     assert_eq!(records.len(), 1, "readable at once");
     handle.lock().ack(records[0].seq).expect("ack");
@@ -426,15 +441,9 @@ async fn a_record_acknowledged_within_the_grace_is_never_fsynced_for_its_sender(
 async fn a_record_nobody_acknowledges_is_fsynced_within_the_grace() {
     use super::super::ahead::{SYNC_AT_LEAST_EVERY, SYNC_GRACE};
     let dir = tempfile::tempdir().expect("tempdir");
-    let (fs, handle, join, _stats) = gated_writer(dir.path()).await;
-    tokio::time::sleep(SYNC_AT_LEAST_EVERY + SYNC_GRACE * 10).await;
-    fs.gate.close();
+    let (fs, handle, join) = settled_gated_writer(dir.path()).await;
     let written = std::time::Instant::now();
-    let rx = handle
-        .append_then(b"{\"a\":1}".to_vec(), 2, None, true)
-        .await
-        .expect("sent")
-        .expect("receipt");
+    let rx = append_lone(&handle).await;
     assert!(held_at_the_gate(&fs).await);
     let waited = written.elapsed();
     assert!(
