@@ -14,7 +14,7 @@ impl Queue {
         if let Some(receipt) = self.receipts.remove(&seq) {
             receipt.answer(Ok(seq));
         }
-        let settled = self.owed_settled();
+        let due = self.sync_due();
         if seq == self.acked_upto {
             self.acked_upto += 1;
         } else {
@@ -22,9 +22,13 @@ impl Queue {
         }
         self.skip_ack_gaps();
         self.delete_acked_segments();
-        if !settled && self.owed_settled() {
-            // The owed fsync makes nobody safe now: it is not due within the grace any more.
+        if self.pop_acked_writes(std::time::Instant::now()) {
+            // A write was acknowledged within its grace: PUBACKs come in time.
             self.late_graces = 0;
+        }
+        if self.sync_due() != due {
+            // Later now (a later write's grace, or only the disk-proving fsync once none is
+            // left unacknowledged): the timer re-arms instead of waking for nothing.
             self.wake_syncer();
         }
         Ok(())

@@ -15,8 +15,9 @@
 //!   published while the fsync runs; [`Queue::mark_durable`] records the fsync. A lone record
 //!   may also be appended, written and made readable by its caller under the lock (the writer's
 //!   handle, only when that needs no fsync or other file operation), its fsync then owed to
-//!   the writer. Under `batch` that fsync waits [`SYNC_GRACE`](ahead::SYNC_GRACE) for the
-//!   broker's PUBACK and is not made for a sender when the PUBACK came first (written records
+//!   the writer. Under `batch` that fsync waits [`SYNC_GRACE`](ahead::SYNC_GRACE) from each
+//!   write for the broker's PUBACK and is not made for a sender when the PUBACK came first
+//!   (written records
 //!   are still fsynced within [`SYNC_AT_LEAST_EVERY`](ahead::SYNC_AT_LEAST_EVERY), for health).
 //!   A sender is told
 //!   "accepted" once its record is *safe*: synced, or acknowledged by the broker
@@ -346,8 +347,12 @@ pub struct Queue {
     owed: Option<SyncJob>,
     /// When the oldest write in `owed` was made.
     owed_since: Option<Instant>,
-    /// When the first write in `owed` the broker has not acknowledged was made.
-    grace_from: Option<Instant>,
+    /// The writes in `owed` the broker has not acknowledged yet, oldest first: the seq each
+    /// ends before, and when it was made. The owed fsync is due
+    /// [`SYNC_GRACE`](ahead::SYNC_GRACE) after the first of them ([`Queue::sync_due`]); a
+    /// PUBACK pops what it covers. At most [`GRACE_WRITES`](ahead::GRACE_WRITES) long
+    /// (newer writes then join the last entry, keeping its older time).
+    unacked_writes: VecDeque<(u64, Instant)>,
     /// The sync timer asked the writer for the owed fsync; cleared when it is taken.
     sync_asked: bool,
     /// Graces in a row that ended without the PUBACK (a broker with Nagle on delays each
@@ -434,7 +439,7 @@ impl Queue {
             receipts: BTreeMap::new(),
             owed: None,
             owed_since: None,
-            grace_from: None,
+            unacked_writes: VecDeque::with_capacity(ahead::GRACE_WRITES),
             sync_asked: false,
             late_graces: 0,
             late_owes: 0,

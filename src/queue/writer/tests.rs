@@ -505,3 +505,104 @@ fn late_pubacks_make_direct_writes_ask_for_their_fsync_at_once_with_probes() {
         "still asking at once after a PUBACK in time"
     );
 }
+
+/// A direct write of one record at `at`, its fsync owed (as `QueueHandle` makes it).
+fn write_owed(q: &mut Queue, at: std::time::Instant) -> u64 {
+    let seq = q.append(b"{}", 1).expect("append");
+    let job = q.commit().expect("commit").expect("job");
+    q.mark_written(&job);
+    q.owe_sync(job, at);
+    seq
+}
+
+/// Issue 18, with mosquitto's Nagle on: each PUBACK comes only after the next alert is
+/// written. Each write has its own grace, so a stream whose PUBACKs each come within it never
+/// makes an fsync due for a sender (only the disk-proving one, a second after the first
+/// write); the one write left unacknowledged is fsynced at the end of *its* grace.
+#[test]
+fn pubacks_that_each_come_after_the_next_write_never_make_the_fsync_due() {
+    use super::super::ahead::{SYNC_AT_LEAST_EVERY, SYNC_GRACE};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut q = open(dir.path(), 1 << 16);
+    let t0 = std::time::Instant::now();
+    let step = SYNC_GRACE * 3 / 4;
+    let mut prev = write_owed(&mut q, t0);
+    for i in 1..50u32 {
+        let at = t0 + step * i;
+        let seq = write_owed(&mut q, at);
+        q.ack(prev).expect("ack");
+        // Due at the end of the newest write's grace, which has not begun to run out.
+        assert_eq!(
+            q.sync_due(),
+            Some((t0 + SYNC_AT_LEAST_EVERY).min(at + SYNC_GRACE)),
+            "write {i}"
+        );
+        prev = seq;
+    }
+    q.ack(prev).expect("ack");
+    assert_eq!(
+        q.sync_due(),
+        Some(t0 + SYNC_AT_LEAST_EVERY),
+        "all acknowledged"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Issue 18: whatever the order of writes, PUBACKs and fsyncs, the owed fsync is due no
+    /// later than the grace of the oldest write the broker has not acknowledged (nor later
+    /// than `SYNC_AT_LEAST_EVERY` after the oldest write not synced), and exactly then while
+    /// fewer than `GRACE_WRITES` writes are told apart. Steps: `0..=2` writes that many ms
+    /// after the last, 3 acknowledges the oldest unacknowledged record, 4 fsyncs the owed.
+    #[test]
+    fn the_owed_fsync_is_due_by_the_grace_of_the_oldest_unacknowledged_write(
+        steps in proptest::collection::vec(0u8..5, 1..600),
+    ) {
+        use super::super::ahead::{GRACE_WRITES, SYNC_AT_LEAST_EVERY, SYNC_GRACE};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut q = open(dir.path(), 1 << 20);
+        let t0 = std::time::Instant::now();
+        let mut now = t0;
+        // The model: writes not synced (seq, when), oldest first, and the ack position.
+        let mut unsynced: Vec<(u64, std::time::Instant)> = Vec::new();
+        let mut pushed = 0;
+        let mut acked = q.first_unacked();
+        for step in steps {
+            match step {
+                0..=2 => {
+                    now += std::time::Duration::from_millis(u64::from(step));
+                    let seq = write_owed(&mut q, now);
+                    unsynced.push((seq, now));
+                    pushed += 1;
+                }
+                3 if unsynced.last().is_some_and(|&(seq, _)| seq >= acked) => {
+                    q.ack(acked).expect("ack");
+                    acked += 1;
+                }
+                4 => {
+                    if let Some(job) = q.take_owed(None) {
+                        q.mark_durable(&job);
+                    }
+                    unsynced.clear();
+                    pushed = 0;
+                }
+                _ => {}
+            }
+            let model = unsynced.first().map(|&(_, first)| {
+                let latest = first + SYNC_AT_LEAST_EVERY;
+                match unsynced.iter().find(|&&(seq, _)| seq >= acked) {
+                    Some(&(_, at)) => latest.min(at + SYNC_GRACE),
+                    None => latest,
+                }
+            });
+            let due = q.sync_due();
+            proptest::prop_assert_eq!(due.is_some(), model.is_some());
+            if pushed < GRACE_WRITES {
+                proptest::prop_assert_eq!(due, model);
+            } else {
+                proptest::prop_assert!(due <= model, "due {:?} after the model's {:?}", due, model);
+            }
+        }
+    }
+}
