@@ -411,3 +411,36 @@ async fn outputs_set_rules_arm_and_snooze_with_retained_states_that_survive_a_re
     .await;
     relay.stop().await;
 }
+
+/// A snooze ends by itself when its time is over, also without Home Assistant discovery (the
+/// relay then does not look at its health every second: the snooze must still be looked at).
+#[tokio::test]
+async fn a_snooze_ends_by_itself_without_discovery() {
+    let s = Setup::new()
+        .sub("alert-relay/#")
+        .config_extra(GPIO)
+        .start()
+        .await;
+    let (sub, port) = (s.sub(), s.mqtt_port);
+    let snooze = "alert-relay/snooze";
+    wait_until("the outputs idle (the relay is subscribed)", T, || {
+        last_state(sub, "red").as_deref() == Some("idle")
+    })
+    .await;
+    let a = command(port, sub, "alert-relay/cmd/snooze", r#"{"for": "2s"}"#).await;
+    assert_eq!(a["status"], "ok", "{a}");
+    wait_until("snoozed until", T, || {
+        last_json(sub, snooze).is_some_and(|v| v["until"].is_string())
+    })
+    .await;
+    let snoozed = std::time::Instant::now();
+    wait_until("the snooze over by itself", T, || {
+        last_json(sub, snooze).is_some_and(|v| v["until"].is_null())
+    })
+    .await;
+    let took = snoozed.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "the 2 s snooze ended after {took:?}"
+    );
+}

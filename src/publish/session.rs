@@ -134,6 +134,8 @@ impl<'a> Session<'a> {
             let held_until = self.events_held_until;
             let paced_until = self.pacer.as_ref().and_then(Pacer::next_at);
             let watching = self.links.activity.is_some();
+            // Nothing to look at without discovery or a snooze: no wake-up every second.
+            let health_due = self.cfg.ha_discovery || self.links.state.snoozed_until.is_some();
             tokio::select! {
                 ev = el.poll() => match ev {
                     Ok(ev) => {
@@ -146,7 +148,7 @@ impl<'a> Session<'a> {
                 _ = self.queue.readable(), if room => {}
                 _ = sleep_until_opt(paced_until), if paced_until.is_some() => {}
                 _ = stats_tick.tick() => self.publish_stats(),
-                _ = health_tick.tick() => {
+                _ = health_tick.tick(), if health_due => {
                     self.end_snooze_if_over();
                     if self.cfg.ha_discovery {
                         self.publish_health();
