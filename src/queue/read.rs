@@ -68,7 +68,6 @@ impl Queue {
             if pos.seq >= limit {
                 break;
             }
-            let path = self.path_of(pos.segment_first_seq);
             let decoded = self
                 .reader_for(pos.segment_first_seq)
                 .and_then(|r| decode_at(r, pos.offset, pos.seq, end));
@@ -95,6 +94,7 @@ impl Queue {
                     out.push(rec);
                 }
                 Ok(bad) => {
+                    let path = self.path_of(pos.segment_first_seq);
                     let resynced = match bad {
                         Decoded::Truncated if pos.offset >= end => Ok(None),
                         _ => self
@@ -113,12 +113,14 @@ impl Queue {
                 }
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     // EACCES, EIO: not corruption. Stay here and try again after a backoff.
+                    let path = self.path_of(pos.segment_first_seq);
                     failed = Some(self.read_failed(&path, e));
                     break;
                 }
                 Err(e) => {
                     // The file was deleted behind our back: what is left of this segment is
                     // gone. Counted and logged as lost rather than stalling on it forever.
+                    let path = self.path_of(pos.segment_first_seq);
                     log::error!("queue: reading {} failed: {e}", path.display());
                     self.reader = None;
                     self.skip_unreadable(idx, pos, (end, limit), &path);
