@@ -161,6 +161,16 @@ async fn a_failed_fsync_fails_only_what_the_broker_had_not_acknowledged() {
     let passed = fs.gate.passed();
     fs.gate.open(Some(5));
     assert!(fs.gate.wait_passed(passed + 1, T), "the fsync never failed");
+    // Until the writer has taken the failure in, an append would still go to the file whose
+    // fsync failed, and fail with it (by design): wait for it.
+    let deadline = std::time::Instant::now() + T;
+    while handle.lock().append_failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failure was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     // The next append starts a new segment (its creation fsyncs too, past an open gate).
     fs.gate.open(None);
     let seq = handle
